@@ -1,0 +1,5 @@
+import sys
+
+from fedkron.cli import main
+
+sys.exit(main())

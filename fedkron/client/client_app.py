@@ -1,0 +1,20 @@
+"""The Flower ClientApp: thin handlers over :mod:`fedkron.client.worker`."""
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedkron.client.worker import handle_query, handle_train
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the adapter factors on this node's partition and reply with the encoded update."""
+    return handle_train(msg, context)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds (used for seeded client sampling)."""
+    return handle_query(msg, context)

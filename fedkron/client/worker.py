@@ -1,0 +1,103 @@
+"""What a client does with one training message: decode global → local steps → encode update.
+
+The frozen base model is built once per process and cached (keyed by everything that shapes it);
+each call only swaps adapter factors in. Error feedback state lives in the node's Flower context
+as plain tensors (an ArrayRecord), never pickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+
+from fedkron.adapters import adapter_state_dict, load_adapter_state_dict
+from fedkron.compression import ErrorFeedback, decode, from_records, get_codec, to_records
+from fedkron.config import RunConfig
+from fedkron.strategies.validation import ARRAYS_KEY, CONFIG_KEY, MANIFEST_KEY, METRICS_KEY
+from fedkron.task import build_model, client_train_data, train_local
+
+log = logging.getLogger("fedkron")
+EF_KEY = "fedkron-ef-residual"
+
+_MODELS: dict[tuple, torch.nn.Module] = {}
+
+
+def cached_model(cfg: RunConfig, num_labels: int, multiple_choice: bool) -> torch.nn.Module:
+    """The frozen base + adapters for this config, built once per process."""
+    key = (cfg.model, cfg.task, cfg.method, cfg.rank, cfg.alpha, cfg.shape_policy, cfg.seed)
+    if key not in _MODELS:
+        _MODELS.clear()  # one model per process: a new config replaces the old one
+        _MODELS[key] = build_model(cfg, num_labels, multiple_choice)
+    return _MODELS[key]
+
+
+def node_partition(context: Context, cfg: RunConfig) -> tuple[int, int]:
+    """(partition id, number of partitions) from the node config (set by the simulation or the
+    SuperNode's ``--node-config``)."""
+    nc = context.node_config
+    if "partition-id" not in nc or "num-partitions" not in nc:
+        raise KeyError(
+            "this SuperNode has no partition: start it with "
+            "--node-config \"partition-id=<i> num-partitions=<n>\""
+        )
+    pid, num = int(nc["partition-id"]), int(nc["num-partitions"])
+    if not 0 <= pid < num:
+        raise ValueError(f"partition-id {pid} is outside [0, num-partitions={num})")
+    return pid, num
+
+
+def run_config_from(msg: Message, context: Context) -> RunConfig:
+    """The run config the server broadcast; a node's own ``data-dir`` takes precedence."""
+    values = {k: v for k, v in dict(msg.content[CONFIG_KEY]).items() if k != "server-round"}
+    if context.node_config.get("data-dir"):
+        values["data-dir"] = str(context.node_config["data-dir"])
+    return RunConfig.from_mapping(values)
+
+
+def handle_train(msg: Message, context: Context) -> Message:
+    t0 = time.perf_counter()
+    cfg = run_config_from(msg, context)
+    server_round = int(msg.content[CONFIG_KEY]["server-round"])
+    pid, num_parts = node_partition(context, cfg)
+    data, task = client_train_data(cfg, pid, num_parts)
+    model = cached_model(cfg, task.num_labels, task.kind == "multiple_choice")
+
+    # Decode the broadcast (never unpickled: packed buffers + JSON manifest).
+    encoded = from_records(msg.content[ARRAYS_KEY], msg.content[MANIFEST_KEY])
+    global_state = decode(encoded)
+    load_adapter_state_dict(model, global_state)
+
+    t_train = time.perf_counter()
+    result = train_local(model, data, cfg.local_steps, cfg.batch_size, cfg.lr,
+                         seed=cfg.seed * 1_000_003 + server_round * 1009 + pid)
+    train_seconds = time.perf_counter() - t_train
+
+    local = adapter_state_dict(model)
+    update = {k: local[k].detach().float() - global_state[k].float() for k in global_state}
+    codec = get_codec(cfg.quant, **({"block_size": cfg.block_size} if cfg.block_size else {}))
+    if cfg.error_feedback:
+        ef = ErrorFeedback()
+        if EF_KEY in context.state:
+            ef.load_state_dict({k: torch.from_numpy(v.numpy().copy()) for k, v in context.state[EF_KEY].items()})
+        up, _ = ef.step(update, codec)
+        context.state[EF_KEY] = ArrayRecord(ef.state_dict())
+    else:
+        up = codec.encode(update)
+    arrays, manifest = to_records(up)
+    metrics = MetricRecord({
+        "num-examples": result.num_examples,
+        "train-loss": result.loss,
+        "partition-id": pid,
+        "train-seconds": train_seconds,
+        "client-seconds": time.perf_counter() - t0,
+    })
+    return Message(RecordDict({ARRAYS_KEY: arrays, MANIFEST_KEY: manifest, METRICS_KEY: metrics}), reply_to=msg)
+
+
+def handle_query(msg: Message, context: Context) -> Message:
+    nc = context.node_config
+    pid = int(nc.get("partition-id", -1))
+    return Message(RecordDict({"info": MetricRecord({"partition-id": pid})}), reply_to=msg)

@@ -1,0 +1,1 @@
+"""Flower ServerApp: build the model, run the strategy, evaluate centrally, write results."""

