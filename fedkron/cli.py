@@ -50,6 +50,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, help=f"AdamW learning rate (default {d.lr})")
     g = p.add_argument_group("output")
     g.add_argument("--out", help="results folder (default results/<task>-<method>-<codec>)")
+    g.add_argument("--verbose", action="store_true", help="show Flower's, Ray's and transformers' own logs")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -81,7 +82,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     cfg = config_from_args(args).resolved()
     print(f"fedkron sim: {cfg.method} on {cfg.task} ({cfg.model}), uplink {cfg.quant}, "
           f"{cfg.clients} clients × {cfg.rounds} rounds × {cfg.local_steps} local steps → {cfg.out}", flush=True)
-    summary = run_sim(cfg, progress=lambda row: print(format_round(row), flush=True))
+    summary = run_sim(cfg, progress=lambda row: print(format_round(row), flush=True), verbose=args.verbose)
     print(summary_text(summary, cfg.out))
     return 0
 

@@ -16,6 +16,13 @@ from fedkron.config import RunConfig
 log = logging.getLogger("fedkron")
 
 
+class _DropDeprecation(logging.Filter):
+    """``run_simulation`` logs a deprecation notice each call; ``flwr run .`` is documented too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "run_simulation" not in record.getMessage() and "fraction_evaluate" not in record.getMessage()
+
+
 def backend_config(cfg: RunConfig) -> dict:
     """Ray resources: one CPU per virtual client by default (2 actors on 2 cores)."""
     cpus = float(cfg.extra.get("client_cpus", 1.0))
@@ -26,11 +33,18 @@ def backend_config(cfg: RunConfig) -> dict:
     }
 
 
-def run_sim(cfg: RunConfig, progress: Callable[[dict], None] | None = None, client_app=None) -> dict:
+def run_sim(cfg: RunConfig, progress: Callable[[dict], None] | None = None, client_app=None,
+            verbose: bool = False) -> dict:
     """Run one simulated federation; returns the run's summary (also in ``cfg.out``)."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not verbose:  # inherited by the Ray actors: keep their output to what matters
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning")
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+        logging.getLogger("flwr").addFilter(_DropDeprecation())
     cfg = cfg.resolved()  # fail on bad config before Ray starts
 
     from flwr.app import Context
@@ -52,6 +66,7 @@ def run_sim(cfg: RunConfig, progress: Callable[[dict], None] | None = None, clie
         client_app=client_app or default_client_app,
         num_supernodes=cfg.clients,
         backend_config=backend_config(cfg),
+        verbose_logging=False,
     )
     if "summary" not in outcome:
         raise RuntimeError(f"the simulation ended without a result; see the log above and {cfg.out}")
