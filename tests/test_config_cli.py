@@ -1,0 +1,82 @@
+"""Run config and CLI: defaults, flag mapping, and bad input failing before Ray starts."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedkron.cli import build_parser, config_from_args, main
+from fedkron.config import TASK_DEFAULTS, ConfigError, RunConfig, bits_to_codec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("bits,quant,codec", [(4, None, "nf4"), (4, "fp4", "fp4"), (8, None, "int8"),
+                                              (16, None, "fp16"), (16, "bf16", "bf16"), (32, None, "fp32")])
+def test_bits_map_to_codecs(bits, quant, codec):
+    assert bits_to_codec(bits, quant) == codec
+
+
+def test_bits_reject_impossible_combinations():
+    with pytest.raises(ConfigError, match="--bits 4 takes --quant nf4 or fp4"):
+        bits_to_codec(4, "int8")
+    with pytest.raises(ConfigError, match="one of 4, 8, 16, 32"):
+        bits_to_codec(3)
+
+
+def test_no_flags_is_the_offline_default():
+    cfg = config_from_args(build_parser().parse_args(["sim"])).resolved()
+    assert (cfg.model, cfg.task, cfg.method, cfg.quant) == ("minilm-l6", "boolq", "kron-lora", "nf4")
+    assert cfg.clients == TASK_DEFAULTS["boolq"]["clients"] and cfg.rounds == TASK_DEFAULTS["boolq"]["rounds"]
+    assert cfg.out == "results/boolq-kron-lora-nf4"
+
+
+def test_flags_reach_the_config(tmp_path):
+    args = build_parser().parse_args([
+        "sim", "--task", "sst2", "--method", "lora", "--bits", "32", "--clients", "7", "--rounds", "2",
+        "--fraction", "0.5", "--local-steps", "3", "--batch-size", "4", "--max-length", "16", "--lr", "0.01",
+        "--partition", "dirichlet", "--dirichlet-alpha", "0.3", "--seed", "5", "--data-dir", str(tmp_path),
+        "--out", str(tmp_path / "o"), "--no-error-feedback"])
+    cfg = config_from_args(args).resolved()
+    assert (cfg.task, cfg.method, cfg.quant, cfg.clients, cfg.rounds) == ("sst2", "lora", "fp32", 7, 2)
+    assert (cfg.fraction, cfg.local_steps, cfg.batch_size, cfg.max_length, cfg.lr) == (0.5, 3, 4, 16, 0.01)
+    assert (cfg.partition, cfg.dirichlet_alpha, cfg.seed, cfg.error_feedback) == ("dirichlet", 0.3, 5, False)
+
+
+def test_every_problem_is_reported_at_once():
+    cfg = RunConfig(task="nope", method="kron", rank=0, fraction=1.5, quant="int3", clients=2, rounds=1,
+                    local_steps=1, max_length=32, data_dir="/definitely/missing")
+    with pytest.raises(ConfigError) as info:
+        cfg.validate()
+    text = str(info.value)
+    for fragment in ("task 'nope'", "method 'kron'", "rank must be ≥ 1", "fraction must be in (0, 1]",
+                     "'int3'", "data-dir '/definitely/missing'"):
+        assert fragment in text
+
+
+def test_cli_fails_before_ray_with_a_clear_message(capsys, monkeypatch):
+    import fedkron.sim.simulate as simulate
+
+    monkeypatch.setattr(simulate, "run_simulation", None, raising=False)  # must never be reached
+    with pytest.raises(SystemExit) as info:
+        main(["sim", "--rank", "0", "--method", "dora"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "rank must be ≥ 1" in err and "method 'dora'" in err
+
+
+def test_run_config_round_trips_through_flower_records():
+    cfg = RunConfig(task="sst2", rank=4, alpha=8.0, error_feedback=False, clients=3, rounds=2, local_steps=5)
+    again = RunConfig.from_mapping(cfg.to_record())
+    assert again == cfg
+    with pytest.raises(ConfigError, match="unknown run-config keys: bogus"):
+        RunConfig.from_mapping({"bogus": 1})
+    with pytest.raises(ConfigError, match="'rank': cannot read 'x' as int"):
+        RunConfig.from_mapping({"rank": "x"})
+
+
+def test_flower_app_config_matches_run_config():
+    """Every ``[tool.flwr.app.config]`` key is a RunConfig field (Flower rejects unknown --run-config keys)."""
+    app_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    cfg = RunConfig.from_mapping(app_config)
+    assert cfg.task == app_config["task"] and cfg.method == app_config["method"]
