@@ -78,6 +78,10 @@ class RunConfig:
     aggregation: str = "fedavg"
     server_opt: str = "sgd"
     server_lr: float = 1.0
+    clip_norm: float = 0.0  # clip each client update to this L2 norm before averaging (0 = off)
+    trim_fraction: float = 0.2  # share cut at each end by trimmed-mean
+    max_update_norm: float = 0.0  # reject replies whose update norm exceeds this (0 = no bound)
+    round_timeout: float = 0.0  # seconds to wait for replies per round (0 = 3600)
     seed: int = 0
     # Local training
     local_steps: int = 0  # 0 → task default
@@ -154,6 +158,10 @@ class RunConfig:
              f"min-replies must be in [1, clients={self.clients}] (got {self.min_replies})")
         need(self.dirichlet_alpha > 0, f"dirichlet-alpha must be > 0 (got {self.dirichlet_alpha})")
         need(self.server_lr > 0, f"server-lr must be > 0 (got {self.server_lr})")
+        need(self.clip_norm >= 0, f"clip-norm must be ≥ 0 (got {self.clip_norm})")
+        need(0 <= self.trim_fraction < 0.5, f"trim-fraction must be in [0, 0.5) (got {self.trim_fraction})")
+        need(self.max_update_norm >= 0, f"max-update-norm must be ≥ 0 (got {self.max_update_norm})")
+        need(self.round_timeout >= 0, f"round-timeout must be ≥ 0 (got {self.round_timeout})")
         need(self.local_steps >= 1, f"local-steps must be ≥ 1 (got {self.local_steps})")
         need(self.batch_size >= 1, f"batch-size must be ≥ 1 (got {self.batch_size})")
         need(0 < self.lr < 1, f"lr must be in (0, 1) (got {self.lr})")

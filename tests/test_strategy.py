@@ -100,3 +100,48 @@ def test_ledger_totals_and_csv_round_trip(tmp_path):
     again = Ledger.read_csv(tmp_path / "ledger.csv")
     assert again.rows == ledger.rows
     assert again.totals() == ledger.totals()
+
+
+def test_robust_aggregators_ignore_a_minority_of_outliers():
+    from fedkron.strategies.aggregate import coordinate_median, trimmed_mean
+
+    g = torch.Generator().manual_seed(1)
+    honest = [{"w": torch.ones(4, 3) + 0.01 * torch.randn(4, 3, generator=g)} for _ in range(8)]
+    attackers = [{"w": torch.full((4, 3), 100.0)}, {"w": torch.full((4, 3), -1e4)}]
+    for agg in (coordinate_median, lambda u, w: trimmed_mean(u, w, trim=0.2)):
+        out = agg(honest + attackers, [1] * 10)["w"]
+        assert torch.allclose(out, torch.ones(4, 3), atol=0.05)
+    assert weighted_mean(honest + attackers, [1] * 10)["w"].abs().max() > 100  # plain mean is ruined
+
+
+@settings(max_examples=25, deadline=None)
+@given(scale=st.floats(0.01, 100), max_norm=st.floats(0.1, 10))
+def test_clip_update_bounds_the_norm_and_keeps_direction(scale, max_norm):
+    from fedkron.strategies.aggregate import clip_update
+
+    u = {"a": torch.tensor([3.0, 4.0]) * scale, "b": torch.tensor([0.0])}
+    out = clip_update(u, max_norm)
+    norm = float(torch.cat([t.flatten() for t in out.values()]).norm())
+    assert norm <= max_norm * (1 + 1e-5) + 1e-6
+    assert norm == pytest.approx(min(5 * scale, max_norm), rel=1e-4)
+    assert torch.allclose(out["a"] / out["a"].norm(), torch.tensor([0.6, 0.8]), atol=1e-5)
+
+
+def test_server_optimisers():
+    from fedkron.strategies.server_opt import ServerOptimizer
+
+    w = {"x": torch.zeros(3)}
+    u = {"x": torch.tensor([1.0, -2.0, 0.5])}
+    assert torch.equal(ServerOptimizer("sgd", lr=1.0).step(w, u)["x"], u["x"])  # FedAvg
+    avgm = ServerOptimizer("avgm", lr=1.0, momentum=0.5)
+    w1 = avgm.step(w, u)
+    w2 = avgm.step(w1, u)
+    assert torch.allclose(w2["x"], u["x"] * (1 + 1.5))  # v1 = u, v2 = 0.5 u + u
+    adam = ServerOptimizer("adam", lr=0.1)
+    step = adam.step(w, u)["x"]
+    assert torch.equal(step.sign(), u["x"].sign()) and step.abs().max() <= 0.1  # first Adam step ≈ lr · sign(u)
+    again = ServerOptimizer("adam", lr=0.1)
+    again.load_state_dict(adam.state_dict())
+    assert torch.equal(again.step(w, u)["x"], adam.step(w, u)["x"])
+    with pytest.raises(ValueError, match="not one of sgd, avgm, adam"):
+        ServerOptimizer("lamb")

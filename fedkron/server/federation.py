@@ -68,7 +68,7 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None)
 
     try:
         result = strategy.start(grid, state_to_arrayrecord(initial), num_rounds=cfg.rounds,
-                                evaluate_fn=evaluate_fn, timeout=cfg.extra.get("timeout", 3600))
+                                evaluate_fn=evaluate_fn, timeout=cfg.round_timeout or 3600)
         final = arrayrecord_to_state(result.arrays) if len(result.arrays) else initial
         load_adapter_state_dict(model, final)
         save_adapter(model, results.path / "adapter")

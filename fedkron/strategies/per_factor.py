@@ -8,6 +8,7 @@ this strategy decodes every reply itself, checks it, averages the decoded *updat
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Iterable
 
@@ -16,9 +17,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedkron.compression import get_codec, message_byte_figures, to_records
+from flwr.common.serde import message_to_proto
+
+from fedkron.compression import PayloadError, get_codec, message_byte_figures, to_records
 from fedkron.config import RunConfig
-from fedkron.strategies.aggregate import weighted_mean
+from fedkron.strategies.aggregate import AGGREGATORS, clip_update, trimmed_mean
+from fedkron.strategies.server_opt import ServerOptimizer
 from fedkron.strategies.ledger import Ledger, LedgerRow
 from fedkron.strategies.validation import (
     ARRAYS_KEY,
@@ -55,6 +59,7 @@ class PerFactorFedAvg(FedAvg):
         self.ledger = ledger if ledger is not None else Ledger()
         self.downlink = get_codec(cfg.downlink, **_codec_options(cfg))
         self.allowed_codecs = (cfg.quant,)
+        self.server_opt = ServerOptimizer(cfg.server_opt, lr=cfg.server_lr)
         self.partition_of: dict[int, int] = {}
         self.round_stats: dict[int, dict[str, float]] = {}
 
@@ -117,7 +122,8 @@ class PerFactorFedAvg(FedAvg):
                 log.warning("round %d: client %s (partition %s) failed: %s", server_round, node, pid, msg.error.reason)
                 continue
             try:
-                reply = decode_reply(msg, self.expected, self.allowed_codecs)
+                reply = decode_reply(msg, self.expected, self.allowed_codecs,
+                                     max_update_norm=self.cfg.max_update_norm or math.inf)
             except RejectedReply as err:
                 rejected += 1
                 self._record(server_round, "up", "train", msg, node, pid, status="rejected")
@@ -133,9 +139,11 @@ class PerFactorFedAvg(FedAvg):
                 f"({rejected} rejected, {failed} failed); at least {self.cfg.min_replies} needed"
             )
         weights = [r.num_examples for r in valid]
-        mean_update = weighted_mean([r.update for r in valid], weights)
+        updates = [clip_update(r.update, self.cfg.clip_norm) for r in valid]
+        mean_update = self._aggregate(updates, weights)
         global_state = self._current_global
-        new_state = {k: global_state[k] + self.cfg.server_lr * mean_update[k] for k in global_state}
+        full_update = {k: mean_update.get(k, torch.zeros_like(v)) for k, v in global_state.items()}
+        new_state = self.server_opt.step(global_state, full_update)
         self._current_global = new_state
         train_loss = sum(r.metrics.get("train-loss", 0.0) * w for r, w in zip(valid, weights)) / sum(weights)
         metrics = MetricRecord(
@@ -144,13 +152,22 @@ class PerFactorFedAvg(FedAvg):
         )
         return state_to_arrayrecord(new_state), metrics
 
+    def _aggregate(self, updates: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
+        if self.cfg.aggregation == "trimmed-mean":
+            return trimmed_mean(updates, weights, trim=self.cfg.trim_fraction)
+        return AGGREGATORS[self.cfg.aggregation](updates, weights)
+
     # --- plumbing ---------------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord, *args, **kwargs):
         self._current_global = arrayrecord_to_state(initial_arrays)
         return super().start(grid, initial_arrays, *args, **kwargs)
 
     def _record(self, rnd: int, direction: str, kind: str, msg: Message, node: int, pid: int, status: str = "ok"):
-        figures = message_byte_figures(msg)
+        try:
+            figures = message_byte_figures(msg)
+        except PayloadError:  # a reply whose manifest does not even parse: count what arrived
+            figures = {"payload": 0, "serialized": message_to_proto(msg).ByteSize(),
+                       "count_bytes": sum(r.count_bytes() for r in msg.content.array_records.values())}
         self.ledger.add(LedgerRow(round=rnd, direction=direction, kind=kind, node_id=int(node),
                                   partition_id=int(pid), status=status, **figures))
 
