@@ -2,6 +2,7 @@
 
     fedkron sim       one simulated federation (Ray), the embedded offline default with no flags
     fedkron compare   several methods/codecs on the same task, partition and client schedule
+                      (the offline default: Kron-LoRA nf4 vs LoRA fp32 on BoolQ)
 """
 
 from __future__ import annotations
@@ -101,6 +102,20 @@ def summary_text(s: dict, out: str) -> str:
     ])
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fedkron.sim.compare import parse_runs, run_compare
+    from fedkron.sim.progress import format_round
+
+    specs = parse_runs(args.runs)
+    base = config_from_args(args)
+    out = args.out or f"results/compare-{base.task}"
+    print(f"fedkron compare: {', '.join(s.label for s in specs)} on {base.task} ({base.model}) → {out}", flush=True)
+    report = run_compare(base, specs, out, lora_rank=args.lora_rank,
+                         progress=lambda label, row: print(f"[{label}] {format_round(row)}", flush=True))
+    print(f"report: {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedkron", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_sim = sub.add_parser("sim", help="run one simulated federation (Ray)")
     _add_run_flags(p_sim)
     p_sim.set_defaults(func=cmd_sim)
+    p_cmp = sub.add_parser("compare", help="several methods/codecs on one task, seed and client schedule")
+    p_cmp.add_argument("--runs", default="kron-lora:nf4,lora:fp32",
+                       help="comma-separated method:codec list (default kron-lora:nf4,lora:fp32), e.g. "
+                            "kron-lora:nf4,kron-lora:int8,kron-lora:fp32,lora:fp32,lora:nf4,krona:nf4")
+    p_cmp.add_argument("--lora-rank", type=int, help="rank of the lora runs (default: --rank)")
+    _add_run_flags(p_cmp)
+    p_cmp.set_defaults(func=cmd_compare)
     return parser
 
 

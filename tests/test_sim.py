@@ -25,30 +25,32 @@ def _payload_per_message(ledger: Ledger) -> float:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two real simulations, nf4 (with one client sending a corrupted payload) and fp32."""
+    """A real 2-run ``compare`` on Ray: kron-lora nf4 (partition 0 sends a corrupted payload) and
+    kron-lora fp32, same task, seed and client schedule."""
     from fedkron.client.faulty import make_faulty_app
+    from fedkron.sim.compare import parse_runs, run_compare
     from fedkron.sim.simulate import run_sim
 
-    out = {}
     root = tmp_path_factory.mktemp("sim")
-    caplog_records = []
+    records = []
     handler = logging.Handler()
-    handler.emit = caplog_records.append
+    handler.emit = records.append
     logging.getLogger("fedkron").addHandler(handler)
+
+    def run(cfg, progress=None):
+        app = make_faulty_app("nan-scales", (0,)) if cfg.quant == "nf4" else None
+        return run_sim(cfg, progress=progress, client_app=app)
+
     try:
-        cfg4 = RunConfig(**TINY, quant="nf4", out=str(root / "nf4"))
-        out["nf4"] = run_sim(cfg4, client_app=make_faulty_app("nan-scales", (0,)))
-        cfg32 = RunConfig(**TINY, quant="fp32", out=str(root / "fp32"))
-        out["fp32"] = run_sim(cfg32)
+        report = run_compare(RunConfig(**TINY), parse_runs("kron-lora:nf4,kron-lora:fp32"), root, run=run)
     finally:
         logging.getLogger("fedkron").removeHandler(handler)
-    out["logs"] = [r.getMessage() for r in caplog_records]
-    out["root"] = root
-    return out
+    return {"root": root, "report": report, "logs": [r.getMessage() for r in records],
+            "nf4": root / "kron-lora-nf4", "fp32": root / "kron-lora-fp32"}
 
 
 def test_results_folder_is_complete(runs):
-    folder = runs["root"] / "nf4"
+    folder = runs["nf4"]
     for name in ("metrics.jsonl", "summary.json", "ledger.csv", "accuracy_and_mb.png", "config.json"):
         assert (folder / name).is_file(), name
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -67,25 +69,41 @@ def test_results_folder_is_complete(runs):
 def test_global_factors_change(runs):
     cfg = RunConfig(**TINY).resolved()
     initial = adapter_state_dict(build_model(cfg, num_labels=2))
-    final = load_file(str(runs["root"] / "nf4" / "adapter" / "adapter_model.safetensors"))
+    final = load_file(str(runs["nf4"] / "adapter" / "adapter_model.safetensors"))
     assert set(final) == set(initial)
     changed = [k for k in initial if not torch.allclose(initial[k], final[k])]
     assert len(changed) > len(initial) // 2
 
 
 def test_nf4_uplink_is_about_an_eighth_of_fp32(runs):
-    nf4 = Ledger.read_csv(runs["root"] / "nf4" / "ledger.csv")
-    fp32 = Ledger.read_csv(runs["root"] / "fp32" / "ledger.csv")
+    nf4 = Ledger.read_csv(runs["nf4"] / "ledger.csv")
+    fp32 = Ledger.read_csv(runs["fp32"] / "ledger.csv")
     ratio = _payload_per_message(nf4) / _payload_per_message(fp32)
     assert 0.11 < ratio < 0.16, ratio  # 4 bits + a float32 scale per 64 values ≈ 4.5/32
 
 
 def test_corrupted_reply_is_dropped_and_logged(runs):
-    nf4 = Ledger.read_csv(runs["root"] / "nf4" / "ledger.csv")
+    nf4 = Ledger.read_csv(runs["nf4"] / "ledger.csv")
     rejected = [r for r in nf4.rows if r.status == "rejected"]
     assert [r.partition_id for r in rejected] == [0, 0]  # partition 0, both rounds
-    rows = [json.loads(line) for line in (runs["root"] / "nf4" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (runs["nf4"] / "metrics.jsonl").read_text().splitlines()]
     assert [r["rejected"] for r in rows[1:]] == [1, 1] and [r["accepted"] for r in rows[1:]] == [2, 2]
     assert sum("rejected reply" in m and "(partition 0)" in m for m in runs["logs"]) == 2
-    clean = [json.loads(line) for line in (runs["root"] / "fp32" / "metrics.jsonl").read_text().splitlines()]
+    clean = [json.loads(line) for line in (runs["fp32"] / "metrics.jsonl").read_text().splitlines()]
     assert [r["rejected"] for r in clean[1:]] == [0, 0]
+
+
+def test_compare_report_reads_the_ledgers(runs):
+    import csv
+
+    rows = {r["run"]: r for r in csv.DictReader((runs["root"] / "results.csv").open())}
+    assert set(rows) == {"kron-lora-nf4", "kron-lora-fp32"}
+    for name, folder in (("kron-lora-nf4", runs["nf4"]), ("kron-lora-fp32", runs["fp32"])):
+        ledger = Ledger.read_csv(folder / "ledger.csv")
+        assert int(rows[name]["bytes_up"]) == ledger.total("up")
+        assert int(rows[name]["bytes_down"]) == ledger.total("down")
+        assert float(rows[name]["mb_up_total"]) == pytest.approx(ledger.total("up") / 1e6)
+    text = runs["report"].read_text()
+    assert "| kron-lora-nf4 | kron-lora | nf4 |" in text and "| kron-lora-fp32 | kron-lora | fp32 |" in text
+    for png in ("accuracy_vs_mb.png", "accuracy_per_round.png", "bytes_per_round.png"):
+        assert (runs["root"] / png).stat().st_size > 1000
