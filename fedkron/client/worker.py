@@ -13,9 +13,10 @@ import time
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from fedkron.adapters import adapter_state_dict, load_adapter_state_dict
+from fedkron.adapters import adapter_factor_roles, adapter_state_dict, load_adapter_state_dict
 from fedkron.compression import ErrorFeedback, decode, from_records, get_codec, to_records
 from fedkron.config import RunConfig
+from fedkron.strategies.exactness import exact_names
 from fedkron.strategies.validation import ARRAYS_KEY, CONFIG_KEY, MANIFEST_KEY, METRICS_KEY
 from fedkron.task import build_model, client_train_data, train_local
 
@@ -32,6 +33,21 @@ def cached_model(cfg: RunConfig, num_labels: int, multiple_choice: bool) -> torc
         _MODELS.clear()  # one model per process: a new config replaces the old one
         _MODELS[key] = build_model(cfg, num_labels, multiple_choice)
     return _MODELS[key]
+
+
+def select_trainable(model: torch.nn.Module, cfg: RunConfig) -> list[str]:
+    """Set which adapter tensors train this round and return their names (what the client sends).
+
+    Per-factor modes train every factor; ``exact`` freezes Kron-LoRA's A and B2 at their shared
+    seeded init so the server's average of B1 is the average of the clients' ΔW.
+    """
+    roles = adapter_factor_roles(model)
+    names = exact_names(roles) if cfg.aggregation == "exact" else list(roles)
+    keep = set(names)
+    params = dict(model.named_parameters())
+    for name in roles:
+        params[name].requires_grad_(name in keep)
+    return names
 
 
 def node_partition(context: Context, cfg: RunConfig) -> tuple[int, int]:
@@ -68,6 +84,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     # Decode the broadcast (never unpickled: packed buffers + JSON manifest).
     encoded = from_records(msg.content[ARRAYS_KEY], msg.content[MANIFEST_KEY])
     global_state = decode(encoded)
+    sent_names = select_trainable(model, cfg)
     load_adapter_state_dict(model, global_state)
 
     t_train = time.perf_counter()
@@ -76,7 +93,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     train_seconds = time.perf_counter() - t_train
 
     local = adapter_state_dict(model)
-    update = {k: local[k].detach().float() - global_state[k].float() for k in global_state}
+    update = {k: local[k].detach().float() - global_state[k].float() for k in sent_names}
     codec = get_codec(cfg.quant, **({"block_size": cfg.block_size} if cfg.block_size else {}))
     if cfg.error_feedback:
         ef = ErrorFeedback()

@@ -13,7 +13,7 @@ from typing import Callable
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
-from fedkron.adapters import adapter_state_dict, load_adapter_state_dict, save_adapter, trainable_parameter_count
+from fedkron.adapters import adapter_factor_roles, adapter_state_dict, load_adapter_state_dict, save_adapter, trainable_parameter_count
 from fedkron.config import RunConfig, codec_bits
 from fedkron.server.results import MB, ResultsFolder
 from fedkron.strategies import Ledger, PerFactorFedAvg, arrayrecord_to_state, state_to_arrayrecord
@@ -34,7 +34,8 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None)
     model = build_model(cfg, evalset.task.num_labels, evalset.task.kind == "multiple_choice")
     initial = adapter_state_dict(model)
     ledger = Ledger()
-    strategy = PerFactorFedAvg(cfg, {k: v.shape for k, v in initial.items()}, ledger)
+    strategy = PerFactorFedAvg(cfg, {k: v.shape for k, v in initial.items()}, ledger,
+                               roles=adapter_factor_roles(model))
     summary: dict = {
         "method": cfg.method, "codec": cfg.quant, "bits": codec_bits(cfg.quant), "downlink": cfg.downlink,
         "task": cfg.task, "model": cfg.model, "clients": cfg.clients, "rounds": cfg.rounds,
@@ -59,6 +60,7 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None)
             "seconds": now - last_round_end[0], "elapsed": now - t_start,
             "accepted": stats.get("accepted", 0), "rejected": stats.get("rejected", 0),
             "failed": stats.get("failed", 0), "majority_baseline": evalset.majority_baseline,
+            "aggregation_error": stats.get("aggregation_error"),
         }
         last_round_end[0] = now
         results.append_metrics(row)

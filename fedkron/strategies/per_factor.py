@@ -23,6 +23,7 @@ from fedkron.compression import PayloadError, get_codec, message_byte_figures, t
 from fedkron.config import RunConfig
 from fedkron.strategies.aggregate import AGGREGATORS, clip_update, trimmed_mean
 from fedkron.strategies.server_opt import ServerOptimizer
+from fedkron.strategies.exactness import aggregation_error, exact_names
 from fedkron.strategies.ledger import Ledger, LedgerRow
 from fedkron.strategies.validation import (
     ARRAYS_KEY,
@@ -47,7 +48,8 @@ def arrayrecord_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
 class PerFactorFedAvg(FedAvg):
     """Per-factor FedAvg over encoded adapter updates, with a communication ledger."""
 
-    def __init__(self, cfg: RunConfig, expected: dict[str, torch.Size], ledger: Ledger | None = None):
+    def __init__(self, cfg: RunConfig, expected: dict[str, torch.Size], ledger: Ledger | None = None,
+                 roles: dict[str, str] | None = None):
         super().__init__(
             fraction_train=cfg.fraction,
             fraction_evaluate=0.0,  # evaluation is central, on the server
@@ -55,6 +57,9 @@ class PerFactorFedAvg(FedAvg):
             min_available_nodes=cfg.clients,
         )
         self.cfg = cfg
+        self.roles = roles or {}
+        if cfg.aggregation == "exact":  # only B1 and full modules travel; A, B2 stay at their seeded init
+            expected = {n: expected[n] for n in exact_names(self.roles)}
         self.expected = dict(expected)
         self.ledger = ledger if ledger is not None else Ledger()
         self.downlink = get_codec(cfg.downlink, **_codec_options(cfg))
@@ -132,7 +137,7 @@ class PerFactorFedAvg(FedAvg):
             self._record(server_round, "up", "train", msg, node, pid)
             valid.append(reply)
 
-        self.round_stats[server_round] = {"failed": failed, "rejected": rejected, "accepted": len(valid)}
+        stats = self.round_stats[server_round] = {"failed": failed, "rejected": rejected, "accepted": len(valid)}
         if len(valid) < self.cfg.min_replies:
             raise RuntimeError(
                 f"round {server_round}: only {len(valid)} valid replies "
@@ -142,6 +147,8 @@ class PerFactorFedAvg(FedAvg):
         updates = [clip_update(r.update, self.cfg.clip_norm) for r in valid]
         mean_update = self._aggregate(updates, weights)
         global_state = self._current_global
+        if self.roles:
+            stats["aggregation_error"] = aggregation_error(global_state, updates, weights, self.roles)
         full_update = {k: mean_update.get(k, torch.zeros_like(v)) for k, v in global_state.items()}
         new_state = self.server_opt.step(global_state, full_update)
         self._current_global = new_state
