@@ -80,12 +80,30 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from fedkron.sim.progress import format_round
     from fedkron.sim.simulate import run_sim
 
-    cfg = config_from_args(args).resolved()
+    cfg = resume_config(args) if args.resume else config_from_args(args).resolved()
     print(f"fedkron sim: {cfg.method} on {cfg.task} ({cfg.model}), uplink {cfg.quant}, "
           f"{cfg.clients} clients × {cfg.rounds} rounds × {cfg.local_steps} local steps → {cfg.out}", flush=True)
     summary = run_sim(cfg, progress=lambda row: print(format_round(row), flush=True), verbose=args.verbose)
     print(summary_text(summary, cfg.out))
     return 0
+
+
+def resume_config(args: argparse.Namespace) -> RunConfig:
+    """The saved config of the run in ``--resume DIR``; other run flags would change the run."""
+    import json
+    from pathlib import Path
+
+    folder = Path(args.resume)
+    saved = folder / "config.json"
+    if not saved.is_file():
+        raise ConfigError(f"--resume {folder}: no config.json there (not a fedkron results folder)")
+    given = [k for k, v in vars(args).items() if k not in ("resume", "func", "command", "verbose",
+                                                           "no_error_feedback", "bits", "quant") and v is not None]
+    if given or args.bits is not None or args.quant is not None or args.no_error_feedback:
+        raise ConfigError("--resume continues a run with its saved config; drop the other run flags")
+    cfg = RunConfig.from_mapping(json.loads(saved.read_text()))
+    cfg.resume, cfg.out = True, str(folder)
+    return cfg.resolved()
 
 
 def summary_text(s: dict, out: str) -> str:
@@ -122,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p_sim = sub.add_parser("sim", help="run one simulated federation (Ray)")
     _add_run_flags(p_sim)
+    p_sim.add_argument("--resume", metavar="DIR", help="continue the run in results folder DIR from its last completed round")
     p_sim.set_defaults(func=cmd_sim)
     p_cmp = sub.add_parser("compare", help="several methods/codecs on one task, seed and client schedule")
     p_cmp.add_argument("--runs", default="kron-lora:nf4,lora:fp32",

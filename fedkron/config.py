@@ -89,6 +89,8 @@ class RunConfig:
     lr: float = 2e-3
     # Output
     out: str = "results/run"
+    resume: bool = False  # continue from the newest checkpoint in `out`
+    client_state_dir: str = ""  # where clients keep error-feedback residuals per round ('' = in memory)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # --- construction -----------------------------------------------------------------------

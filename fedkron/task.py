@@ -118,6 +118,7 @@ def train_local(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout draws from the global RNG: same (round, client) → same run
     num_rows = int(data["labels"].shape[0])
     model.train()
     total = 0.0

@@ -26,7 +26,7 @@ def _payload_per_message(ledger: Ledger) -> float:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A real 2-run ``compare`` on Ray: kron-lora nf4 (partition 0 sends a corrupted payload) and
-    kron-lora fp32, same task, seed and client schedule."""
+    kron-lora fp32 (partition 1 raises), same task, seed and client schedule."""
     from fedkron.client.faulty import make_faulty_app
     from fedkron.sim.compare import parse_runs, run_compare
     from fedkron.sim.simulate import run_sim
@@ -38,7 +38,8 @@ def runs(tmp_path_factory):
     logging.getLogger("fedkron").addHandler(handler)
 
     def run(cfg, progress=None):
-        app = make_faulty_app("nan-scales", (0,)) if cfg.quant == "nf4" else None
+        fault = ("nan-scales", (0,)) if cfg.quant == "nf4" else ("raise", (1,))
+        app = make_faulty_app(*fault)
         return run_sim(cfg, progress=progress, client_app=app)
 
     try:
@@ -91,6 +92,13 @@ def test_corrupted_reply_is_dropped_and_logged(runs):
     assert sum("rejected reply" in m and "(partition 0)" in m for m in runs["logs"]) == 2
     clean = [json.loads(line) for line in (runs["fp32"] / "metrics.jsonl").read_text().splitlines()]
     assert [r["rejected"] for r in clean[1:]] == [0, 0]
+
+
+def test_a_client_that_raises_is_counted_failed_and_the_round_goes_on(runs):
+    rows = [json.loads(line) for line in (runs["fp32"] / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["failed"], r["accepted"]) for r in rows[1:]] == [(1, 2), (1, 2)]
+    summary = json.loads((runs["fp32"] / "summary.json").read_text())
+    assert summary["status"] == "completed"
 
 
 def test_compare_report_reads_the_ledgers(runs):

@@ -8,9 +8,12 @@ as plain tensors (an ArrayRecord), never pickled.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from fedkron.adapters import adapter_factor_roles, adapter_state_dict, load_adapter_state_dict
@@ -73,6 +76,45 @@ def run_config_from(msg: Message, context: Context) -> RunConfig:
     return RunConfig.from_mapping(values)
 
 
+class ResidualStore:
+    """Where a client keeps its error-feedback residual between the rounds it is selected.
+
+    In memory (the node's Flower context) by default; with ``client-state-dir`` (set by the
+    simulation) on disk, one safetensors file per partition and round, so a run that is killed and
+    resumed reads exactly the residual of the last completed round it took part in.
+    """
+
+    def __init__(self, folder: str, partition_id: int, context: Context):
+        self.folder = Path(folder) if folder else None
+        self.pid, self.context = partition_id, context
+
+    def _path(self, rnd: int) -> Path:
+        return self.folder / f"partition-{self.pid}" / f"round-{rnd}.safetensors"
+
+    def load(self, server_round: int) -> dict[str, torch.Tensor]:
+        if self.folder is None:
+            if EF_KEY not in self.context.state:
+                return {}
+            return {k: torch.from_numpy(v.numpy().copy()) for k, v in self.context.state[EF_KEY].items()}
+        files = sorted((int(p.stem.split("-")[1]), p) for p in self._path(0).parent.glob("round-*.safetensors"))
+        earlier = [p for r, p in files if r < server_round]
+        return load_file(str(earlier[-1])) if earlier else {}
+
+    def save(self, server_round: int, state: dict[str, torch.Tensor]) -> None:
+        if self.folder is None:
+            self.context.state[EF_KEY] = ArrayRecord(state)
+            return
+        path = self._path(server_round)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        os.replace(tmp, path)
+        # keep this round's file and the newest before it (what a re-run of this round reads)
+        files = sorted(path.parent.glob("round-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
+        for old in files[:-2]:
+            old.unlink(missing_ok=True)
+
+
 def handle_train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     cfg = run_config_from(msg, context)
@@ -96,11 +138,11 @@ def handle_train(msg: Message, context: Context) -> Message:
     update = {k: local[k].detach().float() - global_state[k].float() for k in sent_names}
     codec = get_codec(cfg.quant, **({"block_size": cfg.block_size} if cfg.block_size else {}))
     if cfg.error_feedback:
+        store = ResidualStore(cfg.client_state_dir, pid, context)
         ef = ErrorFeedback()
-        if EF_KEY in context.state:
-            ef.load_state_dict({k: torch.from_numpy(v.numpy().copy()) for k, v in context.state[EF_KEY].items()})
+        ef.load_state_dict(store.load(server_round))
         up, _ = ef.step(update, codec)
-        context.state[EF_KEY] = ArrayRecord(ef.state_dict())
+        store.save(server_round, ef.state_dict())
     else:
         up = codec.encode(update)
     arrays, manifest = to_records(up)

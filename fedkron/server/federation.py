@@ -10,43 +10,57 @@ import logging
 import time
 from typing import Callable
 
-from flwr.app import ArrayRecord, MetricRecord
+from pathlib import Path
+
+from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
 from fedkron.adapters import adapter_factor_roles, adapter_state_dict, load_adapter_state_dict, save_adapter, trainable_parameter_count
 from fedkron.config import RunConfig, codec_bits
 from fedkron.server.results import MB, ResultsFolder
-from fedkron.strategies import Ledger, PerFactorFedAvg, arrayrecord_to_state, state_to_arrayrecord
+from fedkron.server.checkpoint import load_checkpoint, save_checkpoint
+from fedkron.strategies import Ledger, PerFactorFedAvg, state_to_arrayrecord
 from fedkron.task import build_model, eval_data, evaluate
 
 log = logging.getLogger("fedkron")
 Progress = Callable[[dict], None]
 
 
-def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None) -> dict:
-    """Run ``cfg.rounds`` rounds and write the results folder; returns the summary dict."""
+def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None, resume: bool = False) -> dict:
+    """Run ``cfg.rounds`` rounds and write the results folder; returns the summary dict.
+
+    With ``resume``, continue from the newest checkpoint in ``cfg.out`` (if there is one): the
+    global factors, server optimiser, ledger and metrics so far are restored, and the remaining
+    rounds run with the same seeded client schedule as an uninterrupted run.
+    """
     cfg = cfg.resolved()
     t_start = time.perf_counter()
-    results = ResultsFolder(cfg.out)
+    ckpt = load_checkpoint(Path(cfg.out)) if resume else None
+    results = ResultsFolder(cfg.out, keep=ckpt.metrics if ckpt else None)
     results.write_json("config.json", cfg.to_record())
 
     evalset = eval_data(cfg)
     model = build_model(cfg, evalset.task.num_labels, evalset.task.kind == "multiple_choice")
-    initial = adapter_state_dict(model)
-    ledger = Ledger()
+    initial = {k: v.clone() for k, v in adapter_state_dict(model).items()}
+    ledger = ckpt.ledger if ckpt else Ledger()
     strategy = PerFactorFedAvg(cfg, {k: v.shape for k, v in initial.items()}, ledger,
                                roles=adapter_factor_roles(model))
+    strategy.global_state = ckpt.global_state if ckpt else initial
+    if ckpt:
+        strategy.server_opt.load_state_dict(ckpt.server_opt)
+        log.info("resuming %s after round %d", cfg.out, ckpt.round)
     summary: dict = {
         "method": cfg.method, "codec": cfg.quant, "bits": codec_bits(cfg.quant), "downlink": cfg.downlink,
         "task": cfg.task, "model": cfg.model, "clients": cfg.clients, "rounds": cfg.rounds,
-        "trainable_params": trainable_parameter_count(model),
+        "aggregation": cfg.aggregation, "trainable_params": trainable_parameter_count(model),
         "majority_baseline": evalset.majority_baseline,
         "eval_rows": evalset.num_rows, "eval_note": evalset.note, "status": "running",
+        "resumed_from_round": ckpt.round if ckpt else None,
     }
     last_round_end = [time.perf_counter()]
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        load_adapter_state_dict(model, arrayrecord_to_state(arrays))
+    def evaluate_round(server_round: int) -> None:
+        load_adapter_state_dict(model, strategy.global_state)
         loss, acc = evaluate(model, evalset.data)
         now = time.perf_counter()
         stats = strategy.round_stats.get(server_round, {})
@@ -66,13 +80,19 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None)
         results.append_metrics(row)
         if progress:
             progress(row)
-        return MetricRecord({"accuracy": acc, "loss": loss})
 
     try:
-        result = strategy.start(grid, state_to_arrayrecord(initial), num_rounds=cfg.rounds,
-                                evaluate_fn=evaluate_fn, timeout=cfg.round_timeout or 3600)
-        final = arrayrecord_to_state(result.arrays) if len(result.arrays) else initial
-        load_adapter_state_dict(model, final)
+        first = ckpt.round + 1 if ckpt else 1
+        if not ckpt:
+            evaluate_round(0)
+        for rnd in range(first, cfg.rounds + 1):
+            messages = strategy.configure_train(rnd, state_to_arrayrecord(strategy.global_state), ConfigRecord(), grid)
+            replies = grid.send_and_receive(messages, timeout=cfg.round_timeout or 3600)
+            strategy.aggregate_train(rnd, replies)
+            evaluate_round(rnd)
+            save_checkpoint(results.path, rnd, strategy.global_state, strategy.server_opt.state_dict(),
+                            ledger, results.rows)
+        load_adapter_state_dict(model, strategy.global_state)
         save_adapter(model, results.path / "adapter")
         summary["status"] = "completed"
     except BaseException as err:

@@ -15,12 +15,13 @@ MB = 1_000_000
 
 
 class ResultsFolder:
-    def __init__(self, out: str | Path):
+    def __init__(self, out: str | Path, keep: list[dict[str, Any]] | None = None):
+        """A fresh run starts fresh files; a resumed one keeps the rows its checkpoint holds."""
         self.path = Path(out)
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
-        self.metrics_path.write_text("")  # a fresh run starts a fresh file
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = list(keep or [])
+        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         self.rows.append(row)

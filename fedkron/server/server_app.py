@@ -13,7 +13,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Read ``[tool.flwr.app.config]`` (+ ``--run-config``) and run the federation."""
     cfg = RunConfig.from_mapping(dict(context.run_config))
-    run_federation(grid, cfg, progress=_print_progress)
+    run_federation(grid, cfg, progress=_print_progress, resume=cfg.resume)
 
 
 def _print_progress(row: dict) -> None:

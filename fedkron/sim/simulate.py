@@ -7,8 +7,10 @@ deployment, so the same ClientApp runs unchanged on Ray and on real SuperNodes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from pathlib import Path
 from typing import Callable
 
 from fedkron.config import RunConfig
@@ -46,6 +48,8 @@ def run_sim(cfg: RunConfig, progress: Callable[[dict], None] | None = None, clie
         logging.getLogger("flwr").setLevel(logging.WARNING)
         logging.getLogger("flwr").addFilter(_DropDeprecation())
     cfg = cfg.resolved()  # fail on bad config before Ray starts
+    if not cfg.client_state_dir:  # virtual clients keep error feedback on disk: survives a kill
+        cfg = dataclasses.replace(cfg, client_state_dir=str(Path(cfg.out) / "client-state"))
 
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -59,7 +63,7 @@ def run_sim(cfg: RunConfig, progress: Callable[[dict], None] | None = None, clie
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        outcome["summary"] = run_federation(grid, cfg, progress=progress)
+        outcome["summary"] = run_federation(grid, cfg, progress=progress, resume=cfg.resume)
 
     run_simulation(
         server_app=server_app,

@@ -66,6 +66,8 @@ class PerFactorFedAvg(FedAvg):
         self.allowed_codecs = (cfg.quant,)
         self.server_opt = ServerOptimizer(cfg.server_opt, lr=cfg.server_lr)
         self.partition_of: dict[int, int] = {}
+        self._sent: dict[int, int] = {}
+        self.global_state: dict[str, torch.Tensor] = {}
         self.round_stats: dict[int, dict[str, float]] = {}
 
     # --- sampling ---------------------------------------------------------------------------
@@ -108,6 +110,7 @@ class PerFactorFedAvg(FedAvg):
         config = ConfigRecord({**self.cfg.to_record(), **dict(config), "server-round": server_round})
         content = RecordDict({ARRAYS_KEY: arr, MANIFEST_KEY: manifest, CONFIG_KEY: config})
         messages = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
+        self._sent[server_round] = len(messages)
         for m in messages:
             node = m.metadata.dst_node_id
             self._record(server_round, "down", "train", m, node, self.partition_of.get(node, -1))
@@ -118,7 +121,11 @@ class PerFactorFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid: list[ValidReply] = []
-        failed = rejected = 0
+        replies = list(replies)
+        failed = max(self._sent.get(server_round, 0) - len(replies), 0)  # no reply before the timeout
+        if failed:
+            log.warning("round %d: %d clients did not reply in time", server_round, failed)
+        rejected = 0
         for msg in replies:
             node = msg.metadata.src_node_id
             pid = self.partition_of.get(node, -1)
@@ -143,15 +150,16 @@ class PerFactorFedAvg(FedAvg):
                 f"round {server_round}: only {len(valid)} valid replies "
                 f"({rejected} rejected, {failed} failed); at least {self.cfg.min_replies} needed"
             )
+        valid.sort(key=lambda r: (r.partition_id, r.node_id))  # arrival order must not change sums
         weights = [r.num_examples for r in valid]
         updates = [clip_update(r.update, self.cfg.clip_norm) for r in valid]
         mean_update = self._aggregate(updates, weights)
-        global_state = self._current_global
+        global_state = self.global_state
         if self.roles:
             stats["aggregation_error"] = aggregation_error(global_state, updates, weights, self.roles)
         full_update = {k: mean_update.get(k, torch.zeros_like(v)) for k, v in global_state.items()}
         new_state = self.server_opt.step(global_state, full_update)
-        self._current_global = new_state
+        self.global_state = new_state
         train_loss = sum(r.metrics.get("train-loss", 0.0) * w for r, w in zip(valid, weights)) / sum(weights)
         metrics = MetricRecord(
             {"train-loss": train_loss, "accepted": len(valid), "rejected": rejected, "failed": failed,
@@ -166,7 +174,7 @@ class PerFactorFedAvg(FedAvg):
 
     # --- plumbing ---------------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord, *args, **kwargs):
-        self._current_global = arrayrecord_to_state(initial_arrays)
+        self.global_state = arrayrecord_to_state(initial_arrays)
         return super().start(grid, initial_arrays, *args, **kwargs)
 
     def _record(self, rnd: int, direction: str, kind: str, msg: Message, node: int, pid: int, status: str = "ok"):
