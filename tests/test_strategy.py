@@ -62,10 +62,23 @@ def test_valid_reply_is_decoded(flower_identity, update):
         assert torch.allclose(reply.update[k], update[k], atol=0.01 * 0.2)
 
 
-@pytest.mark.parametrize("fault", ["nan-scales", "truncated", "bad-manifest"])
+@pytest.mark.parametrize("fault", ["nan-scales", "truncated", "bad-manifest", "wrong-shape"])
 def test_corrupted_replies_are_rejected(flower_identity, update, fault):
     with pytest.raises(RejectedReply):
         decode_reply(corrupt(_reply(update), fault), SHAPES, ("nf4",))
+
+
+def test_well_formed_malicious_updates_pass_validation_but_not_a_norm_bound(flower_identity, update):
+    honest = decode_reply(_reply(update, codec="fp32"), SHAPES, ("fp32",)).update
+    scaled = decode_reply(corrupt(_reply(update, codec="fp32"), "scale-100"), SHAPES, ("fp32",)).update
+    flipped = decode_reply(corrupt(_reply(update, codec="fp32"), "sign-flip"), SHAPES, ("fp32",)).update
+    for k in SHAPES:
+        torch.testing.assert_close(scaled[k], 100 * honest[k])
+        torch.testing.assert_close(flipped[k], -honest[k])
+    bound = 10 * float(torch.cat([v.flatten() for v in honest.values()]).norm())
+    decode_reply(_reply(update, codec="fp32"), SHAPES, ("fp32",), max_update_norm=bound)
+    with pytest.raises(RejectedReply, match="exceeds the bound"):
+        decode_reply(corrupt(_reply(update, codec="fp32"), "scale-100"), SHAPES, ("fp32",), max_update_norm=bound)
 
 
 def test_rejects_wrong_names_shapes_codec_and_counts(flower_identity, update):

@@ -11,16 +11,33 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedkron.client.worker import handle_query, handle_train
+from fedkron.compression import decode, from_records, get_codec, to_records
 from fedkron.strategies.validation import ARRAYS_KEY, MANIFEST_KEY
 
-FAULTS = ("nan-scales", "truncated", "bad-manifest", "raise")
+FAULTS = ("nan-scales", "truncated", "bad-manifest", "wrong-shape", "scale-100", "sign-flip", "raise")
+
+
+def _reencode(reply: Message, change) -> None:
+    """Decode the reply's update, apply ``change`` and encode it again with the same codec: a
+    well-formed payload carrying a malicious update (what validation alone cannot catch)."""
+    content = reply.content
+    encoded = from_records(content[ARRAYS_KEY], content[MANIFEST_KEY])
+    update = change(decode(encoded))
+    content[ARRAYS_KEY], content[MANIFEST_KEY] = to_records(
+        get_codec(encoded.codec, block_size=encoded.manifest.get("block_size")).encode(update))
 
 
 def corrupt(reply: Message, fault: str) -> Message:
     """Return ``reply`` with its payload damaged by ``fault``."""
     content = reply.content
     arrays: ArrayRecord = content[ARRAYS_KEY]
-    if fault == "nan-scales":
+    if fault == "scale-100":
+        _reencode(reply, lambda u: {k: v * 100 for k, v in u.items()})
+    elif fault == "sign-flip":
+        _reencode(reply, lambda u: {k: -v for k, v in u.items()})
+    elif fault == "wrong-shape":
+        _reencode(reply, lambda u: {k: v.reshape(-1)[: max(v.numel() - 1, 0)] for k, v in u.items()})
+    elif fault == "nan-scales":
         new = ArrayRecord()
         for key, arr in arrays.items():
             values = arr.numpy().copy()
@@ -43,20 +60,23 @@ def corrupt(reply: Message, fault: str) -> Message:
     return reply
 
 
-def make_faulty_app(fault: str, partitions: tuple[int, ...]) -> ClientApp:
-    """A ClientApp whose clients in ``partitions`` send ``fault`` (or raise, for ``"raise"``)."""
-    if fault not in FAULTS:
-        raise ValueError(f"unknown fault {fault!r}; choose from {FAULTS}")
+def make_faulty_app(fault: str | dict[int, str], partitions: tuple[int, ...] = ()) -> ClientApp:
+    """A ClientApp whose clients in ``partitions`` send ``fault`` (or raise, for ``"raise"``);
+    or, with a dict, a fault per partition id."""
+    faults = dict(fault) if isinstance(fault, dict) else {p: fault for p in partitions}
+    unknown = sorted(set(faults.values()) - set(FAULTS))
+    if unknown:
+        raise ValueError(f"unknown fault {unknown[0]!r}; choose from {FAULTS}")
     app = ClientApp()
-    bad = set(partitions)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         pid = int(context.node_config.get("partition-id", -1))
-        if pid in bad and fault == "raise":
+        kind = faults.get(pid)
+        if kind == "raise":
             raise RuntimeError(f"injected failure on partition {pid}")
         reply = handle_train(msg, context)
-        return corrupt(reply, fault) if pid in bad else reply
+        return corrupt(reply, kind) if kind else reply
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

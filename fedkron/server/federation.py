@@ -75,6 +75,8 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
             "accepted": stats.get("accepted", 0), "rejected": stats.get("rejected", 0),
             "failed": stats.get("failed", 0), "majority_baseline": evalset.majority_baseline,
             "aggregation_error": stats.get("aggregation_error"),
+            "fit_seconds": stats.get("fit_seconds"), "client_seconds": stats.get("client_seconds"),
+            "train_seconds": stats.get("train_seconds"),
         }
         last_round_end[0] = now
         results.append_metrics(row)
@@ -86,9 +88,11 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
         if not ckpt:
             evaluate_round(0)
         for rnd in range(first, cfg.rounds + 1):
+            t_fit = time.perf_counter()
             messages = strategy.configure_train(rnd, state_to_arrayrecord(strategy.global_state), ConfigRecord(), grid)
             replies = grid.send_and_receive(messages, timeout=cfg.round_timeout or 3600)
             strategy.aggregate_train(rnd, replies)
+            strategy.round_stats[rnd]["fit_seconds"] = time.perf_counter() - t_fit
             evaluate_round(rnd)
             save_checkpoint(results.path, rnd, strategy.global_state, strategy.server_opt.state_dict(),
                             ledger, results.rows)

@@ -160,6 +160,8 @@ class PerFactorFedAvg(FedAvg):
         full_update = {k: mean_update.get(k, torch.zeros_like(v)) for k, v in global_state.items()}
         new_state = self.server_opt.step(global_state, full_update)
         self.global_state = new_state
+        stats["client_seconds"] = sum(r.metrics.get("client-seconds", 0.0) for r in valid)
+        stats["train_seconds"] = sum(r.metrics.get("train-seconds", 0.0) for r in valid)
         train_loss = sum(r.metrics.get("train-loss", 0.0) * w for r, w in zip(valid, weights)) / sum(weights)
         metrics = MetricRecord(
             {"train-loss": train_loss, "accepted": len(valid), "rejected": rejected, "failed": failed,

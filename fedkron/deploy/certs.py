@@ -1,0 +1,125 @@
+"""TLS for the SuperLink: a private CA and a server certificate whose subject names match the
+addresses SuperNodes and ``flwr`` dial.
+
+Written with the ``cryptography`` package (already a Flower dependency) so the same files come out
+on any OS without an ``openssl`` binary. The CA key never leaves the machine that made it; only
+``ca.crt`` goes to the SuperNodes (``--root-certificates``) and to ``flwr``'s connection.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+DEFAULT_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The three files the SuperLink needs (``--ssl-*``) and the one the SuperNodes need."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+    @classmethod
+    def in_folder(cls, folder: str | Path) -> "TlsFiles":
+        folder = Path(folder).resolve()
+        return cls(folder / "ca.crt", folder / "server.pem", folder / "server.key")
+
+    def check(self) -> "TlsFiles":
+        missing = [str(p) for p in (self.ca_cert, self.server_cert, self.server_key) if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                "fedkron.deploy.certs: missing TLS files " + ", ".join(missing)
+                + " (create them with `fedkron deploy certs DIR --host <address>`)"
+            )
+        return self
+
+
+def make_certificates(folder: str | Path, hosts: tuple[str, ...] | list[str] = DEFAULT_HOSTS,
+                      days: int = 365) -> TlsFiles:
+    """Create ``ca.crt``/``ca.key`` and ``server.pem``/``server.key`` in ``folder``.
+
+    ``hosts`` are every name or IP the SuperLink is reached by; each becomes a subject alternative
+    name (IP or DNS entry), which is what TLS clients check, not the common name.
+    """
+    if not hosts:
+        raise ValueError("fedkron.deploy.certs: at least one host (IP or DNS name) is needed for the server certificate")
+    if days < 1:
+        raise ValueError(f"fedkron.deploy.certs: days must be ≥ 1 (got {days})")
+    files = TlsFiles.in_folder(folder)
+    files.ca_cert.parent.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    until = now + dt.timedelta(days=days)
+
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedkron SuperLink CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+
+    server_key = ec.generate_private_key(ec.SECP384R1())
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(until)
+        .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+
+    _write_key(files.ca_cert.with_name("ca.key"), ca_key)
+    _write_key(files.server_key, server_key)
+    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+def subject_names(cert_path: str | Path) -> list[str]:
+    """The DNS names and IPs a certificate is valid for (to check a cert before deploying it)."""
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(v) for v in san.get_values_for_type(x509.IPAddress)] + san.get_values_for_type(x509.DNSName)
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        if not host or any(c in host for c in " /:@"):
+            raise ValueError(f"fedkron.deploy.certs: {host!r} is neither an IP address nor a DNS name") from None
+        return x509.DNSName(host)
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """Private keys: PEM, unencrypted (Flower reads them without a passphrase), owner-only."""
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)

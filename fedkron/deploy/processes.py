@@ -1,0 +1,145 @@
+"""Start and stop Flower processes on this machine, and only those.
+
+Each process starts in its own session (its PID is its process group), logs to a file, and is
+stopped by PID: SIGTERM to its group and to every descendant it spawned (Flower's SuperExec and
+app processes detach into sessions of their own), then SIGKILL for whatever is left.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Mapping
+
+import psutil  # a dependency of peft/accelerate: process trees without parsing /proc
+
+FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+
+
+def flower_env(flwr_home: str | Path | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This environment plus what every Flower process here must have (no telemetry, no uv installs)."""
+    env = dict(os.environ)
+    env.update(FLOWER_ENV)
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(Path(flwr_home).resolve())
+    env.update(extra or {})
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class ManagedProcess:
+    """One started process with its log file; :meth:`stop` ends it and its descendants."""
+
+    def __init__(self, argv: list[str], log_path: str | Path, env: Mapping[str, str] | None = None,
+                 cwd: str | Path | None = None):
+        self.argv = list(argv)
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True)
+        self.pid = self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, pattern: str, timeout: float) -> re.Match:
+        """Block until ``pattern`` (a regex) appears in the log; raise TimeoutError with the log tail."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if m := rx.search(self.log()):
+                return m
+            if not self.alive:
+                break
+            time.sleep(0.2)
+        if m := rx.search(self.log()):
+            return m
+        state = "running" if self.alive else f"exited with {self.popen.returncode}"
+        raise TimeoutError(f"{self.argv[0]} ({state}) never logged {pattern!r} within {timeout:.0f} s; "
+                           f"log tail:\n{self.log()[-3000:]}")
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no goodbye to the SuperLink."""
+        self._signal(signal.SIGKILL, self.descendants())
+        self.popen.wait(timeout=10)
+
+    def stop(self, timeout: float = 8.0) -> None:
+        children = self.descendants()
+        self._signal(signal.SIGTERM, children)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        _, alive = psutil.wait_procs(children, timeout=2)
+        self._signal(signal.SIGKILL, alive)
+        try:
+            self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+    def _signal(self, sig: int, children: list[psutil.Process]) -> None:
+        try:
+            os.killpg(self.pid, sig)  # pgid == pid: started with start_new_session
+        except (ProcessLookupError, PermissionError):
+            pass
+        for child in children:
+            try:
+                child.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+
+
+class Processes:
+    """The processes a test, benchmark or CLI command started; ``with`` stops them all, LIFO."""
+
+    def __init__(self) -> None:
+        self.started: list[ManagedProcess] = []
+
+    def start(self, argv: list[str], log_path: str | Path, env: Mapping[str, str] | None = None,
+              cwd: str | Path | None = None) -> ManagedProcess:
+        proc = ManagedProcess(argv, log_path, env, cwd)
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        while self.started:
+            self.started.pop().stop()
+
+    def __enter__(self) -> "Processes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
