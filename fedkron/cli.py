@@ -44,6 +44,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--aggregation", help=f"fedavg (per factor) | exact | median | trimmed-mean (default {d.aggregation})")
     g.add_argument("--server-opt", help=f"sgd | avgm | adam on the averaged update (default {d.server_opt})")
     g.add_argument("--server-lr", type=float, help=f"server learning rate (default {d.server_lr})")
+    g.add_argument("--clip-norm", type=float, help="clip each client update to this L2 norm before averaging (0 = off)")
+    g.add_argument("--trim-fraction", type=float, help=f"share cut at each end by trimmed-mean (default {d.trim_fraction})")
+    g.add_argument("--max-update-norm", type=float, help="reject replies whose update norm exceeds this (0 = no bound)")
+    g.add_argument("--round-timeout", type=float, help="seconds to wait for replies in a round (default 3600)")
     g.add_argument("--seed", type=int, help=f"seed for init, partitions, sampling (default {d.seed})")
     g = p.add_argument_group("local training")
     g.add_argument("--local-steps", type=int, help="optimizer steps per client per round (default: task default)")
@@ -59,7 +63,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     values = {}
     for key in ("model", "task", "data_dir", "max_length", "eval_samples", "method", "rank", "alpha",
                 "shape_policy", "downlink", "block_size", "clients", "rounds", "fraction", "min_replies",
-                "partition", "dirichlet_alpha", "aggregation", "server_opt", "server_lr", "seed",
+                "partition", "dirichlet_alpha", "aggregation", "server_opt", "server_lr", "clip_norm",
+                "trim_fraction", "max_update_norm", "round_timeout", "seed",
                 "local_steps", "batch_size", "lr", "out"):
         value = getattr(args, key, None)
         if value is not None:
