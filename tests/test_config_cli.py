@@ -80,3 +80,19 @@ def test_flower_app_config_matches_run_config():
     app_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     cfg = RunConfig.from_mapping(app_config)
     assert cfg.task == app_config["task"] and cfg.method == app_config["method"]
+
+
+def test_compare_runs_parse_and_share_everything_but_method_codec_and_aggregation(tmp_path):
+    from fedkron.sim.compare import parse_runs, run_configs
+
+    specs = parse_runs("kron-lora:nf4:exact, lora:fp32, krona:int8")
+    assert [s.label for s in specs] == ["kron-lora:nf4:exact", "lora:fp32", "krona:int8"]
+    base = RunConfig(task="sst2", seed=3, clients=5, rounds=2, local_steps=4, partition="dirichlet")
+    cfgs = run_configs(base, specs, tmp_path, lora_rank=16)
+    assert [(c.method, c.quant, c.aggregation, c.rank) for c in cfgs] == [
+        ("kron-lora", "nf4", "exact", 8), ("lora", "fp32", "fedavg", 16), ("krona", "int8", "fedavg", 8)]
+    assert {(c.seed, c.clients, c.rounds, c.partition, c.task) for c in cfgs} == {(3, 5, 2, "dirichlet", "sst2")}
+    assert [c.out for c in cfgs] == [str(tmp_path / f) for f in ("kron-lora-nf4-exact", "lora-fp32", "krona-int8")]
+    with pytest.raises(ConfigError) as info:
+        parse_runs("dora:nf4,lora:int3,lora:fp32,lora:fp32")
+    assert "method 'dora'" in str(info.value) and "codec 'int3'" in str(info.value) and "twice" in str(info.value)

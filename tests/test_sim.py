@@ -112,6 +112,6 @@ def test_compare_report_reads_the_ledgers(runs):
         assert int(rows[name]["bytes_down"]) == ledger.total("down")
         assert float(rows[name]["mb_up_total"]) == pytest.approx(ledger.total("up") / 1e6)
     text = runs["report"].read_text()
-    assert "| kron-lora-nf4 | kron-lora | nf4 |" in text and "| kron-lora-fp32 | kron-lora | fp32 |" in text
+    assert "| kron-lora-nf4 | kron-lora | nf4 | fedavg |" in text and "| kron-lora-fp32 | kron-lora | fp32 | fedavg |" in text
     for png in ("accuracy_vs_mb.png", "accuracy_per_round.png", "bytes_per_round.png"):
         assert (runs["root"] / png).stat().st_size > 1000

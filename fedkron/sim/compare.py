@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from fedkron.config import CODECS, METHODS, ConfigError, RunConfig
+from fedkron.config import AGGREGATIONS, CODECS, METHODS, ConfigError, RunConfig
 
 DEFAULT_RUNS = "kron-lora:nf4,lora:fp32"
 
@@ -20,23 +20,31 @@ DEFAULT_RUNS = "kron-lora:nf4,lora:fp32"
 class RunSpec:
     method: str
     codec: str
+    aggregation: str | None = None  # None: the base config's
 
     @property
     def label(self) -> str:
-        return f"{self.method}:{self.codec}"
+        return ":".join(filter(None, (self.method, self.codec, self.aggregation)))
+
+    @property
+    def folder(self) -> str:
+        return "-".join(filter(None, (self.method, self.codec, self.aggregation)))
 
 
 def parse_runs(text: str) -> list[RunSpec]:
-    """``"kron-lora:nf4,lora:fp32"`` → run specs; every problem named at once."""
+    """``"kron-lora:nf4:exact,lora:fp32"`` (method:codec[:aggregation]) → run specs; every
+    problem named at once."""
     specs, problems = [], []
     for item in [t.strip() for t in text.split(",") if t.strip()]:
-        method, _, codec = item.partition(":")
+        method, codec, aggregation = (item.split(":") + ["", ""])[:3]
         codec = codec or "fp32"
         if method not in METHODS:
             problems.append(f"{item!r}: method {method!r} is not one of {METHODS}")
         if codec not in CODECS:
             problems.append(f"{item!r}: codec {codec!r} is not one of {CODECS}")
-        specs.append(RunSpec(method, codec))
+        if aggregation and aggregation not in AGGREGATIONS:
+            problems.append(f"{item!r}: aggregation {aggregation!r} is not one of {AGGREGATIONS}")
+        specs.append(RunSpec(method, codec, aggregation or None))
     if not specs:
         problems.append("--runs lists no run (e.g. kron-lora:nf4,lora:fp32)")
     if len(set(specs)) != len(specs):
@@ -52,7 +60,8 @@ def run_configs(base: RunConfig, specs: list[RunSpec], out: str | Path, lora_ran
     for spec in specs:
         rank = lora_rank if (spec.method == "lora" and lora_rank) else base.rank
         cfg = dataclasses.replace(base, method=spec.method, quant=spec.codec, rank=rank,
-                                  out=str(Path(out) / f"{spec.method}-{spec.codec}"))
+                                  aggregation=spec.aggregation or base.aggregation,
+                                  out=str(Path(out) / spec.folder))
         configs.append(cfg.resolved())
     return configs
 

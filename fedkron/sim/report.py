@@ -9,9 +9,10 @@ from pathlib import Path
 from fedkron.strategies import Ledger
 
 MB = 1_000_000
-BASELINE = ("lora", "fp32")
+BASELINE = ("lora", "fp32", "fedavg")
 COLUMNS = [
-    ("run", "run"), ("method", "method"), ("codec", "codec"), ("trainable_params", "trainable params"),
+    ("run", "run"), ("method", "method"), ("codec", "codec"), ("aggregation", "aggregation"),
+    ("trainable_params", "trainable params"),
     ("mb_up_per_client_round", "up MB / client-round"), ("mb_down_per_client_round", "down MB / client-round"),
     ("mb_up_total", "up MB total"), ("mb_down_total", "down MB total"),
     ("final_accuracy", "final acc"), ("best_accuracy", "best acc"), ("majority_baseline", "majority"),
@@ -30,6 +31,7 @@ def read_run(folder: Path) -> dict:
     downs = max(ledger.count("down"), 1)
     return {
         "run": folder.name, "method": summary["method"], "codec": summary["codec"],
+        "aggregation": summary.get("aggregation", "fedavg"),
         "trainable_params": summary["trainable_params"],
         "bytes_up": ledger.total("up"), "bytes_down": ledger.total("down"),
         "mb_up_total": ledger.total("up") / MB, "mb_down_total": ledger.total("down") / MB,
@@ -47,7 +49,7 @@ def write_report(out: str | Path, folders: list[Path]) -> Path:
     """``report.md``, ``results.csv`` and three plots in ``out``; prints the table."""
     out = Path(out)
     rows = [read_run(f) for f in folders if (f / "summary.json").is_file()]
-    base = next((r for r in rows if (r["method"], r["codec"]) == BASELINE), None)
+    base = next((r for r in rows if (r["method"], r["codec"], r["aggregation"]) == BASELINE), None)
     for r in rows:
         r["uplink_saving_vs_lora_fp32"] = base["bytes_up"] / r["bytes_up"] if base and r["bytes_up"] else None
         total = r["bytes_up"] + r["bytes_down"]
@@ -97,34 +99,32 @@ def _plots(out: Path, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
+    def figure(name: str, draw, legend_size: float | None = None, **axes) -> None:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in rows:
+            draw(ax, r)
+        ax.set(**axes)
+        ax.legend(fontsize=legend_size)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+
+    def acc_vs_mb(ax, r):
         ms = r["metrics"]
         ax.plot([(m["bytes_up_total"] + m["bytes_down_total"]) / MB for m in ms],
                 [100 * m["accuracy"] for m in ms], marker="o", label=r["run"])
-    ax.set(xscale="symlog", xlabel="cumulative MB communicated (up + down)", ylabel="held-out accuracy (%)",
-           title="Accuracy vs communication")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_mb.png", dpi=110)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
+    def acc_per_round(ax, r):
         ax.plot([m["round"] for m in r["metrics"]], [100 * m["accuracy"] for m in r["metrics"]], marker="o", label=r["run"])
-    ax.set(xlabel="round", ylabel="held-out accuracy (%)", title="Accuracy per round")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_per_round.png", dpi=110)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
+    def bytes_per_round(ax, r):
         ms = [m for m in r["metrics"] if m["round"] >= 1]
         ax.plot([m["round"] for m in ms], [m["bytes_up"] / MB for m in ms], marker="o", label=f"{r['run']} up")
         ax.plot([m["round"] for m in ms], [m["bytes_down"] / MB for m in ms], ls="--", label=f"{r['run']} down")
-    ax.set(yscale="log", xlabel="round", ylabel="MB per round", title="Bytes per round")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "bytes_per_round.png", dpi=110)
-    plt.close(fig)
+
+    figure("accuracy_vs_mb.png", acc_vs_mb, xscale="symlog", xlabel="cumulative MB communicated (up + down)",
+           ylabel="held-out accuracy (%)", title="Accuracy vs communication")
+    figure("accuracy_per_round.png", acc_per_round, xlabel="round", ylabel="held-out accuracy (%)",
+           title="Accuracy per round")
+    figure("bytes_per_round.png", bytes_per_round, legend_size=7, yscale="log", xlabel="round",
+           ylabel="MB per round", title="Bytes per round")
