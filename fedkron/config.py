@@ -22,9 +22,13 @@ SERVER_OPTS = ("sgd", "avgm", "adam")
 # Per-task defaults: what a user gets with ``--task X`` and no other flag. Calibrated on 2 cores
 # so the default of each task finishes in minutes (see README, "Defaults").
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "boolq": {"max_length": 128, "clients": 4, "rounds": 3, "local_steps": 20},
-    "sst2": {"max_length": 64, "clients": 4, "rounds": 3, "local_steps": 30},
+    "boolq": {"max_length": 128, "clients": 4, "rounds": 2, "local_steps": 15, "eval_samples": 256},
+    "sst2": {"max_length": 64, "clients": 4, "rounds": 3, "local_steps": 30, "eval_samples": 512},
 }
+_PAIR = {"max_length": 128, "clients": 4, "rounds": 3, "local_steps": 20, "eval_samples": 256}
+_CHOICE = {"max_length": 64, "clients": 4, "rounds": 3, "local_steps": 20, "eval_samples": 256}
+TASK_DEFAULTS.update({"rte": _PAIR, "mrpc": _PAIR, "sentiment": {**_PAIR, "clients": 5},
+                      **{t: _CHOICE for t in ("piqa", "winogrande", "arc-easy", "arc-challenge", "hellaswag")}})
 
 
 class ConfigError(ValueError):
@@ -57,7 +61,7 @@ class RunConfig:
     task: str = "boolq"
     data_dir: str = ""
     max_length: int = 0  # 0 → task default
-    eval_samples: int = 512
+    eval_samples: int = -1  # -1 → task default; 0 → the whole held-out split
     # Adapter
     method: str = "kron-lora"
     rank: int = 8
@@ -125,6 +129,8 @@ class RunConfig:
         for name in ("max_length", "clients", "rounds", "local_steps"):
             if getattr(cfg, name) == 0:
                 setattr(cfg, name, defaults[name])
+        if cfg.eval_samples == -1:
+            cfg.eval_samples = defaults["eval_samples"]
         cfg.validate()
         return cfg
 
