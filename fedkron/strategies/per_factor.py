@@ -92,7 +92,10 @@ class PerFactorFedAvg(FedAvg):
         """Seeded choice of partitions per round, so runs with one seed train the same clients."""
         from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-        sample_nodes(grid, self.min_available_nodes, 1)  # wait until enough nodes are connected
+        # Wait for every expected node before the first round; later rounds go on with whoever is
+        # still connected (a node that died is not waited for), as long as min-replies can be met.
+        wait_for = self.min_available_nodes if not self.partition_of else self.cfg.min_replies
+        sample_nodes(grid, wait_for, 1)
         self._discover_partitions(grid)
         live = sorted(grid.get_node_ids(), key=lambda n: (self.partition_of.get(n, 10**9), n))
         live = [n for n in live if n in self.partition_of]
