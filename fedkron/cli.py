@@ -3,6 +3,7 @@
     fedkron sim       one simulated federation (Ray), the embedded offline default with no flags
     fedkron compare   several methods/codecs on the same task, partition and client schedule
                       (the offline default: Kron-LoRA nf4 vs LoRA fp32 on BoolQ)
+    fedkron deploy    certificates, node keys and SuperLink/SuperNode commands for real edge nodes
 """
 
 from __future__ import annotations
@@ -154,10 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--lora-rank", type=int, help="rank of the lora runs (default: --rank)")
     _add_run_flags(p_cmp)
     p_cmp.set_defaults(func=cmd_compare)
+    sub.add_parser("deploy", help="TLS certificates, node keys and SuperLink/SuperNode commands "
+                                  "(fedkron deploy --help; see docs/deployment.md)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["deploy"]:  # its own parser: certificates, keys, SuperLink/SuperNode commands
+        from fedkron.deploy import deploy_main
+
+        return deploy_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
