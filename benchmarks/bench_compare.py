@@ -1,0 +1,63 @@
+"""Communication vs accuracy, Kron-LoRA against LoRA, on real data (the issue's evidence run).
+
+    python benchmarks/bench_compare.py                       # SST-2, 20 clients, Dirichlet 0.5, 10 rounds
+    python benchmarks/bench_compare.py --task piqa --rounds 5
+    python benchmarks/bench_compare.py --fraction 1.0 --local-steps 30   # every client every round
+
+Runs ``fedkron compare`` (same partitions, seed and client schedule for every run) with MiniLM-L6
+and prints the report table plus one JSON object with the headline ratios: uplink bytes of LoRA-8
+fp32 over each Kron-LoRA run, and the accuracy gap in points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    from fedkron.config import RunConfig, default_data_dir
+    from fedkron.sim.compare import parse_runs, run_compare
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--runs", default="kron-lora:nf4:exact,kron-lora:nf4,lora:fp32")
+    p.add_argument("--clients", type=int, default=20)
+    p.add_argument("--fraction", type=float, default=0.2)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--local-steps", type=int, default=20)
+    p.add_argument("--partition", default="dirichlet")
+    p.add_argument("--dirichlet-alpha", type=float, default=0.5)
+    p.add_argument("--eval-samples", type=int, default=512)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+
+    data_dir = default_data_dir()
+    if not data_dir:
+        sys.exit("needs the real task data: set FEDKRON_DATA_DIR (the shared data folder)")
+    out = args.out or f"results/bench-compare-{args.task}"
+    base = RunConfig(task=args.task, data_dir=data_dir, clients=args.clients, fraction=args.fraction,
+                     rounds=args.rounds, local_steps=args.local_steps, partition=args.partition,
+                     dirichlet_alpha=args.dirichlet_alpha, eval_samples=args.eval_samples)
+    run_compare(base, parse_runs(args.runs), out,
+                progress=lambda label, row: print(f"[{label}] round {row['round']} acc {100 * row['accuracy']:.1f}%",
+                                                  flush=True))
+    rows = list(csv.DictReader(open(Path(out) / "results.csv")))
+    lora = next((r for r in rows if r["method"] == "lora" and r["codec"] == "fp32"), None)
+    headline = {}
+    for r in rows:
+        if lora and r is not lora:
+            headline[r["run"]] = {
+                "uplink_ratio_vs_lora_fp32": int(lora["bytes_up"]) / int(r["bytes_up"]),
+                "accuracy_gap_points": 100 * (float(r["final_accuracy"]) - float(lora["final_accuracy"])),
+            }
+    print(json.dumps({"config": base.to_record(), "runs": rows, "headline": headline}))
+
+
+if __name__ == "__main__":
+    main()
