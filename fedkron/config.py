@@ -185,8 +185,9 @@ class RunConfig:
         if problems:
             raise ConfigError("invalid run config:\n  - " + "\n  - ".join(problems))
 
-    def expected_num_replies(self) -> int:
-        return max(1, int(round(self.clients * self.fraction)))
+    def codec_options(self) -> dict[str, Any]:
+        """Options for ``fedkron.compression.get_codec`` (block size, when not the codec's default)."""
+        return {"block_size": self.block_size} if self.block_size else {}
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:

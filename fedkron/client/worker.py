@@ -136,7 +136,7 @@ def handle_train(msg: Message, context: Context) -> Message:
 
     local = adapter_state_dict(model)
     update = {k: local[k].detach().float() - global_state[k].float() for k in sent_names}
-    codec = get_codec(cfg.quant, **({"block_size": cfg.block_size} if cfg.block_size else {}))
+    codec = get_codec(cfg.quant, **cfg.codec_options())
     if cfg.error_feedback:
         store = ResidualStore(cfg.client_state_dir, pid, context)
         ef = ErrorFeedback()

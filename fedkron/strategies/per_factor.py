@@ -62,7 +62,7 @@ class PerFactorFedAvg(FedAvg):
             expected = {n: expected[n] for n in exact_names(self.roles)}
         self.expected = dict(expected)
         self.ledger = ledger if ledger is not None else Ledger()
-        self.downlink = get_codec(cfg.downlink, **_codec_options(cfg))
+        self.downlink = get_codec(cfg.downlink, **cfg.codec_options())
         self.allowed_codecs = (cfg.quant,)
         self.server_opt = ServerOptimizer(cfg.server_opt, lr=cfg.server_lr)
         self.partition_of: dict[int, int] = {}
@@ -194,7 +194,3 @@ class PerFactorFedAvg(FedAvg):
     def summary(self) -> None:
         log.info("PerFactorFedAvg: uplink %s, downlink %s, server-lr %s, fraction %s",
                  self.cfg.quant, self.cfg.downlink, self.cfg.server_lr, self.fraction_train)
-
-
-def _codec_options(cfg: RunConfig) -> dict:
-    return {"block_size": cfg.block_size} if cfg.block_size else {}
