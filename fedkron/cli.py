@@ -23,7 +23,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--task", help=f"task name (default {d.task}); see README for the list")
     g.add_argument("--data-dir", help="local data folder in the layout of shared/data (default: packaged/hub)")
     g.add_argument("--max-length", type=int, help="tokens per example (default: task default)")
-    g.add_argument("--eval-samples", type=int, help="held-out rows scored per round, 0 = all (default: per task, 256-512)")
+    g.add_argument("--eval-samples", type=int, help="held-out rows scored per round, 0 = all (default: per task, 256-384)")
     g = p.add_argument_group("adapter")
     g.add_argument("--method", help=f"kron-lora | krona | lora (default {d.method})")
     g.add_argument("--rank", type=int, help=f"rank r (default {d.rank})")

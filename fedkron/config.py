@@ -23,7 +23,7 @@ SERVER_OPTS = ("sgd", "avgm", "adam")
 # so the default of each task finishes in minutes (see README, "Defaults").
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "boolq": {"max_length": 128, "clients": 4, "rounds": 2, "local_steps": 15, "eval_samples": 256},
-    "sst2": {"max_length": 64, "clients": 4, "rounds": 3, "local_steps": 30, "eval_samples": 512},
+    "sst2": {"max_length": 64, "clients": 4, "rounds": 3, "local_steps": 25, "eval_samples": 384},
 }
 _PAIR = {"max_length": 128, "clients": 4, "rounds": 3, "local_steps": 20, "eval_samples": 256}
 _CHOICE = {"max_length": 64, "clients": 4, "rounds": 3, "local_steps": 20, "eval_samples": 256}
