@@ -45,7 +45,8 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
     ledger = ckpt.ledger if ckpt else Ledger()
     strategy = PerFactorFedAvg(cfg, {k: v.shape for k, v in initial.items()}, ledger,
                                roles=adapter_factor_roles(model))
-    strategy.global_state = ckpt.global_state if ckpt else initial
+    # safetensors loads keys sorted; keep the model's order (it is the order on the wire)
+    strategy.global_state = {k: ckpt.global_state[k] for k in initial} if ckpt else initial
     if ckpt:
         strategy.server_opt.load_state_dict(ckpt.server_opt)
         log.info("resuming %s after round %d", cfg.out, ckpt.round)
