@@ -22,7 +22,7 @@ SERVER_OPTS = ("sgd", "avgm", "adam")
 # Per-task defaults: what a user gets with ``--task X`` and no other flag. Calibrated on 2 cores
 # so the default of each task finishes in minutes (see README, "Defaults").
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "boolq": {"max_length": 128, "clients": 4, "rounds": 2, "local_steps": 15, "eval_samples": 256},
+    "boolq": {"max_length": 96, "clients": 4, "rounds": 3, "local_steps": 8, "eval_samples": 256},
     "sst2": {"max_length": 64, "clients": 4, "rounds": 3, "local_steps": 25, "eval_samples": 384},
 }
 _PAIR = {"max_length": 128, "clients": 4, "rounds": 3, "local_steps": 20, "eval_samples": 256}

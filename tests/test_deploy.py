@@ -195,3 +195,28 @@ def test_run_completes_when_a_supernode_dies_mid_run(federation, tmp_path):
     assert rows[2]["accepted"] == 1 and rows[2]["failed"] == 1  # Flower's "node unavailable" reply
     up2 = [r["partition_id"] for r in _ledger(out) if r["round"] == "2" and r["direction"] == "up"]
     assert up2 == ["0"]
+
+
+@needs_flower
+@pytest.mark.deploy
+def test_a_supernode_that_joins_late_is_used_from_the_next_round(federation, tmp_path):
+    from fedkron.deploy.local import wait_for_round, wait_for_summary
+
+    if federation.nodes["n1"].alive:  # run alone: make n1 the late one
+        federation.nodes["n1"].kill()
+    if not federation.nodes["n0"].alive:
+        federation.start_supernode("n0", (0, 2), key=federation.keys["n0"])
+        federation.wait_connected(["n0"])
+    out = tmp_path / "results"
+    run = federation.start_run({**TINY, "rounds": 3, "clients": 1, "out": str(out)}, log_name="run-late.log")
+    wait_for_round(out, 1, timeout=180)
+    federation.start_supernode("n1", (1, 2), key=federation.keys["n1"])  # joins after round 1
+    federation.wait_connected(["n1"])
+    wait_for_summary(out, run, timeout=240)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 3
+    ok_up = {(r["round"], r["partition_id"]) for r in _ledger(out)
+             if r["direction"] == "up" and r["kind"] == "train" and r["status"] == "ok"}
+    assert ("1", "0") in ok_up and ("1", "1") not in ok_up  # round 1: only the early node
+    assert ("3", "1") in ok_up  # the late node trains from a later round on
