@@ -56,7 +56,7 @@ def build_model(cfg: RunConfig, num_labels: int, multiple_choice: bool = False) 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    if os.environ.get("TRANSFORMERS_VERBOSITY") is None:
+    if os.environ.get("TRANSFORMERS_VERBOSITY", "error") == "error":
         hf_logging.set_verbosity_error()  # the "classifier newly initialized" report is expected
     auto = AutoModelForMultipleChoice if multiple_choice else AutoModelForSequenceClassification
     torch.manual_seed(cfg.seed)
