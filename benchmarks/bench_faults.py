@@ -5,8 +5,8 @@
 
 Runs on the real simulation engine: (1) clean, per-factor FedAvg; (2) faulty clients, plain
 FedAvg; (3) faulty clients, robust aggregation (``--robust``, default trimmed-mean with update
-clipping). Faulty clients cycle through NaN payloads, wrong shapes, ×100 updates and sign-flipped
-updates. Prints a table (final accuracy, rejected/failed per run) and one JSON object.
+clipping). Faulty clients cycle through ×100 updates, sign-flipped updates (both well-formed:
+only robust aggregation stops them), NaN payloads and wrong shapes (rejected by validation). Prints a table (final accuracy, rejected/failed per run) and one JSON object.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-FAULT_CYCLE = ("nan-scales", "wrong-shape", "scale-100", "sign-flip")
+FAULT_CYCLE = "scale-100,sign-flip,nan-scales,wrong-shape"  # well-formed attacks first: they pass validation
 
 
 def main() -> None:
@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--bad-share", type=float, default=0.2)
     p.add_argument("--robust", default="trimmed-mean", choices=["median", "trimmed-mean"])
     p.add_argument("--clip-norm", type=float, default=0.0, help="0 = the median honest norm is unknown: off")
+    p.add_argument("--faults", default=FAULT_CYCLE, help="faults the bad clients cycle through")
     p.add_argument("--out", default="results/bench-faults")
     args = p.parse_args()
 
@@ -44,7 +45,8 @@ def main() -> None:
                      local_steps=args.local_steps, data_dir=data_dir if args.task != "boolq" else "",
                      trim_fraction=max(args.bad_share, 0.1), clip_norm=args.clip_norm)
     n_bad = max(1, round(args.bad_share * args.clients))
-    faults = {pid: FAULT_CYCLE[i % len(FAULT_CYCLE)] for i, pid in enumerate(range(args.clients - n_bad, args.clients))}
+    cycle = args.faults.split(",")
+    faults = {pid: cycle[i % len(cycle)] for i, pid in enumerate(range(args.clients - n_bad, args.clients))}
     runs = {
         "clean / fedavg": (dataclasses.replace(base, out=f"{args.out}/clean"), None),
         "faulty / fedavg": (dataclasses.replace(base, out=f"{args.out}/faulty-fedavg"), faults),
