@@ -4,9 +4,10 @@
     python benchmarks/bench_faults.py --clients 10 --rounds 3
 
 Runs on the real simulation engine: (1) clean, per-factor FedAvg; (2) faulty clients, plain
-FedAvg; (3) faulty clients, robust aggregation (``--robust``, default trimmed-mean with update
-clipping). Faulty clients cycle through ×100 updates, sign-flipped updates (both well-formed:
-only robust aggregation stops them), NaN payloads and wrong shapes (rejected by validation). Prints a table (final accuracy, rejected/failed per run) and one JSON object.
+FedAvg; (3) faulty clients, robust aggregation (``--robust``, default trimmed-mean; optional
+``--clip-norm``). Faulty clients cycle through ×100 updates, sign-flipped updates (both
+well-formed: only robust aggregation stops them), NaN payloads and wrong shapes (rejected by
+validation). Prints a table (final accuracy, rejected/failed per run) and one JSON object.
 """
 
 from __future__ import annotations
