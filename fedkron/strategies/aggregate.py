@@ -61,5 +61,5 @@ def clip_update(update: dict[str, torch.Tensor], max_norm: float) -> dict[str, t
     return {k: v * (max_norm / norm) for k, v in update.items()}
 
 
-AGGREGATORS = {"fedavg": weighted_mean, "exact": weighted_mean, "median": coordinate_median,
-               "trimmed-mean": trimmed_mean}
+AGGREGATORS = {"fedavg": weighted_mean, "exact": weighted_mean, "median": coordinate_median}
+# "trimmed-mean" takes its trim share from the run config: see PerFactorFedAvg._aggregate.

@@ -39,6 +39,18 @@ def dense_delta(f: dict[str, torch.Tensor]) -> torch.Tensor:
     return f["lora_B"] @ f["lora_A"]
 
 
+def dense_elements(shapes: dict[str, torch.Size], roles: dict[str, str]) -> int:
+    """How many values the dense ΔW of every adapted layer holds (the cost of measuring it)."""
+    total = 0
+    for f in layer_groups(roles).values():
+        if "lora_A" in f:
+            total += shapes[f["lora_B"]][0] * shapes[f["lora_A"]][1]
+        else:
+            b = (shapes[f["B1"]][0], shapes[f["B2"]][1]) if "B1" in f else tuple(shapes[f["B"]])
+            total += shapes[f["A"]][0] * b[0] * shapes[f["A"]][1] * b[1]
+    return total
+
+
 def aggregation_error(
     global_state: dict[str, torch.Tensor],
     updates: list[dict[str, torch.Tensor]],
