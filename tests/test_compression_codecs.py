@@ -101,7 +101,9 @@ def test_blockwise_error_bounded_by_own_block_absmax(name, stochastic, state):
     for key, tensor in state.items():
         if tensor.numel() == 0:
             continue
-        bound = gap * per_value_absmax(tensor, codec.block_size) * (1 + 1e-4) + 1e-30
+        # bitsandbytes' CPU int8 search compares against fp32 midpoints of its dynamic map and can
+        # pick the far code of a near-tie: measured worst case 1.0019 × half the gap, so allow 0.5 %.
+        bound = gap * per_value_absmax(tensor, codec.block_size) * (1 + 5e-3) + 1e-30
         err = (decoded[key].double().reshape(-1) - tensor.double().reshape(-1)).abs()
         assert (err <= bound).all(), key
     n_blocks = sum(-(-t.numel() // codec.block_size) for t in state.values())
