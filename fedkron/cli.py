@@ -54,6 +54,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--local-steps", type=int, help="optimizer steps per client per round (default: task default)")
     g.add_argument("--batch-size", type=int, help=f"(default {d.batch_size})")
     g.add_argument("--lr", type=float, help=f"AdamW learning rate (default {d.lr})")
+    g.add_argument("--local-loss", help="ce | logit-adjusted (each client's loss corrected by its own label "
+                   f"prior; for label-skewed partitions) (default {d.local_loss})")
     g = p.add_argument_group("output")
     g.add_argument("--out", help="results folder (default results/<task>-<method>-<codec>)")
     g.add_argument("--verbose", action="store_true", help="show Flower's, Ray's and transformers' own logs")
@@ -66,7 +68,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                 "shape_policy", "downlink", "block_size", "clients", "rounds", "fraction", "min_replies",
                 "partition", "dirichlet_alpha", "aggregation", "server_opt", "server_lr", "clip_norm",
                 "trim_fraction", "max_update_norm", "round_timeout", "seed",
-                "local_steps", "batch_size", "lr", "out"):
+                "local_steps", "batch_size", "lr", "local_loss", "out"):
         value = getattr(args, key, None)
         if value is not None:
             values[key] = value

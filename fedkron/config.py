@@ -18,6 +18,7 @@ CODECS = ("fp32", "fp16", "bf16", "int8", "nf4", "fp4")
 PARTITIONS = ("iid", "dirichlet", "natural")
 AGGREGATIONS = ("fedavg", "exact", "median", "trimmed-mean")
 SERVER_OPTS = ("sgd", "avgm", "adam")
+LOCAL_LOSSES = ("ce", "logit-adjusted")
 
 # Per-task defaults: what a user gets with ``--task X`` and no other flag. Calibrated on 2 cores
 # so the default of each task finishes in minutes (see README, "Defaults").
@@ -91,6 +92,7 @@ class RunConfig:
     local_steps: int = 0  # 0 → task default
     batch_size: int = 16
     lr: float = 2e-3
+    local_loss: str = "ce"  # or "logit-adjusted": each client fits the class-balanced classifier
     # Output
     out: str = "results/run"
     resume: bool = False  # continue from the newest checkpoint in `out`
@@ -173,6 +175,7 @@ class RunConfig:
         need(self.local_steps >= 1, f"local-steps must be ≥ 1 (got {self.local_steps})")
         need(self.batch_size >= 1, f"batch-size must be ≥ 1 (got {self.batch_size})")
         need(0 < self.lr < 1, f"lr must be in (0, 1) (got {self.lr})")
+        need(self.local_loss in LOCAL_LOSSES, f"local-loss {self.local_loss!r} is not one of {LOCAL_LOSSES}")
         need(self.seed >= 0, f"seed must be ≥ 0 (got {self.seed})")
         if self.data_dir:
             need(Path(self.data_dir).is_dir(), f"data-dir {self.data_dir!r} is not a folder")

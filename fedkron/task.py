@@ -113,9 +113,18 @@ def train_local(
     batch_size: int,
     lr: float,
     seed: int,
+    local_loss: str = "ce",
 ) -> TrainResult:
-    """AdamW on the trainable tensors only, for a fixed number of steps (not epochs)."""
+    """AdamW on the trainable tensors only, for a fixed number of steps (not epochs).
+
+    ``local_loss="logit-adjusted"`` trains on ``CE(logits + log p_local(y), y)`` with this client's
+    own label distribution ``p_local`` (Menon et al. 2021; FedLC, Zhang et al. 2022): under label
+    skew each client then fits the class-balanced classifier instead of its own label prior, so
+    the averaged head stops swinging towards whichever labels the round's cohort holds.
+    Prediction is unchanged (plain logits).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
+    log_prior = label_log_prior(data, model) if local_loss == "logit-adjusted" else None
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout draws from the global RNG: same (round, client) → same run
@@ -123,7 +132,11 @@ def train_local(
     model.train()
     total = 0.0
     for idx in _batches(num_rows, batch_size, steps, generator):
-        loss = _forward(model, data, idx).loss
+        out = _forward(model, data, idx)
+        if log_prior is None:
+            loss = out.loss
+        else:
+            loss = torch.nn.functional.cross_entropy(out.logits + log_prior, data["labels"][idx])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} (lr={lr} too high?)")
         optimizer.zero_grad(set_to_none=True)
@@ -132,6 +145,15 @@ def train_local(
         total += loss.item()
     model.eval()
     return TrainResult(loss=total / max(steps, 1), num_examples=num_rows, steps=steps)
+
+
+def label_log_prior(data: dict[str, torch.Tensor], model: nn.Module) -> torch.Tensor:
+    """log of the add-one smoothed label distribution of ``data``: one entry per class, or per
+    answer position for multiple choice (``input_ids`` of shape (N, choices, L))."""
+    ids = data["input_ids"]
+    num_classes = ids.shape[1] if ids.ndim == 3 else int(model.config.num_labels)
+    counts = torch.bincount(data["labels"].reshape(-1).long(), minlength=num_classes).double() + 1.0
+    return (counts / counts.sum()).log().float()
 
 
 @torch.no_grad()

@@ -36,21 +36,22 @@ def test_flags_reach_the_config(tmp_path):
         "sim", "--task", "sst2", "--method", "lora", "--bits", "32", "--clients", "7", "--rounds", "2",
         "--fraction", "0.5", "--local-steps", "3", "--batch-size", "4", "--max-length", "16", "--lr", "0.01",
         "--partition", "dirichlet", "--dirichlet-alpha", "0.3", "--seed", "5", "--data-dir", str(tmp_path),
-        "--out", str(tmp_path / "o"), "--no-error-feedback"])
+        "--out", str(tmp_path / "o"), "--no-error-feedback", "--local-loss", "logit-adjusted"])
     cfg = config_from_args(args).resolved()
     assert (cfg.task, cfg.method, cfg.quant, cfg.clients, cfg.rounds) == ("sst2", "lora", "fp32", 7, 2)
     assert (cfg.fraction, cfg.local_steps, cfg.batch_size, cfg.max_length, cfg.lr) == (0.5, 3, 4, 16, 0.01)
     assert (cfg.partition, cfg.dirichlet_alpha, cfg.seed, cfg.error_feedback) == ("dirichlet", 0.3, 5, False)
+    assert cfg.local_loss == "logit-adjusted"
 
 
 def test_every_problem_is_reported_at_once():
     cfg = RunConfig(task="nope", method="kron", rank=0, fraction=1.5, quant="int3", clients=2, rounds=1,
-                    local_steps=1, max_length=32, data_dir="/definitely/missing")
+                    local_steps=1, max_length=32, data_dir="/definitely/missing", local_loss="focal")
     with pytest.raises(ConfigError) as info:
         cfg.validate()
     text = str(info.value)
     for fragment in ("task 'nope'", "method 'kron'", "rank must be ≥ 1", "fraction must be in (0, 1]",
-                     "'int3'", "data-dir '/definitely/missing'"):
+                     "'int3'", "data-dir '/definitely/missing'", "local-loss 'focal'"):
         assert fragment in text
 
 
