@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedkron.adapters import adapter_factor_roles, adapter_layers, adapter_state_dict, load_adapter_state_dict
-from fedkron.client.worker import select_trainable
+from fedkron.client.worker import handle_train, select_trainable
 from fedkron.config import RunConfig
 from fedkron.strategies import weighted_mean
 from fedkron.strategies.exactness import aggregation_error, exact_names
@@ -68,3 +68,64 @@ def test_exact_mode_trains_and_sends_only_b1_and_full_modules(model):
     assert all(params[n].requires_grad == (n in names) for n in roles)
     assert len(select_trainable(model, RunConfig(model="tiny-bert", task="sst2"))) == len(roles)
     assert all(params[n].requires_grad for n in roles)
+
+
+@pytest.fixture
+def exact_round(flower_identity):
+    """The server's round-1 broadcast in exact mode and what a client needs to answer it."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    from fedkron.strategies import PerFactorFedAvg
+
+    cfg = RunConfig(model="tiny-bert", task="boolq", clients=2, rounds=1, local_steps=2, batch_size=4,
+                    max_length=16, aggregation="exact", error_feedback=False).resolved()
+    server_model = build_model(cfg, num_labels=2)
+    state = adapter_state_dict(server_model)
+    roles = adapter_factor_roles(server_model)
+    strategy = PerFactorFedAvg(cfg, {k: v.shape for k, v in state.items()}, roles=roles)
+
+    def answer(content):
+        context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
+                          state=RecordDict(), run_config={})
+        return handle_train(Message(content, dst_node_id=1, message_type="train"), context)
+
+    return cfg, state, roles, strategy, answer, lambda: strategy.broadcast(1, state, ConfigRecord())
+
+
+def test_exact_mode_broadcasts_only_b1_and_full_modules_and_clients_rebuild_the_rest(exact_round):
+    from fedkron.client import worker
+    from fedkron.compression import decode, from_records
+    from fedkron.strategies.validation import ARRAYS_KEY, MANIFEST_KEY
+
+    cfg, state, roles, strategy, answer, broadcast = exact_round
+    content = broadcast()
+    sent = decode(from_records(content[ARRAYS_KEY], content[MANIFEST_KEY]))
+    assert sorted(sent) == sorted(exact_names(roles))
+    assert sum(v.numel() for v in sent.values()) < sum(v.numel() for v in state.values())  # A, B2 stay home
+
+    # A client process whose cached model was trained per-factor before (A, B2 moved) still
+    # trains from the seeded A, B2 the server holds: they come from its seeded build, not its model.
+    model = worker.cached_model(cfg, 2, False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if roles.get(name) in ("A", "B2"):
+                p.add_(1.0)
+    reply = answer(content)
+    after = adapter_state_dict(model)
+    for name, role in roles.items():
+        if role in ("A", "B2"):
+            torch.testing.assert_close(after[name], state[name])
+    update = decode(from_records(reply.content[ARRAYS_KEY], reply.content[MANIFEST_KEY]))
+    assert sorted(update) == sorted(exact_names(roles))
+    assert any(float(v.abs().max()) > 0 for v in update.values())
+
+
+def test_exact_mode_client_refuses_a_server_with_other_frozen_factors(exact_round):
+    from fedkron.strategies.exactness import FROZEN_DIGEST_KEY
+    from fedkron.strategies.validation import CONFIG_KEY
+
+    cfg, state, roles, strategy, answer, broadcast = exact_round
+    content = broadcast()
+    content[CONFIG_KEY][FROZEN_DIGEST_KEY] = "0" * 16  # e.g. a server built with another seed
+    with pytest.raises(ValueError, match="differ from the server's"):
+        answer(content)

@@ -19,23 +19,50 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from fedkron.adapters import adapter_factor_roles, adapter_state_dict, load_adapter_state_dict
 from fedkron.compression import ErrorFeedback, decode, from_records, get_codec, to_records
 from fedkron.config import RunConfig
-from fedkron.strategies.exactness import exact_names
+from fedkron.strategies.exactness import FROZEN_DIGEST_KEY, exact_names, frozen_digest
 from fedkron.strategies.validation import ARRAYS_KEY, CONFIG_KEY, MANIFEST_KEY, METRICS_KEY
 from fedkron.task import build_model, client_train_data, train_local
 
 log = logging.getLogger("fedkron")
 EF_KEY = "fedkron-ef-residual"
 
-_MODELS: dict[tuple, torch.nn.Module] = {}
+_MODELS: dict[tuple, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
 
 
 def cached_model(cfg: RunConfig, num_labels: int, multiple_choice: bool) -> torch.nn.Module:
     """The frozen base + adapters for this config, built once per process."""
+    return _cached(cfg, num_labels, multiple_choice)[0]
+
+
+def seeded_init(cfg: RunConfig, num_labels: int, multiple_choice: bool) -> dict[str, torch.Tensor]:
+    """The adapter state as built from ``cfg.seed``: the same on the server and every client."""
+    return _cached(cfg, num_labels, multiple_choice)[1]
+
+
+def _cached(cfg: RunConfig, num_labels: int, multiple_choice: bool):
     key = (cfg.model, cfg.task, cfg.method, cfg.rank, cfg.alpha, cfg.shape_policy, cfg.seed)
     if key not in _MODELS:
         _MODELS.clear()  # one model per process: a new config replaces the old one
-        _MODELS[key] = build_model(cfg, num_labels, multiple_choice)
+        model = build_model(cfg, num_labels, multiple_choice)
+        init = {k: v.detach().clone() for k, v in adapter_state_dict(model).items()}
+        _MODELS[key] = (model, init)
     return _MODELS[key]
+
+
+def full_global_state(cfg: RunConfig, received: dict[str, torch.Tensor], init: dict[str, torch.Tensor],
+                      digest: str | None = None) -> dict[str, torch.Tensor]:
+    """The whole adapter state from a broadcast. In ``exact`` mode the server sends only B1 and
+    full modules (A and B2 never leave their seeded init, so sending them would be wasted
+    downlink); they are taken from this process's own seeded build, checked against the
+    server's fingerprint of them."""
+    if cfg.aggregation != "exact":
+        return received
+    mine = frozen_digest(init, list(received))
+    if digest != mine:
+        raise ValueError(f"exact mode: this client's seeded A/B2 (digest {mine}) differ from the server's "
+                         f"({digest}); server and clients must build adapters with the same seed, "
+                         "model and library versions")
+    return {**{k: v for k, v in init.items() if k not in received}, **received}
 
 
 def select_trainable(model: torch.nn.Module, cfg: RunConfig) -> list[str]:
@@ -70,7 +97,7 @@ def node_partition(context: Context, cfg: RunConfig) -> tuple[int, int]:
 
 def run_config_from(msg: Message, context: Context) -> RunConfig:
     """The run config the server broadcast; a node's own ``data-dir`` takes precedence."""
-    values = {k: v for k, v in dict(msg.content[CONFIG_KEY]).items() if k != "server-round"}
+    values = {k: v for k, v in dict(msg.content[CONFIG_KEY]).items() if k not in ("server-round", FROZEN_DIGEST_KEY)}
     if context.node_config.get("data-dir"):
         values["data-dir"] = str(context.node_config["data-dir"])
     return RunConfig.from_mapping(values)
@@ -125,7 +152,9 @@ def handle_train(msg: Message, context: Context) -> Message:
 
     # Decode the broadcast (never unpickled: packed buffers + JSON manifest).
     encoded = from_records(msg.content[ARRAYS_KEY], msg.content[MANIFEST_KEY])
-    global_state = decode(encoded)
+    multiple_choice = task.kind == "multiple_choice"
+    global_state = full_global_state(cfg, decode(encoded), seeded_init(cfg, task.num_labels, multiple_choice),
+                                     msg.content[CONFIG_KEY].get(FROZEN_DIGEST_KEY))
     sent_names = select_trainable(model, cfg)
     load_adapter_state_dict(model, global_state)
 

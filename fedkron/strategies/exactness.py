@@ -8,17 +8,29 @@ averaged and the mean of the factors *is* the mean of the ΔW.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
 
 import torch
 
 EXACT_ROLES = ("B1", "full")
+FROZEN_DIGEST_KEY = "frozen-digest"  # broadcast config key in exact mode
 
 
 def exact_names(roles: dict[str, str]) -> list[str]:
     """State names a client trains and sends in exact mode (Kron-LoRA's B1 and full modules)."""
     return [name for name, role in roles.items() if role in EXACT_ROLES]
+
+
+def frozen_digest(state: dict[str, torch.Tensor], sent: list[str]) -> str:
+    """Fingerprint of what ``exact`` mode does not send (A, B2 at their seeded init), so a client
+    whose seeded build differs from the server's fails loudly instead of training another model."""
+    h = hashlib.sha256()
+    for name in sorted(set(state) - set(sent)):
+        h.update(name.encode())
+        h.update(state[name].detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def layer_groups(roles: dict[str, str]) -> dict[str, dict[str, str]]:

@@ -23,7 +23,8 @@ from fedkron.compression import PayloadError, get_codec, message_byte_figures, t
 from fedkron.config import RunConfig
 from fedkron.strategies.aggregate import AGGREGATORS, clip_update, trimmed_mean
 from fedkron.strategies.server_opt import ServerOptimizer
-from fedkron.strategies.exactness import aggregation_error, dense_elements, exact_names
+from fedkron.strategies.exactness import (FROZEN_DIGEST_KEY, aggregation_error, dense_elements, exact_names,
+                                          frozen_digest)
 from fedkron.strategies.ledger import Ledger, LedgerRow
 from fedkron.strategies.validation import (
     ARRAYS_KEY,
@@ -112,10 +113,7 @@ class PerFactorFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         nodes = self._sample(grid, server_round)
-        encoded = self.downlink.encode(arrayrecord_to_state(arrays))
-        arr, manifest = to_records(encoded)
-        config = ConfigRecord({**self.cfg.to_record(), **dict(config), "server-round": server_round})
-        content = RecordDict({ARRAYS_KEY: arr, MANIFEST_KEY: manifest, CONFIG_KEY: config})
+        content = self.broadcast(server_round, arrayrecord_to_state(arrays), config)
         messages = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
         self._sent[server_round] = len(messages)
         for m in messages:
@@ -123,6 +121,16 @@ class PerFactorFedAvg(FedAvg):
             self._record(server_round, "down", "train", m, node, self.partition_of.get(node, -1))
         log.info("round %d: sent global adapter to %d clients", server_round, len(messages))
         return messages
+
+    def broadcast(self, server_round: int, state: dict[str, torch.Tensor], config: ConfigRecord) -> RecordDict:
+        """What every sampled client receives: the global factors (downlink codec) and the run config."""
+        extra = {}
+        if self.cfg.aggregation == "exact":  # A and B2 stay at the seeded init clients build themselves
+            extra[FROZEN_DIGEST_KEY] = frozen_digest(state, list(self.expected))
+            state = {name: state[name] for name in self.expected}
+        arr, manifest = to_records(self.downlink.encode(state))
+        config = ConfigRecord({**self.cfg.to_record(), **dict(config), **extra, "server-round": server_round})
+        return RecordDict({ARRAYS_KEY: arr, MANIFEST_KEY: manifest, CONFIG_KEY: config})
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
