@@ -25,8 +25,9 @@ def _payload_per_message(ledger: Ledger) -> float:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A real 2-run ``compare`` on Ray: kron-lora nf4 (partition 0 sends a corrupted payload) and
-    kron-lora fp32 (partition 1 raises), same task, seed and client schedule."""
+    """A real 3-run ``compare`` on Ray: kron-lora nf4 (partition 0 sends a corrupted payload),
+    kron-lora fp32 (partition 1 raises) and kron-lora nf4 exact (clean), same task, seed and
+    client schedule."""
     from fedkron.client.faulty import make_faulty_app
     from fedkron.sim.compare import parse_runs, run_compare
     from fedkron.sim.simulate import run_sim
@@ -38,16 +39,19 @@ def runs(tmp_path_factory):
     logging.getLogger("fedkron").addHandler(handler)
 
     def run(cfg, progress=None):
+        if cfg.aggregation == "exact":
+            return run_sim(cfg, progress=progress)
         fault = ("nan-scales", (0,)) if cfg.quant == "nf4" else ("raise", (1,))
         app = make_faulty_app(*fault)
         return run_sim(cfg, progress=progress, client_app=app)
 
     try:
-        report = run_compare(RunConfig(**TINY), parse_runs("kron-lora:nf4,kron-lora:fp32"), root, run=run)
+        report = run_compare(RunConfig(**TINY), parse_runs("kron-lora:nf4,kron-lora:fp32,kron-lora:nf4:exact"),
+                             root, run=run)
     finally:
         logging.getLogger("fedkron").removeHandler(handler)
     return {"root": root, "report": report, "logs": [r.getMessage() for r in records],
-            "nf4": root / "kron-lora-nf4", "fp32": root / "kron-lora-fp32"}
+            "nf4": root / "kron-lora-nf4", "fp32": root / "kron-lora-fp32", "exact": root / "kron-lora-nf4-exact"}
 
 
 def test_results_folder_is_complete(runs):
@@ -105,7 +109,7 @@ def test_compare_report_reads_the_ledgers(runs):
     import csv
 
     rows = {r["run"]: r for r in csv.DictReader((runs["root"] / "results.csv").open())}
-    assert set(rows) == {"kron-lora-nf4", "kron-lora-fp32"}
+    assert set(rows) == {"kron-lora-nf4", "kron-lora-fp32", "kron-lora-nf4-exact"}
     for name, folder in (("kron-lora-nf4", runs["nf4"]), ("kron-lora-fp32", runs["fp32"])):
         ledger = Ledger.read_csv(folder / "ledger.csv")
         assert int(rows[name]["bytes_up"]) == ledger.total("up")
@@ -115,3 +119,34 @@ def test_compare_report_reads_the_ledgers(runs):
     assert "| kron-lora-nf4 | kron-lora | nf4 | fedavg |" in text and "| kron-lora-fp32 | kron-lora | fp32 | fedavg |" in text
     for png in ("accuracy_vs_mb.png", "accuracy_per_round.png", "bytes_per_round.png"):
         assert (runs["root"] / png).stat().st_size > 1000
+
+
+def test_exact_mode_end_to_end_sends_b1_and_head_both_ways_and_keeps_a_b2(runs):
+    from fedkron.adapters import adapter_factor_roles
+    from fedkron.strategies.exactness import exact_names
+
+    cfg = RunConfig(**TINY).resolved()
+    model = build_model(cfg, num_labels=2)
+    initial, roles = adapter_state_dict(model), adapter_factor_roles(model)
+    sent = exact_names(roles)
+    summary = json.loads((runs["exact"] / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["trainable_params"] == sum(initial[n].numel() for n in sent) < summary["adapter_params"]
+    final = load_file(str(runs["exact"] / "adapter" / "adapter_model.safetensors"))
+    for name, role in roles.items():  # A and B2 never moved; B1 did
+        if role in ("A", "B2"):
+            assert torch.equal(final[name], initial[name]), name
+    assert any(not torch.equal(final[n], initial[n]) for n in sent if roles[n] == "B1")
+    rows = [json.loads(line) for line in (runs["exact"] / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["aggregation_error"] < 1e-4 for r in rows[1:])
+    assert all(r["accepted"] == 3 for r in rows[1:])
+
+    def per_message(folder, direction):
+        ledger = Ledger.read_csv(folder / "ledger.csv")
+        msgs = [r for r in ledger.rows if r.direction == direction and r.kind == "train" and r.status == "ok"]
+        return sum(r.payload for r in msgs) / len(msgs)
+
+    share = sum(initial[n].numel() for n in sent) / sum(v.numel() for v in initial.values())
+    for direction in ("down", "up"):  # both directions carry only B1 + head
+        ratio = per_message(runs["exact"], direction) / per_message(runs["nf4"], direction)
+        assert ratio == pytest.approx(share, rel=0.1), (direction, ratio, share)
