@@ -97,20 +97,29 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def resume_config(args: argparse.Namespace) -> RunConfig:
-    """The saved config of the run in ``--resume DIR``; other run flags would change the run."""
+    """The saved config of the run in ``--resume DIR``. Other run flags would change the run; only
+    ``--rounds`` may be given, to extend it beyond the rounds it has."""
     import json
     from pathlib import Path
+
+    from fedkron.server.checkpoint import latest_round
 
     folder = Path(args.resume)
     saved = folder / "config.json"
     if not saved.is_file():
         raise ConfigError(f"--resume {folder}: no config.json there (not a fedkron results folder)")
-    given = [k for k, v in vars(args).items() if k not in ("resume", "func", "command", "verbose",
+    given = [k for k, v in vars(args).items() if k not in ("resume", "func", "command", "verbose", "rounds",
                                                            "no_error_feedback", "bits", "quant") and v is not None]
     if given or args.bits is not None or args.quant is not None or args.no_error_feedback:
-        raise ConfigError("--resume continues a run with its saved config; drop the other run flags")
+        raise ConfigError("--resume continues a run with its saved config; drop the other run flags "
+                          "(only --rounds may be given, to extend the run)")
     cfg = RunConfig.from_mapping(json.loads(saved.read_text()))
     cfg.resume, cfg.out = True, str(folder)
+    if args.rounds is not None:
+        cfg.rounds = args.rounds
+    done = latest_round(folder)
+    if done >= cfg.resolved().rounds:
+        raise ConfigError(f"--resume {folder}: all {done} rounds are done; add --rounds N (N > {done}) to extend it")
     return cfg.resolved()
 
 

@@ -97,3 +97,27 @@ def test_compare_runs_parse_and_share_everything_but_method_codec_and_aggregatio
     with pytest.raises(ConfigError) as info:
         parse_runs("dora:nf4,lora:int3,lora:fp32,lora:fp32")
     assert "method 'dora'" in str(info.value) and "codec 'int3'" in str(info.value) and "twice" in str(info.value)
+
+
+def test_resume_takes_the_saved_config_and_only_rounds_to_extend(tmp_path):
+    import json
+
+    from fedkron.cli import resume_config
+
+    saved = RunConfig(task="sst2", clients=5, rounds=3, local_steps=2, lr=0.01, out=str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps(saved.to_record()))
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "latest.json").write_text(json.dumps({"round": 2, "folder": "round-2"}))
+    parse = build_parser().parse_args
+
+    cfg = resume_config(parse(["sim", "--resume", str(tmp_path)]))  # killed after round 2
+    assert (cfg.resume, cfg.rounds, cfg.lr, cfg.clients) == (True, 3, 0.01, 5)
+    with pytest.raises(ConfigError, match="only --rounds may be given"):
+        resume_config(parse(["sim", "--resume", str(tmp_path), "--lr", "0.1"]))
+
+    (tmp_path / "checkpoint" / "latest.json").write_text(json.dumps({"round": 3, "folder": "round-3"}))
+    with pytest.raises(ConfigError, match=r"all 3 rounds are done; add --rounds N \(N > 3\)"):
+        resume_config(parse(["sim", "--resume", str(tmp_path)]))
+    with pytest.raises(ConfigError, match="N > 3"):
+        resume_config(parse(["sim", "--resume", str(tmp_path), "--rounds", "3"]))
+    assert resume_config(parse(["sim", "--resume", str(tmp_path), "--rounds", "5"])).rounds == 5

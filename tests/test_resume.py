@@ -77,3 +77,18 @@ def test_sigkill_mid_round_then_resume_matches_an_uninterrupted_run(tmp_path):
     up_a, down_a, n = _train_totals(clean, "serialized")
     up_b, down_b, _ = _train_totals(killed, "serialized")
     assert abs(up_a - up_b) <= 4 * n and abs(down_a - down_b) <= 4 * n
+
+    # Extend the finished run by one round: rounds 1-3 are kept as they were, round 4 is added.
+    before = (clean / "metrics.jsonl").read_text().splitlines()
+    out = _finish(_sim(["--resume", str(clean), "--rounds", "4"]))
+    assert "completed" in out
+    after = (clean / "metrics.jsonl").read_text().splitlines()
+    assert after[:4] == before  # the earlier rounds' rows, untouched
+    after = [json.loads(line) for line in after]
+    assert [r["round"] for r in after] == [0, 1, 2, 3, 4]
+    summary = json.loads((clean / "summary.json").read_text())
+    assert (summary["rounds"], summary["rounds_completed"], summary["resumed_from_round"]) == (4, 4, 3)
+    assert summary["seconds"] >= sum(r["seconds"] for r in after[1:]) > 0
+    assert json.loads((clean / "config.json").read_text())["rounds"] == 4
+    rounds = {r.round for r in Ledger.read_csv(clean / "ledger.csv").rows if r.kind == "train"}
+    assert rounds == {1, 2, 3, 4}

@@ -53,6 +53,12 @@ def save_checkpoint(out: Path, rnd: int, global_state, server_opt_state, ledger:
     return folder
 
 
+def latest_round(out: Path) -> int:
+    """The round of the newest complete checkpoint under ``out`` (0 when there is none)."""
+    pointer = Path(out) / "checkpoint" / "latest.json"
+    return int(json.loads(pointer.read_text())["round"]) if pointer.is_file() else 0
+
+
 def load_checkpoint(out: Path) -> Checkpoint | None:
     """The newest complete checkpoint under ``out``, or None when there is none."""
     pointer = Path(out) / "checkpoint" / "latest.json"

@@ -16,7 +16,7 @@ from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
 from fedkron.adapters import adapter_factor_roles, adapter_state_dict, load_adapter_state_dict, save_adapter, trainable_parameter_count
-from fedkron.config import RunConfig, codec_bits
+from fedkron.config import ConfigError, RunConfig, codec_bits
 from fedkron.server.results import MB, ResultsFolder
 from fedkron.server.checkpoint import load_checkpoint, save_checkpoint
 from fedkron.strategies import Ledger, PerFactorFedAvg, state_to_arrayrecord
@@ -31,11 +31,17 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
 
     With ``resume``, continue from the newest checkpoint in ``cfg.out`` (if there is one): the
     global factors, server optimiser, ledger and metrics so far are restored, and the remaining
-    rounds run with the same seeded client schedule as an uninterrupted run.
+    rounds run with the same seeded client schedule as an uninterrupted run. A finished run is
+    extended the same way when ``cfg.rounds`` is raised above the rounds it has.
     """
     cfg = cfg.resolved()
-    t_start = time.perf_counter()
     ckpt = load_checkpoint(Path(cfg.out)) if resume else None
+    if ckpt and ckpt.round >= cfg.rounds:
+        raise ConfigError(f"{cfg.out} already has {ckpt.round} completed rounds; to extend it, resume "
+                          f"with --rounds N, N > {ckpt.round}")
+    # wall time of the rounds already done, so totals and `elapsed` cover the whole run
+    before = sum(r.get("seconds") or 0.0 for r in ckpt.metrics) if ckpt else 0.0
+    t_start = time.perf_counter() - before
     results = ResultsFolder(cfg.out, keep=ckpt.metrics if ckpt else None)
     results.write_json("config.json", cfg.to_record())
 
