@@ -1,7 +1,7 @@
 """Communication vs accuracy, Kron-LoRA against LoRA, on real data (the issue's evidence run).
 
     python benchmarks/bench_compare.py                       # SST-2, 20 clients, Dirichlet 0.5, 10 rounds
-    python benchmarks/bench_compare.py --task piqa --rounds 5
+    python benchmarks/bench_compare.py --task piqa --runs kron-lora:nf4:exact,lora:fp32 --local-steps 10 --batch-size 8
     python benchmarks/bench_compare.py --fraction 1.0 --local-steps 30   # every client every round
 
 Runs ``fedkron compare`` (same partitions, seed and client schedule for every run) with MiniLM-L6
@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--fraction", type=float, default=0.2)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--local-steps", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--local-loss", default="logit-adjusted",
                    help="logit-adjusted keeps label-skewed clients' heads balanced (plain 'ce' swings "
@@ -48,7 +49,7 @@ def main() -> None:
     base = RunConfig(task=args.task, data_dir=data_dir, clients=args.clients, fraction=args.fraction,
                      rounds=args.rounds, local_steps=args.local_steps, partition=args.partition,
                      dirichlet_alpha=args.dirichlet_alpha, eval_samples=args.eval_samples,
-                     lr=args.lr, local_loss=args.local_loss)
+                     batch_size=args.batch_size, lr=args.lr, local_loss=args.local_loss)
     run_compare(base, parse_runs(args.runs), out,
                 progress=lambda label, row: print(f"[{label}] round {row['round']} acc {100 * row['accuracy']:.1f}%",
                                                   flush=True))
