@@ -48,6 +48,7 @@ def read_run(folder: Path) -> dict:
 def write_report(out: str | Path, folders: list[Path]) -> Path:
     """``report.md``, ``results.csv`` and three plots in ``out``; prints the table."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # also for a report over runs made elsewhere
     rows = [read_run(f) for f in folders if (f / "summary.json").is_file()]
     base = next((r for r in rows if (r["method"], r["codec"], r["aggregation"]) == BASELINE), None)
     for r in rows:
