@@ -102,7 +102,7 @@ def resume_config(args: argparse.Namespace) -> RunConfig:
     import json
     from pathlib import Path
 
-    from fedkron.server.checkpoint import latest_round
+    from fedkron.server.checkpoint import latest_round, require_rounds_left
 
     folder = Path(args.resume)
     saved = folder / "config.json"
@@ -117,10 +117,9 @@ def resume_config(args: argparse.Namespace) -> RunConfig:
     cfg.resume, cfg.out = True, str(folder)
     if args.rounds is not None:
         cfg.rounds = args.rounds
-    done = latest_round(folder)
-    if done >= cfg.resolved().rounds:
-        raise ConfigError(f"--resume {folder}: all {done} rounds are done; add --rounds N (N > {done}) to extend it")
-    return cfg.resolved()
+    cfg = cfg.resolved()
+    require_rounds_left(folder, latest_round(folder), cfg.rounds)
+    return cfg
 
 
 def summary_text(s: dict, out: str) -> str:

@@ -105,7 +105,7 @@ def test_exact_mode_broadcasts_only_b1_and_full_modules_and_clients_rebuild_the_
 
     # A client process whose cached model was trained per-factor before (A, B2 moved) still
     # trains from the seeded A, B2 the server holds: they come from its seeded build, not its model.
-    model = worker.cached_model(cfg, 2, False)
+    model, _ = worker.cached_model(cfg, 2, False)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if roles.get(name) in ("A", "B2"):

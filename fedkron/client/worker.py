@@ -29,17 +29,10 @@ EF_KEY = "fedkron-ef-residual"
 _MODELS: dict[tuple, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
 
 
-def cached_model(cfg: RunConfig, num_labels: int, multiple_choice: bool) -> torch.nn.Module:
-    """The frozen base + adapters for this config, built once per process."""
-    return _cached(cfg, num_labels, multiple_choice)[0]
-
-
-def seeded_init(cfg: RunConfig, num_labels: int, multiple_choice: bool) -> dict[str, torch.Tensor]:
-    """The adapter state as built from ``cfg.seed``: the same on the server and every client."""
-    return _cached(cfg, num_labels, multiple_choice)[1]
-
-
-def _cached(cfg: RunConfig, num_labels: int, multiple_choice: bool):
+def cached_model(cfg: RunConfig, num_labels: int, multiple_choice: bool
+                 ) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The frozen base + adapters for this config, built once per process, and the adapter state
+    as built from ``cfg.seed`` (the same on the server and every client)."""
     key = (cfg.model, cfg.task, cfg.method, cfg.rank, cfg.alpha, cfg.shape_policy, cfg.seed)
     if key not in _MODELS:
         _MODELS.clear()  # one model per process: a new config replaces the old one
@@ -148,13 +141,11 @@ def handle_train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content[CONFIG_KEY]["server-round"])
     pid, num_parts = node_partition(context, cfg)
     data, task = client_train_data(cfg, pid, num_parts)
-    model = cached_model(cfg, task.num_labels, task.kind == "multiple_choice")
+    model, seeded_init = cached_model(cfg, task.num_labels, task.kind == "multiple_choice")
 
     # Decode the broadcast (never unpickled: packed buffers + JSON manifest).
     encoded = from_records(msg.content[ARRAYS_KEY], msg.content[MANIFEST_KEY])
-    multiple_choice = task.kind == "multiple_choice"
-    global_state = full_global_state(cfg, decode(encoded), seeded_init(cfg, task.num_labels, multiple_choice),
-                                     msg.content[CONFIG_KEY].get(FROZEN_DIGEST_KEY))
+    global_state = full_global_state(cfg, decode(encoded), seeded_init, msg.content[CONFIG_KEY].get(FROZEN_DIGEST_KEY))
     sent_names = select_trainable(model, cfg)
     load_adapter_state_dict(model, global_state)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedkron.config import ConfigError
 from fedkron.strategies import Ledger
 
 
@@ -53,18 +54,29 @@ def save_checkpoint(out: Path, rnd: int, global_state, server_opt_state, ledger:
     return folder
 
 
+def _latest(out: Path) -> dict | None:
+    pointer = Path(out) / "checkpoint" / "latest.json"
+    return json.loads(pointer.read_text()) if pointer.is_file() else None
+
+
 def latest_round(out: Path) -> int:
     """The round of the newest complete checkpoint under ``out`` (0 when there is none)."""
-    pointer = Path(out) / "checkpoint" / "latest.json"
-    return int(json.loads(pointer.read_text())["round"]) if pointer.is_file() else 0
+    latest = _latest(out)
+    return int(latest["round"]) if latest else 0
+
+
+def require_rounds_left(out: Path, done: int, rounds: int) -> None:
+    """A resumed run must have rounds left to run; a finished one is extended by raising ``rounds``."""
+    if done >= rounds:
+        raise ConfigError(f"--resume {out}: all {done} rounds are done; add --rounds N (N > {done}) to extend it")
 
 
 def load_checkpoint(out: Path) -> Checkpoint | None:
     """The newest complete checkpoint under ``out``, or None when there is none."""
-    pointer = Path(out) / "checkpoint" / "latest.json"
-    if not pointer.is_file():
+    latest = _latest(out)
+    if latest is None:
         return None
-    folder = pointer.parent / json.loads(pointer.read_text())["folder"]
+    folder = Path(out) / "checkpoint" / latest["folder"]
     state = json.loads((folder / "state.json").read_text())
     torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["torch"])
     return Checkpoint(

@@ -16,9 +16,9 @@ from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
 from fedkron.adapters import adapter_factor_roles, adapter_state_dict, load_adapter_state_dict, save_adapter, trainable_parameter_count
-from fedkron.config import ConfigError, RunConfig, codec_bits
+from fedkron.config import RunConfig, codec_bits
 from fedkron.server.results import MB, ResultsFolder
-from fedkron.server.checkpoint import load_checkpoint, save_checkpoint
+from fedkron.server.checkpoint import load_checkpoint, require_rounds_left, save_checkpoint
 from fedkron.strategies import Ledger, PerFactorFedAvg, state_to_arrayrecord
 from fedkron.task import build_model, eval_data, evaluate
 
@@ -36,9 +36,8 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
     """
     cfg = cfg.resolved()
     ckpt = load_checkpoint(Path(cfg.out)) if resume else None
-    if ckpt and ckpt.round >= cfg.rounds:
-        raise ConfigError(f"{cfg.out} already has {ckpt.round} completed rounds; to extend it, resume "
-                          f"with --rounds N, N > {ckpt.round}")
+    if ckpt:
+        require_rounds_left(cfg.out, ckpt.round, cfg.rounds)
     # wall time of the rounds already done, so totals and `elapsed` cover the whole run
     before = sum(r.get("seconds") or 0.0 for r in ckpt.metrics) if ckpt else 0.0
     t_start = time.perf_counter() - before
