@@ -39,17 +39,19 @@ def main() -> None:
     p.add_argument("--partition", default="dirichlet")
     p.add_argument("--dirichlet-alpha", type=float, default=0.5)
     p.add_argument("--eval-samples", type=int, default=0, help="0 = the whole held-out split")
+    p.add_argument("--seed", type=int, default=0, help="partition, client schedule and initial factors")
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
     data_dir = default_data_dir()
     if not data_dir:
         sys.exit("needs the real task data: set FEDKRON_DATA_DIR (the shared data folder)")
-    out = args.out or f"results/bench-compare-{args.task}"
+    out = args.out or f"results/bench-compare-{args.task}" + (f"-seed{args.seed}" if args.seed else "")
     base = RunConfig(task=args.task, data_dir=data_dir, clients=args.clients, fraction=args.fraction,
                      rounds=args.rounds, local_steps=args.local_steps, partition=args.partition,
                      dirichlet_alpha=args.dirichlet_alpha, eval_samples=args.eval_samples,
-                     batch_size=args.batch_size, lr=args.lr, local_loss=args.local_loss)
+                     batch_size=args.batch_size, lr=args.lr, local_loss=args.local_loss,
+                     seed=args.seed)
     run_compare(base, parse_runs(args.runs), out,
                 progress=lambda label, row: print(f"[{label}] round {row['round']} acc {100 * row['accuracy']:.1f}%",
                                                   flush=True))
