@@ -24,6 +24,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", help="local data folder in the layout of shared/data (default: packaged/hub)")
     g.add_argument("--max-length", type=int, help="tokens per example (default: task default)")
     g.add_argument("--eval-samples", type=int, help="held-out rows scored per round, 0 = all (default: per task, 256-384)")
+    g.add_argument("--mc-head", help="multiple choice: cross (each context+choice pair scored by a linear head) | "
+                   "dual (cosine of context and choice embeddings: keeps a sentence encoder's pretraining) "
+                   f"(default {d.mc_head})")
     g = p.add_argument_group("adapter")
     g.add_argument("--method", help=f"kron-lora | krona | lora (default {d.method})")
     g.add_argument("--rank", type=int, help=f"rank r (default {d.rank})")
@@ -64,7 +67,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Flags → RunConfig; flags not given keep the config (and task) defaults."""
     values = {}
-    for key in ("model", "task", "data_dir", "max_length", "eval_samples", "method", "rank", "alpha",
+    for key in ("model", "task", "data_dir", "max_length", "mc_head", "eval_samples", "method", "rank", "alpha",
                 "shape_policy", "downlink", "block_size", "clients", "rounds", "fraction", "min_replies",
                 "partition", "dirichlet_alpha", "aggregation", "server_opt", "server_lr", "clip_norm",
                 "trim_fraction", "max_update_norm", "round_timeout", "seed",

@@ -19,6 +19,7 @@ PARTITIONS = ("iid", "dirichlet", "natural")
 AGGREGATIONS = ("fedavg", "exact", "median", "trimmed-mean")
 SERVER_OPTS = ("sgd", "avgm", "adam")
 LOCAL_LOSSES = ("ce", "logit-adjusted")
+MC_HEADS = ("cross", "dual")
 
 # Per-task defaults: what a user gets with ``--task X`` and no other flag. Calibrated on 2 cores
 # so the default of each task finishes in minutes (see README, "Defaults").
@@ -62,6 +63,7 @@ class RunConfig:
     task: str = "boolq"
     data_dir: str = ""
     max_length: int = 0  # 0 → task default
+    mc_head: str = "cross"  # multiple choice: "cross" (context+choice pairs) or "dual" (embedding similarity)
     eval_samples: int = -1  # -1 → task default; 0 → the whole held-out split
     # Adapter
     method: str = "kron-lora"
@@ -176,6 +178,7 @@ class RunConfig:
         need(self.batch_size >= 1, f"batch-size must be ≥ 1 (got {self.batch_size})")
         need(0 < self.lr < 1, f"lr must be in (0, 1) (got {self.lr})")
         need(self.local_loss in LOCAL_LOSSES, f"local-loss {self.local_loss!r} is not one of {LOCAL_LOSSES}")
+        need(self.mc_head in MC_HEADS, f"mc-head {self.mc_head!r} is not one of {MC_HEADS}")
         need(self.seed >= 0, f"seed must be ≥ 0 (got {self.seed})")
         if self.data_dir:
             need(Path(self.data_dir).is_dir(), f"data-dir {self.data_dir!r} is not a folder")

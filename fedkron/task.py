@@ -16,6 +16,8 @@ from torch import nn
 
 from fedkron.adapters import AdapterConfig, inject
 from fedkron.config import RunConfig
+from fedkron.data.encode import CONTEXT
+from fedkron.dual_encoder import DualEncoderForMultipleChoice
 
 # Model aliases that work offline. Anything else is a hub id or a local folder.
 TINY_BERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
@@ -50,15 +52,18 @@ def build_model(cfg: RunConfig, num_labels: int, multiple_choice: bool = False) 
 
     ``minilm-l6`` is the pretrained MiniLM-L6 from its PyPI package; ``tiny-bert`` a random-init
     2-layer BERT for fast tests; anything else goes to ``from_pretrained`` (hub id or folder).
+    Multiple choice with ``cfg.mc_head == "dual"`` wraps the bare encoder in
+    `DualEncoderForMultipleChoice` (embedding similarity); "cross" is `AutoModelForMultipleChoice`.
     """
-    from transformers import AutoConfig, AutoModelForMultipleChoice, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModel, AutoModelForMultipleChoice, AutoModelForSequenceClassification
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     if os.environ.get("TRANSFORMERS_VERBOSITY", "error") == "error":
         hf_logging.set_verbosity_error()  # the "classifier newly initialized" report is expected
-    auto = AutoModelForMultipleChoice if multiple_choice else AutoModelForSequenceClassification
+    dual = multiple_choice and cfg.mc_head == "dual"
+    auto = AutoModel if dual else AutoModelForMultipleChoice if multiple_choice else AutoModelForSequenceClassification
     torch.manual_seed(cfg.seed)
     kwargs = {} if multiple_choice else {"num_labels": num_labels}
     if cfg.model == "tiny-bert":
@@ -68,9 +73,11 @@ def build_model(cfg: RunConfig, num_labels: int, multiple_choice: bool = False) 
         model = auto.from_pretrained(minilm_path(), local_files_only=True, **kwargs)
     else:
         model = auto.from_pretrained(cfg.model, **kwargs)
+    if dual:
+        model = DualEncoderForMultipleChoice(model)
     torch.manual_seed(cfg.seed + 1)  # adapter init independent of how many draws the head took
     inject(model, adapter_config(cfg))
-    return model
+    return model.eval()  # from_config and the dual wrapper start in train mode; from_pretrained in eval
 
 
 @dataclass
@@ -94,15 +101,18 @@ def _batches(num_rows: int, batch_size: int, steps: int, generator: torch.Genera
 
 def _forward(model: nn.Module, data: dict[str, torch.Tensor], idx: torch.Tensor):
     """Run one batch, cut to its longest row: padding to the partition's longest row would
-    multiply the cost of short-sentence batches (SST-2 rows average ~13 tokens)."""
+    multiply the cost of short-sentence batches (SST-2 rows average ~13 tokens). The dual layout's
+    context tensors (``context_*``) are cut to their own longest row."""
     inputs = {k: v[idx] for k, v in data.items()}
-    mask = inputs.get("attention_mask")
-    if mask is not None:
+    for prefix in ("", CONTEXT):
+        mask = inputs.get(prefix + "attention_mask")
+        if mask is None:
+            continue
         used = mask.reshape(-1, mask.shape[-1]).any(0).nonzero()  # right padding: a prefix
         length = int(used.max()) + 1 if len(used) else 1
         for key in ("input_ids", "attention_mask", "token_type_ids"):
-            if key in inputs:
-                inputs[key] = inputs[key][..., :length]
+            if prefix + key in inputs:
+                inputs[prefix + key] = inputs[prefix + key][..., :length]
     return model(**inputs)
 
 
@@ -183,8 +193,14 @@ def client_train_data(cfg: RunConfig, partition_id: int, num_partitions: int):
     data = get_client_data(
         task, partition_id, num_partitions, load_tokenizer(cfg.model), cfg.max_length,
         scheme=cfg.partition, alpha=cfg.dirichlet_alpha, seed=cfg.seed, data_dir=cfg.data_dir or None,
+        layout=data_layout(cfg, task),
     )
     return data, task
+
+
+def data_layout(cfg: RunConfig, task) -> str:
+    """How rows are encoded for this run's model: "dual" only for a dual multiple-choice head."""
+    return "dual" if task.is_multiple_choice and cfg.mc_head == "dual" else "cross"
 
 
 @dataclass
@@ -204,7 +220,7 @@ def eval_data(cfg: RunConfig) -> EvalSet:
     limit = cfg.eval_samples or None
     rows = get_eval_split(task, max_samples=limit, seed=cfg.seed, data_dir=cfg.data_dir or None)
     data = get_eval_data(task, load_tokenizer(cfg.model), cfg.max_length, max_samples=limit,
-                         seed=cfg.seed, data_dir=cfg.data_dir or None)
+                         seed=cfg.seed, data_dir=cfg.data_dir or None, layout=data_layout(cfg, task))
     full = len(get_splits(task, data_dir=cfg.data_dir or None, seed=cfg.seed)["test"])
     n = len(rows)
     note = f"scored on all {n} held-out rows" if n == full else f"scored on a seeded sample of {n} of {full} held-out rows"

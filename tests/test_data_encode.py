@@ -63,6 +63,21 @@ def test_multiple_choice_encoding_shape_and_pairs(tokenizer):
     assert tokenizer.decode(enc["input_ids"][2, 3], skip_special_tokens=True) == "which is a mammal? eel"
 
 
+def test_dual_layout_encodes_context_and_each_choice_on_their_own(tokenizer):
+    enc = encode_dataset("arc-easy", CHOICES, tokenizer, max_length=24, layout="dual")
+    assert set(enc) == {"input_ids", "attention_mask", "token_type_ids", "context_input_ids",
+                        "context_attention_mask", "context_token_type_ids", "labels"}
+    assert enc["input_ids"].shape[:2] == (3, 4) and enc["context_input_ids"].shape[0] == 3
+    assert enc["input_ids"][1, 0, : len(tokenizer("rub dry palms")["input_ids"])].tolist() == tokenizer("rub dry palms")["input_ids"]
+    ctx = tokenizer("Warm hands fastest?")["input_ids"]
+    assert enc["context_input_ids"][1, : len(ctx)].tolist() == ctx
+    assert not enc["token_type_ids"].any()  # single texts: one segment
+    with pytest.raises(EncodeError, match="multiple-choice"):
+        encode_dataset("boolq", PAIRS, tokenizer, 32, layout="dual")
+    with pytest.raises(EncodeError, match="layout"):
+        encode_dataset("arc-easy", CHOICES, tokenizer, 32, layout="bi")
+
+
 def test_encode_rejects_wrong_columns_and_lengths(tokenizer):
     with pytest.raises(EncodeError, match=r"lacks columns \['context', 'choices'\]"):
         encode_dataset("piqa", PAIRS, tokenizer, 32)

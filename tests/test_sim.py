@@ -150,3 +150,16 @@ def test_exact_mode_end_to_end_sends_b1_and_head_both_ways_and_keeps_a_b2(runs):
     for direction in ("down", "up"):  # both directions carry only B1 + head
         ratio = per_message(runs["exact"], direction) / per_message(runs["nf4"], direction)
         assert ratio == pytest.approx(share, rel=0.1), (direction, ratio, share)
+
+
+def test_dual_multiple_choice_head_runs_on_ray_and_trains_its_temperature(tmp_path, shared_data):
+    """The dual layout reaches Ray clients and the server's evaluation alike (real ARC-Easy rows)."""
+    from fedkron.sim.simulate import run_sim
+
+    cfg = RunConfig(model="tiny-bert", task="arc-easy", mc_head="dual", data_dir=str(shared_data), clients=2,
+                    rounds=1, local_steps=3, batch_size=8, max_length=32, eval_samples=32, lr=5e-2,
+                    out=str(tmp_path / "dual"))
+    summary = run_sim(cfg)
+    assert summary["status"] == "completed" and 0.0 <= summary["final_accuracy"] <= 1.0
+    final = load_file(str(tmp_path / "dual" / "adapter" / "adapter_model.safetensors"))
+    assert final["classifier.scale"].shape == () and abs(float(final["classifier.scale"]) - 20.0) > 1e-3

@@ -81,6 +81,7 @@ def get_client_data(
     data_dir: str | os.PathLike | None = None,
     split: str = "train",
     min_partition_size: int | None = None,
+    layout: str = "cross",
 ) -> dict[str, torch.Tensor]:
     """Encoded tensors of one client's partition (see `encode_dataset`), cached per process."""
     spec = get_task(task)
@@ -88,14 +89,14 @@ def get_client_data(
     if not 0 <= partition_id < num_partitions:
         raise PartitionError(f"fedkron.data: partition_id {partition_id} outside range({num_partitions})")
     key = ("client", spec.name, source, data_dir, seed, split, scheme, num_partitions, float(alpha),
-           min_partition_size, partition_id, tokenizer_name(tokenizer), max_length)
+           min_partition_size, partition_id, tokenizer_name(tokenizer), max_length, layout)
 
     def make() -> dict[str, torch.Tensor]:
         parts = _partitions(
             spec.name, source, data_dir, seed, split, num_partitions, scheme, float(alpha), min_partition_size
         )
         rows = _splits(spec.name, source, data_dir, seed)[split].select(parts[partition_id])
-        return encode_dataset(spec, rows, tokenizer, max_length)
+        return encode_dataset(spec, rows, tokenizer, max_length, layout)
 
     return _encoded(key, make)
 
@@ -115,14 +116,15 @@ def get_eval_data(
     seed: int = 0,
     source: str = "auto",
     data_dir: str | os.PathLike | None = None,
+    layout: str = "cross",
 ) -> dict[str, torch.Tensor]:
     """Encoded tensors of `get_eval_split` for central evaluation, cached per process."""
     spec = get_task(task)
     source, data_dir = resolve_source(spec, data_dir, source)
-    key = ("eval", spec.name, source, data_dir, seed, max_samples, tokenizer_name(tokenizer), max_length)
+    key = ("eval", spec.name, source, data_dir, seed, max_samples, tokenizer_name(tokenizer), max_length, layout)
     return _encoded(key, lambda: encode_dataset(
         spec, get_eval_split(spec, max_samples=max_samples, seed=seed, source=source, data_dir=data_dir),
-        tokenizer, max_length,
+        tokenizer, max_length, layout,
     ))
 
 

@@ -14,8 +14,12 @@ class EncodeError(ValueError):
     """Bad arguments to `encode_dataset` / `eval_sample`."""
 
 
+LAYOUTS = ("cross", "dual")
+CONTEXT = "context_"  # key prefix of the context tensors in the "dual" layout
+
+
 def encode_dataset(
-    task: str | TaskSpec, dataset: datasets.Dataset, tokenizer, max_length: int
+    task: str | TaskSpec, dataset: datasets.Dataset, tokenizer, max_length: int, layout: str = "cross"
 ) -> dict[str, torch.Tensor]:
     """``input_ids``, ``attention_mask`` (+ ``token_type_ids`` when the tokenizer makes them), ``labels``.
 
@@ -24,6 +28,10 @@ def encode_dataset(
     longest-first to `max_length`; L is the longest row of *this* dataset (padding to `max_length`
     would waste compute on short SST-2 sentences); a trainer may trim a batch further to its own
     longest row.
+
+    ``layout="dual"`` (multiple choice only) encodes the context and each choice on their own, for a
+    head that compares their embeddings: ``context_input_ids`` / ``context_attention_mask`` (N, Lc)
+    and ``input_ids`` / ``attention_mask`` (N, num_choices, L) for the choices.
     """
     spec = get_task(task)
     if not isinstance(max_length, int) or max_length < 8:
@@ -35,6 +43,9 @@ def encode_dataset(
         )
     if len(dataset) == 0:
         raise EncodeError(f"fedkron.data.encode: empty dataset for task {spec.name!r}")
+    if layout not in LAYOUTS or (layout == "dual" and not spec.is_multiple_choice):
+        raise EncodeError(f"fedkron.data.encode: layout {layout!r} is not one of {LAYOUTS}"
+                          " ('dual' is for multiple-choice tasks)")
     labels = torch.tensor(column(dataset, "label"), dtype=torch.long)
     kwargs = dict(truncation=True, max_length=max_length)
     if spec.kind == "single":
@@ -48,10 +59,13 @@ def encode_dataset(
         n, c = len(dataset), spec.num_labels
         if len(firsts) != n * c:
             raise EncodeError(f"fedkron.data.encode: task {spec.name!r} rows must have {c} choices each")
-        enc = tokenizer(firsts, seconds, **kwargs)
+        enc = tokenizer(seconds, **kwargs) if layout == "dual" else tokenizer(firsts, seconds, **kwargs)
     out = _pad(enc, tokenizer)
     if spec.is_multiple_choice:
         out = {k: v.view(len(dataset), spec.num_labels, -1) for k, v in out.items()}
+    if layout == "dual":
+        ctx = _pad(tokenizer(column(dataset, "context"), **kwargs), tokenizer)
+        out.update({CONTEXT + k: v for k, v in ctx.items()})
     out["labels"] = labels
     return out
 
