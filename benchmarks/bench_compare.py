@@ -1,7 +1,7 @@
 """Communication vs accuracy, Kron-LoRA against LoRA, on real data (the issue's evidence run).
 
     python benchmarks/bench_compare.py                       # SST-2, 20 clients, Dirichlet 0.5, 10 rounds
-    python benchmarks/bench_compare.py --task piqa --runs kron-lora:nf4:exact,lora:fp32 --local-steps 10 --batch-size 8
+    python benchmarks/bench_compare.py --task arc-easy --mc-head dual --runs kron-lora:nf4:exact,lora:fp32 --lr 1e-3 --local-loss ce
     python benchmarks/bench_compare.py --fraction 1.0 --local-steps 30   # every client every round
 
 Runs ``fedkron compare`` (same partitions, seed and client schedule for every run) with MiniLM-L6
@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--local-loss", default="logit-adjusted",
                    help="logit-adjusted keeps label-skewed clients' heads balanced (plain 'ce' swings "
                         "between classes round to round under Dirichlet 0.5 at fraction 0.2)")
+    p.add_argument("--mc-head", default="cross", help="multiple choice: cross | dual (see README)")
     p.add_argument("--partition", default="dirichlet")
     p.add_argument("--dirichlet-alpha", type=float, default=0.5)
     p.add_argument("--eval-samples", type=int, default=0, help="0 = the whole held-out split")
@@ -51,7 +52,7 @@ def main() -> None:
                      rounds=args.rounds, local_steps=args.local_steps, partition=args.partition,
                      dirichlet_alpha=args.dirichlet_alpha, eval_samples=args.eval_samples,
                      batch_size=args.batch_size, lr=args.lr, local_loss=args.local_loss,
-                     seed=args.seed)
+                     seed=args.seed, mc_head=args.mc_head)
     run_compare(base, parse_runs(args.runs), out,
                 progress=lambda label, row: print(f"[{label}] round {row['round']} acc {100 * row['accuracy']:.1f}%",
                                                   flush=True))
