@@ -19,6 +19,7 @@ PARTITIONS = ("iid", "dirichlet", "natural")
 AGGREGATIONS = ("fedavg", "exact", "median", "trimmed-mean")
 SERVER_OPTS = ("sgd", "avgm", "adam")
 LOCAL_LOSSES = ("ce", "logit-adjusted")
+LOCAL_OPTS = ("adamw", "sgd")
 MC_HEADS = ("cross", "dual")
 
 # Per-task defaults: what a user gets with ``--task X`` and no other flag. Calibrated on 2 cores
@@ -95,6 +96,7 @@ class RunConfig:
     batch_size: int = 16
     lr: float = 2e-3
     local_loss: str = "ce"  # or "logit-adjusted": each client fits the class-balanced classifier
+    local_opt: str = "adamw"  # or "sgd" (momentum 0.9): step size follows the gradient, not normalised
     # Output
     out: str = "results/run"
     resume: bool = False  # continue from the newest checkpoint in `out`
@@ -178,6 +180,7 @@ class RunConfig:
         need(self.batch_size >= 1, f"batch-size must be ≥ 1 (got {self.batch_size})")
         need(0 < self.lr < 1, f"lr must be in (0, 1) (got {self.lr})")
         need(self.local_loss in LOCAL_LOSSES, f"local-loss {self.local_loss!r} is not one of {LOCAL_LOSSES}")
+        need(self.local_opt in LOCAL_OPTS, f"local-opt {self.local_opt!r} is not one of {LOCAL_OPTS}")
         need(self.mc_head in MC_HEADS, f"mc-head {self.mc_head!r} is not one of {MC_HEADS}")
         need(self.seed >= 0, f"seed must be ≥ 0 (got {self.seed})")
         if self.data_dir:

@@ -124,8 +124,13 @@ def train_local(
     lr: float,
     seed: int,
     local_loss: str = "ce",
+    optimizer: str = "adamw",
 ) -> TrainResult:
-    """AdamW on the trainable tensors only, for a fixed number of steps (not epochs).
+    """AdamW (or SGD with momentum 0.9) on the trainable tensors only, for a fixed number of steps.
+
+    AdamW normalises each step, so a client whose loss is already ≈ 0 (a single-class partition
+    under the logit-adjusted loss) still moves every factor by about ``lr`` per step; with SGD the
+    step is proportional to the gradient and such a client barely moves.
 
     ``local_loss="logit-adjusted"`` trains on ``CE(logits + log p_local(y), y)`` with this client's
     own label distribution ``p_local`` (Menon et al. 2021; FedLC, Zhang et al. 2022): under label
@@ -135,7 +140,12 @@ def train_local(
     """
     params = [p for p in model.parameters() if p.requires_grad]
     log_prior = label_log_prior(data, model) if local_loss == "logit-adjusted" else None
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    else:
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd' (got {optimizer!r})")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout draws from the global RNG: same (round, client) → same run
     num_rows = int(data["labels"].shape[0])
@@ -149,9 +159,9 @@ def train_local(
             loss = torch.nn.functional.cross_entropy(out.logits + log_prior, data["labels"][idx])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} (lr={lr} too high?)")
-        optimizer.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        opt.step()
         total += loss.item()
     model.eval()
     return TrainResult(loss=total / max(steps, 1), num_examples=num_rows, steps=steps)

@@ -55,3 +55,46 @@ def test_logit_adjusted_client_fits_the_balanced_head_and_plain_ce_fits_its_prio
     assert shares["ce"] > 0.8  # plain CE learns the 94 % prior
     # the adjusted loss's optimum is balanced up to the add-one smoothing: 0.9375/0.0625 vs 61/5
     assert abs(shares["logit-adjusted"] - 0.55) < 0.1
+
+
+def _update_norm(model, before) -> float:
+    after = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    return float(sum((after[n] - before[n]).pow(2).sum() for n in after).sqrt())
+
+
+def test_sgd_moves_a_fitted_single_class_client_far_less_than_adamw(cfg):
+    """Under the logit-adjusted loss a single-class client is already fitted (loss ≈ 0): SGD's step
+    follows that tiny gradient, AdamW normalises it and moves every factor by about lr per step."""
+    data = _skewed_client(positives=64)  # every row positive
+    ratios = {}
+    for opt in ("adamw", "sgd"):
+        model = build_model(cfg, 2).eval()
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        result = train_local(model, data, steps=10, batch_size=16, lr=5e-3, seed=1,
+                             local_loss="logit-adjusted", optimizer=opt)
+        assert result.loss < 0.1  # the adjusted loss is already small: log(65/66)-ish plus noise
+        ratios[opt] = _update_norm(model, before)
+    assert ratios["sgd"] < 0.05 * ratios["adamw"]
+    assert ratios["sgd"] > 0  # it does train
+
+
+def test_sgd_learns_a_balanced_signal(cfg):
+    """SGD is a real optimiser here, not a no-op: on rows whose first token gives the label, the
+    loss falls."""
+    n, length = 64, 8
+    labels = torch.arange(n) % 2
+    ids = torch.randint(1000, 5000, (n, length), generator=torch.Generator().manual_seed(3))
+    ids[:, 0] = torch.where(labels == 1, 2000, 3000)
+    data = {"input_ids": ids, "attention_mask": torch.ones(n, length, dtype=torch.long), "labels": labels}
+    model = build_model(cfg, 2).eval()
+    first = train_local(model, data, steps=5, batch_size=16, lr=0.1, seed=0, optimizer="sgd").loss
+    later = train_local(model, data, steps=40, batch_size=16, lr=0.1, seed=1, optimizer="sgd").loss
+    assert later < first - 0.05
+
+
+def test_unknown_optimizer_is_refused(cfg):
+    model = build_model(cfg, 2)
+    with pytest.raises(ValueError, match="optimizer must be"):
+        train_local(model, _skewed_client(), steps=1, batch_size=8, lr=1e-3, seed=0, optimizer="lion")
+    with pytest.raises(Exception, match="local-opt"):
+        RunConfig(model="tiny-bert", task="sst2", local_opt="lion").resolved()
