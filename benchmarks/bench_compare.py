@@ -3,6 +3,7 @@
     python benchmarks/bench_compare.py                       # SST-2, 20 clients, Dirichlet 0.5, 10 rounds
     python benchmarks/bench_compare.py --task arc-easy --mc-head dual --runs kron-lora:nf4:exact,lora:fp32 --lr 1e-3 --local-loss ce
     python benchmarks/bench_compare.py --fraction 1.0 --local-steps 30   # every client every round
+    python benchmarks/bench_compare.py --runs kron-lora:nf4,lora:fp32 --rank 4   # Kron rank 4 vs LoRA-8
 
 Runs ``fedkron compare`` (same partitions, seed and client schedule for every run) with MiniLM-L6
 and prints the report table plus one JSON object with the headline ratios: uplink bytes of LoRA-8
@@ -33,6 +34,9 @@ def main() -> None:
     p.add_argument("--local-steps", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--local-opt", default="adamw", help="adamw | sgd (momentum 0.9)")
+    p.add_argument("--rank", type=int, default=8, help="rank of the Kron-LoRA runs' B (and of LoRA unless --lora-rank)")
+    p.add_argument("--lora-rank", type=int, default=8, help="rank of the LoRA runs (the baseline is LoRA-8)")
     p.add_argument("--local-loss", default="logit-adjusted",
                    help="logit-adjusted keeps label-skewed clients' heads balanced (plain 'ce' swings "
                         "between classes round to round under Dirichlet 0.5 at fraction 0.2)")
@@ -42,6 +46,7 @@ def main() -> None:
     p.add_argument("--eval-samples", type=int, default=0, help="0 = the whole held-out split")
     p.add_argument("--seed", type=int, default=0, help="partition, client schedule and initial factors")
     p.add_argument("--out", default=None)
+    p.add_argument("--resume", action="store_true", help="keep runs finished in --out with these settings")
     args = p.parse_args()
 
     data_dir = default_data_dir()
@@ -52,8 +57,8 @@ def main() -> None:
                      rounds=args.rounds, local_steps=args.local_steps, partition=args.partition,
                      dirichlet_alpha=args.dirichlet_alpha, eval_samples=args.eval_samples,
                      batch_size=args.batch_size, lr=args.lr, local_loss=args.local_loss,
-                     seed=args.seed, mc_head=args.mc_head)
-    run_compare(base, parse_runs(args.runs), out,
+                     local_opt=args.local_opt, rank=args.rank, seed=args.seed, mc_head=args.mc_head)
+    run_compare(base, parse_runs(args.runs), out, lora_rank=args.lora_rank, resume=args.resume,
                 progress=lambda label, row: print(f"[{label}] round {row['round']} acc {100 * row['accuracy']:.1f}%",
                                                   flush=True))
     rows = list(csv.DictReader(open(Path(out) / "results.csv")))

@@ -56,7 +56,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("local training")
     g.add_argument("--local-steps", type=int, help="optimizer steps per client per round (default: task default)")
     g.add_argument("--batch-size", type=int, help=f"(default {d.batch_size})")
-    g.add_argument("--lr", type=float, help=f"AdamW learning rate (default {d.lr})")
+    g.add_argument("--lr", type=float, help=f"local learning rate (default {d.lr})")
+    g.add_argument("--local-opt", help=f"adamw | sgd (momentum 0.9) (default {d.local_opt})")
     g.add_argument("--local-loss", help="ce | logit-adjusted (each client's loss corrected by its own label "
                    f"prior; for label-skewed partitions) (default {d.local_loss})")
     g = p.add_argument_group("output")
@@ -71,7 +72,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                 "shape_policy", "downlink", "block_size", "clients", "rounds", "fraction", "min_replies",
                 "partition", "dirichlet_alpha", "aggregation", "server_opt", "server_lr", "clip_norm",
                 "trim_fraction", "max_update_norm", "round_timeout", "seed",
-                "local_steps", "batch_size", "lr", "local_loss", "out"):
+                "local_steps", "batch_size", "lr", "local_loss", "local_opt", "out"):
         value = getattr(args, key, None)
         if value is not None:
             values[key] = value
@@ -147,7 +148,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     base = config_from_args(args)
     out = args.out or f"results/compare-{base.task}"
     print(f"fedkron compare: {', '.join(s.label for s in specs)} on {base.task} ({base.model}) → {out}", flush=True)
-    report = run_compare(base, specs, out, lora_rank=args.lora_rank,
+    report = run_compare(base, specs, out, lora_rank=args.lora_rank, resume=args.resume,
                          progress=lambda label, row: print(f"[{label}] {format_round(row)}", flush=True))
     print(f"report: {report}")
     return 0
@@ -166,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated method:codec list (default kron-lora:nf4,lora:fp32), e.g. "
                             "kron-lora:nf4,kron-lora:int8,kron-lora:fp32,lora:fp32,lora:nf4,krona:nf4")
     p_cmp.add_argument("--lora-rank", type=int, help="rank of the lora runs (default: --rank)")
+    p_cmp.add_argument("--resume", action="store_true",
+                       help="continue the compare in --out: keep runs finished there with the same "
+                            "settings, continue a run cut off mid-way from its last checkpoint")
     _add_run_flags(p_cmp)
     p_cmp.set_defaults(func=cmd_compare)
     sub.add_parser("deploy", help="TLS certificates, node keys and SuperLink/SuperNode commands "

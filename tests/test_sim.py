@@ -163,3 +163,51 @@ def test_dual_multiple_choice_head_runs_on_ray_and_trains_its_temperature(tmp_pa
     assert summary["status"] == "completed" and 0.0 <= summary["final_accuracy"] <= 1.0
     final = load_file(str(tmp_path / "dual" / "adapter" / "adapter_model.safetensors"))
     assert final["classifier.scale"].shape == () and abs(float(final["classifier.scale"]) - 20.0) > 1e-3
+
+
+def _copy_compare(runs, tmp_path):
+    import shutil
+
+    root = tmp_path / "compare"
+    shutil.copytree(runs["root"], root)
+    return root
+
+
+def test_resumed_compare_keeps_finished_runs_and_refuses_other_settings(runs, tmp_path):
+    import csv
+
+    from fedkron.config import ConfigError
+    from fedkron.sim.compare import parse_runs, run_compare
+
+    root = _copy_compare(runs, tmp_path)
+    specs = parse_runs("kron-lora:nf4,kron-lora:fp32,kron-lora:nf4:exact")
+
+    def must_not_run(cfg, progress=None):
+        raise AssertionError(f"{cfg.out} was finished and should have been kept")
+
+    run_compare(RunConfig(**TINY), specs, root, run=must_not_run, resume=True)
+    before = {r["run"]: r for r in csv.DictReader((runs["root"] / "results.csv").open())}
+    after = {r["run"]: r for r in csv.DictReader((root / "results.csv").open())}
+    for name in before:
+        for col in ("bytes_up", "bytes_down", "final_accuracy"):
+            assert after[name][col] == before[name][col]
+    with pytest.raises(ConfigError, match=r"lr 0\.005 \(now 0\.001\)"):
+        run_compare(RunConfig(**{**TINY, "lr": 1e-3}), specs, root, run=must_not_run, resume=True)
+
+
+def test_resumed_compare_extends_a_run_from_its_checkpoint(runs, tmp_path):
+    from fedkron.sim.compare import parse_runs, resume_plan, run_compare, run_configs
+
+    root = _copy_compare(runs, tmp_path)
+    spec = parse_runs("kron-lora:nf4:exact")
+    longer = RunConfig(**{**TINY, "rounds": 3})
+    assert resume_plan(run_configs(longer, spec, root)[0]) == "resume"
+    run_compare(longer, spec, root, resume=True)
+    old = [json.loads(x) for x in (runs["exact"] / "metrics.jsonl").read_text().splitlines()]
+    new = [json.loads(x) for x in (root / "kron-lora-nf4-exact" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in new] == [0, 1, 2, 3]
+    assert [r["accuracy"] for r in new[:3]] == [r["accuracy"] for r in old]  # rounds 1-2 not re-run
+    assert [r["bytes_up"] for r in new[:3]] == [r["bytes_up"] for r in old]
+    assert new[3]["bytes_up"] > 0
+    assert json.loads((root / "kron-lora-nf4-exact" / "summary.json").read_text())["rounds"] == 3
+    assert resume_plan(run_configs(longer, spec, root)[0]) == "done"

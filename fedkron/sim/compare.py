@@ -7,6 +7,7 @@ what those folders hold (ledgers and metrics), so every number in it can be trac
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -66,6 +67,32 @@ def run_configs(base: RunConfig, specs: list[RunSpec], out: str | Path, lora_ran
     return configs
 
 
+_PER_FOLDER = ("out", "resume", "client-state-dir", "rounds")  # may differ from a saved run's config
+
+
+def resume_plan(cfg: RunConfig) -> str:
+    """What a resumed compare does with the run folder ``cfg.out``: ``"done"`` (finished with these
+    settings: keep it), ``"resume"`` (cut off after a checkpoint: go on from there) or ``"fresh"``.
+    A folder holding a run with other settings is refused rather than mixed into the report."""
+    from fedkron.server.checkpoint import latest_round
+
+    folder = Path(cfg.out)
+    if not (folder / "config.json").is_file():
+        return "fresh"
+    saved = json.loads((folder / "config.json").read_text())
+    mine = cfg.to_record()
+    differ = sorted(k for k in set(saved) | set(mine) if k not in _PER_FOLDER and saved.get(k) != mine.get(k))
+    if differ or int(saved.get("rounds", 0)) > cfg.rounds:
+        what = ", ".join(f"{k} {saved.get(k)!r} (now {mine.get(k)!r})" for k in differ) or \
+            f"rounds {saved.get('rounds')} (now {cfg.rounds})"
+        raise ConfigError(f"--resume: {folder} holds a run with other settings: {what}; "
+                          "use another --out or drop --resume to start it again")
+    done = latest_round(folder)
+    if done >= cfg.rounds and (folder / "summary.json").is_file():
+        return "done"
+    return "resume" if done else "fresh"
+
+
 def run_compare(
     base: RunConfig,
     specs: list[RunSpec],
@@ -73,15 +100,24 @@ def run_compare(
     lora_rank: int | None = None,
     progress: Callable[[str, dict], None] | None = None,
     run: Callable[..., dict] | None = None,
+    resume: bool = False,
 ) -> Path:
-    """Run every spec (validated first, before any Ray start) and write the report into ``out``."""
+    """Run every spec (validated first, before any Ray start) and write the report into ``out``.
+
+    With ``resume``, runs already finished in ``out`` with the same settings are kept and a run
+    cut off mid-way continues from its last checkpoint (see :func:`resume_plan`)."""
     from fedkron.sim.report import write_report
     from fedkron.sim.simulate import run_sim
 
     run = run or run_sim
     configs = run_configs(base, specs, out, lora_rank)
+    plans = [resume_plan(cfg) if resume else "fresh" for cfg in configs]  # every refusal before any run
     Path(out).mkdir(parents=True, exist_ok=True)
-    for spec, cfg in zip(specs, configs):
+    for spec, cfg, plan in zip(specs, configs, plans):
+        if plan == "done":
+            print(f"run {spec.label}: finished earlier in {cfg.out}, kept", flush=True)
+            continue
+        cfg = dataclasses.replace(cfg, resume=plan == "resume")
         t0 = time.perf_counter()
         cb = (lambda row, label=spec.label: progress(label, row)) if progress else None
         try:
