@@ -121,3 +121,33 @@ def test_resume_takes_the_saved_config_and_only_rounds_to_extend(tmp_path):
     with pytest.raises(ConfigError, match="N > 3"):
         resume_config(parse(["sim", "--resume", str(tmp_path), "--rounds", "3"]))
     assert resume_config(parse(["sim", "--resume", str(tmp_path), "--rounds", "5"])).rounds == 5
+
+
+def test_resume_plan_reads_a_run_folder_and_takes_keys_it_predates_at_their_default(tmp_path):
+    import json
+
+    import dataclasses
+
+    from fedkron.sim.compare import parse_runs, resume_plan, run_configs
+
+    cfg = run_configs(RunConfig(model="tiny-bert", task="boolq", clients=2, rounds=2), parse_runs("lora:fp32"),
+                      tmp_path)[0]
+    folder = Path(cfg.out)
+    assert resume_plan(cfg) == "fresh"  # nothing there yet
+    folder.mkdir(parents=True)
+    saved = cfg.to_record()
+    del saved["local-opt"]  # written before that setting existed: it ran AdamW, today's default
+    saved["out"], saved["client-state-dir"] = "elsewhere", "elsewhere/client-state"
+    (folder / "config.json").write_text(json.dumps(saved))
+    assert resume_plan(cfg) == "fresh"  # started, no round checkpointed
+    (folder / "checkpoint").mkdir()
+    (folder / "checkpoint" / "latest.json").write_text(json.dumps({"round": 1, "folder": "round-1"}))
+    assert resume_plan(cfg) == "resume"
+    (folder / "checkpoint" / "latest.json").write_text(json.dumps({"round": 2, "folder": "round-2"}))
+    assert resume_plan(cfg) == "resume"  # all rounds checkpointed but no summary: the end was cut off
+    (folder / "summary.json").write_text("{}")
+    assert resume_plan(cfg) == "done"
+    with pytest.raises(ConfigError, match="local-opt 'adamw' \\(now 'sgd'\\)"):
+        resume_plan(dataclasses.replace(cfg, local_opt="sgd"))
+    with pytest.raises(ConfigError, match="rounds 2 \\(now 1\\)"):
+        resume_plan(dataclasses.replace(cfg, rounds=1))

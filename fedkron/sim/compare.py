@@ -79,7 +79,8 @@ def resume_plan(cfg: RunConfig) -> str:
     folder = Path(cfg.out)
     if not (folder / "config.json").is_file():
         return "fresh"
-    saved = json.loads((folder / "config.json").read_text())
+    # a key the saved run predates ran at its default
+    saved = {**RunConfig().to_record(), **json.loads((folder / "config.json").read_text())}
     mine = cfg.to_record()
     differ = sorted(k for k in set(saved) | set(mine) if k not in _PER_FOLDER and saved.get(k) != mine.get(k))
     if differ or int(saved.get("rounds", 0)) > cfg.rounds:
