@@ -124,9 +124,8 @@ def test_resume_takes_the_saved_config_and_only_rounds_to_extend(tmp_path):
 
 
 def test_resume_plan_reads_a_run_folder_and_takes_keys_it_predates_at_their_default(tmp_path):
-    import json
-
     import dataclasses
+    import json
 
     from fedkron.sim.compare import parse_runs, resume_plan, run_configs
 

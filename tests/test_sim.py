@@ -182,10 +182,14 @@ def test_resumed_compare_keeps_finished_runs_and_refuses_other_settings(runs, tm
     root = _copy_compare(runs, tmp_path)
     specs = parse_runs("kron-lora:nf4,kron-lora:fp32,kron-lora:nf4:exact")
 
+    started = []  # run_compare catches a run's exception (one failed run must not lose the others)
+
     def must_not_run(cfg, progress=None):
+        started.append(cfg.out)
         raise AssertionError(f"{cfg.out} was finished and should have been kept")
 
     run_compare(RunConfig(**TINY), specs, root, run=must_not_run, resume=True)
+    assert started == []
     before = {r["run"]: r for r in csv.DictReader((runs["root"] / "results.csv").open())}
     after = {r["run"]: r for r in csv.DictReader((root / "results.csv").open())}
     for name in before:
@@ -193,6 +197,7 @@ def test_resumed_compare_keeps_finished_runs_and_refuses_other_settings(runs, tm
             assert after[name][col] == before[name][col]
     with pytest.raises(ConfigError, match=r"lr 0\.005 \(now 0\.001\)"):
         run_compare(RunConfig(**{**TINY, "lr": 1e-3}), specs, root, run=must_not_run, resume=True)
+    assert started == []  # refused before any run started
 
 
 def test_resumed_compare_extends_a_run_from_its_checkpoint(runs, tmp_path):

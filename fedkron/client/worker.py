@@ -151,7 +151,8 @@ def handle_train(msg: Message, context: Context) -> Message:
 
     t_train = time.perf_counter()
     result = train_local(model, data, cfg.local_steps, cfg.batch_size, cfg.lr,
-                         seed=cfg.seed * 1_000_003 + server_round * 1009 + pid, local_loss=cfg.local_loss, optimizer=cfg.local_opt)
+                         seed=cfg.seed * 1_000_003 + server_round * 1009 + pid,
+                         local_loss=cfg.local_loss, optimizer=cfg.local_opt)
     train_seconds = time.perf_counter() - t_train
 
     local = adapter_state_dict(model)

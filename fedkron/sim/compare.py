@@ -79,13 +79,13 @@ def resume_plan(cfg: RunConfig) -> str:
     folder = Path(cfg.out)
     if not (folder / "config.json").is_file():
         return "fresh"
-    # a key the saved run predates ran at its default
-    saved = {**RunConfig().to_record(), **json.loads((folder / "config.json").read_text())}
+    # from_mapping: a key the saved run predates ran at its default; values coerced as on --resume
+    saved = RunConfig.from_mapping(json.loads((folder / "config.json").read_text())).to_record()
     mine = cfg.to_record()
-    differ = sorted(k for k in set(saved) | set(mine) if k not in _PER_FOLDER and saved.get(k) != mine.get(k))
-    if differ or int(saved.get("rounds", 0)) > cfg.rounds:
-        what = ", ".join(f"{k} {saved.get(k)!r} (now {mine.get(k)!r})" for k in differ) or \
-            f"rounds {saved.get('rounds')} (now {cfg.rounds})"
+    differ = sorted(k for k in mine if k not in _PER_FOLDER and saved[k] != mine[k])
+    if differ or saved["rounds"] > cfg.rounds:
+        what = ", ".join(f"{k} {saved[k]!r} (now {mine[k]!r})" for k in differ) or \
+            f"rounds {saved['rounds']} (now {cfg.rounds})"
         raise ConfigError(f"--resume: {folder} holds a run with other settings: {what}; "
                           "use another --out or drop --resume to start it again")
     done = latest_round(folder)
