@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from fedkron.adapters import adapter_state_dict
 from fedkron.config import ConfigError, RunConfig
 from fedkron.data import encode_dataset
-from fedkron.dual_encoder import DualEncoderForMultipleChoice
-from fedkron.task import _forward, build_model, client_train_data, eval_data, evaluate, load_tokenizer, train_local
+from fedkron.models import build_model, load_tokenizer
+from fedkron.models.dual_encoder import DualEncoderForMultipleChoice
+from fedkron.task import _forward, client_train_data, eval_data, evaluate, train_local
 
 import datasets
 

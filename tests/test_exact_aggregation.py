@@ -10,7 +10,7 @@ from fedkron.client.worker import handle_train, select_trainable
 from fedkron.config import RunConfig
 from fedkron.strategies import weighted_mean
 from fedkron.strategies.exactness import aggregation_error, exact_names
-from fedkron.task import build_model
+from fedkron.models import build_model
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fedkron.config import RunConfig
-from fedkron.task import build_model, label_log_prior, train_local
+from fedkron.models import build_model
+from fedkron.task import label_log_prior, train_local
 
 
 def _skewed_client(n: int = 64, positives: int = 60, length: int = 12):

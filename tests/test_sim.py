@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from fedkron.adapters import adapter_state_dict
 from fedkron.config import RunConfig
 from fedkron.strategies import Ledger
-from fedkron.task import build_model
+from fedkron.models import build_model
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,8 @@ from fedkron.compression import ErrorFeedback, decode, from_records, get_codec, 
 from fedkron.config import RunConfig
 from fedkron.strategies.exactness import FROZEN_DIGEST_KEY, exact_names, frozen_digest
 from fedkron.strategies.validation import ARRAYS_KEY, CONFIG_KEY, MANIFEST_KEY, METRICS_KEY
-from fedkron.task import build_model, client_train_data, train_local
+from fedkron.models import build_model
+from fedkron.task import client_train_data, train_local
 
 log = logging.getLogger("fedkron")
 EF_KEY = "fedkron-ef-residual"

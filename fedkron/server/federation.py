@@ -20,7 +20,8 @@ from fedkron.config import RunConfig, codec_bits
 from fedkron.server.results import MB, ResultsFolder
 from fedkron.server.checkpoint import load_checkpoint, require_rounds_left, save_checkpoint
 from fedkron.strategies import Ledger, PerFactorFedAvg, state_to_arrayrecord
-from fedkron.task import build_model, eval_data, evaluate
+from fedkron.models import build_model
+from fedkron.task import eval_data, evaluate
 
 log = logging.getLogger("fedkron")
 Progress = Callable[[dict], None]

