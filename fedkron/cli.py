@@ -9,87 +9,86 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from fedkron.config import ConfigError, RunConfig, bits_to_codec
+from fedkron.server.ledger import MB
 
-MB = 1_000_000
+
+CLI_ONLY = {  # flags that are not run-config fields: sugar and output
+    "--bits": "uplink bits: 4 = nf4 (or `--quant fp4`), 8 = int8, 16 = fp16, 32 = fp32",
+    "--verbose": "show Flower's, Ray's and transformers' own logs",
+}
+_PER_TASK = ("max_length", "clients", "rounds", "local_steps", "eval_samples")
+
+
+def default_text(f: dataclasses.Field) -> str:
+    """How a field's default reads in ``--help`` and in the README's flag table."""
+    if f.name in _PER_TASK:
+        return "per task"
+    if f.type in ("bool", bool):
+        return "on" if f.default else "off"
+    if f.name == "out":
+        return "results/<task>-<method>-<codec>"
+    return str(f.default) if f.default != "" else "–"
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    d = RunConfig()
-    g = p.add_argument_group("model and task")
-    g.add_argument("--model", help=f"'minilm-l6' (offline, default), 'tiny-bert', a hub id or a folder (default {d.model})")
-    g.add_argument("--task", help=f"task name (default {d.task}); see README for the list")
-    g.add_argument("--data-dir", help="local data folder in the layout of shared/data (default: packaged/hub)")
-    g.add_argument("--max-length", type=int, help="tokens per example (default: task default)")
-    g.add_argument("--eval-samples", type=int, help="held-out rows scored per round, 0 = all (default: per task, 256-384)")
-    g.add_argument("--mc-head", help="multiple choice: cross (each context+choice pair scored by a linear head) | "
-                   "dual (cosine of context and choice embeddings: keeps a sentence encoder's pretraining) "
-                   f"(default {d.mc_head})")
-    g = p.add_argument_group("adapter")
-    g.add_argument("--method", help=f"kron-lora | krona | lora (default {d.method})")
-    g.add_argument("--rank", type=int, help=f"rank r (default {d.rank})")
-    g.add_argument("--alpha", type=float, help=f"scaling alpha, s = alpha / r (default {d.alpha})")
-    g.add_argument("--shape-policy", help=f"Kronecker factor shapes: paper | peft (default {d.shape_policy})")
-    g = p.add_argument_group("communication")
-    g.add_argument("--bits", type=int, choices=(4, 8, 16, 32), help="uplink bits: 4 = nf4 (or --quant fp4), 8 = int8, 16 = fp16, 32 = fp32 (default 4)")
-    g.add_argument("--quant", help="uplink codec by name: nf4 | fp4 | int8 | fp16 | bf16 | fp32 (overrides --bits' default choice)")
-    g.add_argument("--downlink", help=f"codec of the server's broadcast (default {d.downlink})")
-    g.add_argument("--block-size", type=int, help="quantisation block size (default: 64 for 4-bit, 256 for int8)")
-    g.add_argument("--no-error-feedback", action="store_true", help="do not carry quantisation error to the next update")
-    g = p.add_argument_group("federation")
-    g.add_argument("--clients", type=int, help="number of simulated clients (default: task default)")
-    g.add_argument("--rounds", type=int, help="federated rounds (default: task default)")
-    g.add_argument("--fraction", type=float, help=f"share of clients trained per round (default {d.fraction})")
-    g.add_argument("--min-replies", type=int, help=f"valid replies a round needs (default {d.min_replies})")
-    g.add_argument("--partition", help=f"iid | dirichlet | natural (default {d.partition})")
-    g.add_argument("--dirichlet-alpha", type=float, help=f"label-skew concentration (default {d.dirichlet_alpha})")
-    g.add_argument("--aggregation", help=f"fedavg (per factor) | exact | median | trimmed-mean (default {d.aggregation})")
-    g.add_argument("--server-opt", help=f"sgd | avgm | adam on the averaged update (default {d.server_opt})")
-    g.add_argument("--server-lr", type=float, help=f"server learning rate (default {d.server_lr})")
-    g.add_argument("--clip-norm", type=float, help="clip each client update to this L2 norm before averaging (0 = off)")
-    g.add_argument("--trim-fraction", type=float, help=f"share cut at each end by trimmed-mean (default {d.trim_fraction})")
-    g.add_argument("--max-update-norm", type=float, help="reject replies whose update norm exceeds this (0 = no bound)")
-    g.add_argument("--round-timeout", type=float, help="seconds to wait for replies in a round (default 3600)")
-    g.add_argument("--seed", type=int, help=f"seed for init, partitions, sampling (default {d.seed})")
-    g = p.add_argument_group("local training")
-    g.add_argument("--local-steps", type=int, help="optimizer steps per client per round (default: task default)")
-    g.add_argument("--batch-size", type=int, help=f"(default {d.batch_size})")
-    g.add_argument("--lr", type=float, help=f"local learning rate (default {d.lr})")
-    g.add_argument("--local-opt", help=f"adamw | sgd (momentum 0.9) (default {d.local_opt})")
-    g.add_argument("--local-loss", help="ce | logit-adjusted (each client's loss corrected by its own label "
-                   f"prior; for label-skewed partitions) (default {d.local_loss})")
-    g = p.add_argument_group("output")
-    g.add_argument("--out", help="results folder (default results/<task>-<method>-<codec>)")
-    g.add_argument("--verbose", action="store_true", help="show Flower's, Ray's and transformers' own logs")
+    """One flag per RunConfig field (its help, choices and group), plus the CLI-only ones."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(RunConfig):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
+        choices = meta.get("choices")
+        text = meta["help"] + (f"; one of {', '.join(choices)}" if choices else "") + f" (default {default_text(f)})"
+        text = text.replace("%", "%%")
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:  # choices are checked with every other value, so all problems are reported at once
+            kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+            group.add_argument(flag, type=kind, default=None, help=text, metavar=flag[2:].split("-")[-1].upper())
+        if f.name == "quant":
+            group.add_argument("--bits", type=int, choices=(4, 8, 16, 32), help=CLI_ONLY["--bits"] + " (default 4)")
+    groups["output"].add_argument("--verbose", action="store_true", help=CLI_ONLY["--verbose"])
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Flags → RunConfig; flags not given keep the config (and task) defaults."""
-    values = {}
-    for key in ("model", "task", "data_dir", "max_length", "mc_head", "eval_samples", "method", "rank", "alpha",
-                "shape_policy", "downlink", "block_size", "clients", "rounds", "fraction", "min_replies",
-                "partition", "dirichlet_alpha", "aggregation", "server_opt", "server_lr", "clip_norm",
-                "trim_fraction", "max_update_norm", "round_timeout", "seed",
-                "local_steps", "batch_size", "lr", "local_loss", "local_opt", "out"):
-        value = getattr(args, key, None)
-        if value is not None:
-            values[key] = value
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
+              if f.metadata.get("cli", True) and getattr(args, f.name, None) is not None}
     if args.bits is not None:
         values["quant"] = bits_to_codec(args.bits, args.quant)
-    elif args.quant is not None:
-        values["quant"] = args.quant
-    if args.no_error_feedback:
-        values["error_feedback"] = False
     cfg = RunConfig.from_mapping(values)
     if args.out is None:
         cfg.out = f"results/{cfg.task}-{cfg.method}-{cfg.quant}"
     return cfg
 
 
+def flag_table() -> str:
+    """The README's flag table of ``fedkron sim``, made from the parser (a test keeps them equal)."""
+    parser = build_parser()
+    sim = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "sim")[1]
+    defaults = {"--" + f.name.replace("_", "-"): default_text(f) for f in dataclasses.fields(RunConfig)
+                if f.metadata["cli"]}
+    rows = ["| flag | meaning | default |", "|---|---|---|"]
+    for action in sim._actions:
+        flags = [o for o in action.option_strings if o.startswith("--") and not o.startswith("--no-")]
+        if not flags or flags[0] == "--help":
+            continue
+        meaning = (action.help or "").replace("%%", "%").split(" (default ")[0]
+        default = defaults.get(flags[0], "off" if flags[0] == "--verbose" else "4" if flags[0] == "--bits" else "")
+        shown = f"`{flags[0]}`, `--no-{flags[0][2:]}`" if isinstance(action, argparse.BooleanOptionalAction) \
+            else f"`{flags[0]} {action.metavar}`" if flags[0] == "--resume" else f"`{flags[0]}`"
+        rows.append(f"| {shown} | {meaning.replace('|', '/')} | {default or '–'} |")
+    return "\n".join(rows)
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
-    from fedkron.sim.progress import format_round
+    from fedkron.server.progress import format_round
     from fedkron.sim.simulate import run_sim
 
     cfg = resume_config(args) if args.resume else config_from_args(args).resolved()
@@ -112,9 +111,9 @@ def resume_config(args: argparse.Namespace) -> RunConfig:
     saved = folder / "config.json"
     if not saved.is_file():
         raise ConfigError(f"--resume {folder}: no config.json there (not a fedkron results folder)")
-    given = [k for k, v in vars(args).items() if k not in ("resume", "func", "command", "verbose", "rounds",
-                                                           "no_error_feedback", "bits", "quant") and v is not None]
-    if given or args.bits is not None or args.quant is not None or args.no_error_feedback:
+    given = [k for k, v in vars(args).items() if k not in ("resume", "func", "command", "verbose", "rounds")
+             and v is not None]
+    if given:
         raise ConfigError("--resume continues a run with its saved config; drop the other run flags "
                           "(only --rounds may be given, to extend the run)")
     cfg = RunConfig.from_mapping(json.loads(saved.read_text()))
@@ -133,7 +132,7 @@ def summary_text(s: dict, out: str) -> str:
         f"done: {s['status']} in {s['seconds']:.0f} s",
         f"  held-out accuracy {acc_txt} (best {100 * (s.get('best_accuracy') or 0):.1f}%, "
         f"before training {100 * (s.get('initial_accuracy') or 0):.1f}%) vs majority-class baseline "
-        f"{100 * s['majority_baseline']:.1f}%  [{s['eval_note']}]",
+        f"{100 * (s['majority_baseline'] or 0):.1f}%  [{s['eval_note']}]",
         f"  trainable params {s['trainable_params']:,}; uplink {s['bytes_up'] / MB:.3f} MB "
         f"({s['mb_up_per_client_round']:.4f} MB per client-round, {s['codec']}), downlink {s['bytes_down'] / MB:.3f} MB",
         f"  results: {out}/ (metrics.jsonl, summary.json, ledger.csv, adapter/, accuracy_and_mb.png)",
@@ -142,7 +141,7 @@ def summary_text(s: dict, out: str) -> str:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from fedkron.sim.compare import parse_runs, run_compare
-    from fedkron.sim.progress import format_round
+    from fedkron.server.progress import format_round
 
     specs = parse_runs(args.runs)
     base = config_from_args(args)

@@ -1,29 +1,35 @@
-"""One typed run config that flows to every part of a run.
+"""One typed run config that flows to every part of a run, and the one definition of every setting.
 
-Built once from CLI flags, from Flower's run config (``[tool.flwr.app.config]``) or from the
-ConfigRecord the server broadcasts, validated once, and shared by server, clients and tests so
-nothing is configured two ways.
+Each field carries its help text, allowed values and flag group: the CLI flags, the
+``[tool.flwr.app.config]`` table and the README's flag table are all checked against (or made
+from) these fields, so a setting is written down once. Built from CLI flags, from Flower's run
+config or from the ConfigRecord the server broadcasts; validated once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-METHODS = ("kron-lora", "krona", "lora")
-CODECS = ("fp32", "fp16", "bf16", "int8", "nf4", "fp4")
-PARTITIONS = ("iid", "dirichlet", "natural")
-AGGREGATIONS = ("fedavg", "exact", "median", "trimmed-mean")
-SERVER_OPTS = ("sgd", "avgm", "adam")
+from fedkron.adapters.config import METHODS, SHAPE_POLICIES
+from fedkron.compression.payload import CODE_BITS
+from fedkron.data.partition import SCHEMES as PARTITIONS
+from fedkron.strategies.registry import STRATEGIES
+
+CODECS = tuple(CODE_BITS)
+AGGREGATIONS = ("per-factor", "exact")
 LOCAL_LOSSES = ("ce", "logit-adjusted")
 LOCAL_OPTS = ("adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 MC_HEADS = ("cross", "dual")
+DEFAULT_ROUND_TIMEOUT = 3600.0
 
 # Per-task defaults: what a user gets with ``--task X`` and no other flag. Calibrated on 2 cores
-# so the default of each task finishes in minutes (see README, "Defaults").
+# so the default of each task finishes in minutes (see README, "Task defaults").
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "boolq": {"max_length": 96, "clients": 4, "rounds": 3, "local_steps": 8, "eval_samples": 256},
     "sst2": {"max_length": 64, "clients": 4, "rounds": 3, "local_steps": 25, "eval_samples": 384},
@@ -32,10 +38,16 @@ _PAIR = {"max_length": 128, "clients": 4, "rounds": 3, "local_steps": 20, "eval_
 _CHOICE = {"max_length": 64, "clients": 4, "rounds": 3, "local_steps": 20, "eval_samples": 256}
 TASK_DEFAULTS.update({"rte": _PAIR, "mrpc": _PAIR, "sentiment": {**_PAIR, "clients": 5},
                       **{t: _CHOICE for t in ("piqa", "winogrande", "arc-easy", "arc-challenge", "hellaswag")}})
+_TASK_DEFAULTED = ("max_length", "clients", "rounds", "local_steps")  # 0 → the task's default
 
 
 class ConfigError(ValueError):
     """A run-config value is invalid; the message lists every problem found."""
+
+
+def knob(default: Any, help: str, group: str, choices: tuple | None = None, cli: bool = True) -> Any:
+    """A RunConfig field with the facts the CLI, the Flower app config and the README read."""
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "cli": cli})
 
 
 def bits_to_codec(bits: int, quant: str | None = None) -> str:
@@ -52,7 +64,11 @@ def bits_to_codec(bits: int, quant: str | None = None) -> str:
 
 
 def codec_bits(codec: str) -> int:
-    return {"fp32": 32, "fp16": 16, "bf16": 16, "int8": 8, "nf4": 4, "fp4": 4}[codec]
+    return CODE_BITS[codec]
+
+
+M, A, C, F, G, P, L, O = ("model and task", "adapter", "communication", "federation", "aggregation",
+                          "privacy", "local training", "output")
 
 
 @dataclass
@@ -60,79 +76,105 @@ class RunConfig:
     """Every knob of a run. Field names are the Flower run-config keys with ``-`` → ``_``."""
 
     # Model and task
-    model: str = "minilm-l6"
-    task: str = "boolq"
-    data_dir: str = ""
-    max_length: int = 0  # 0 → task default
-    mc_head: str = "cross"  # multiple choice: "cross" (context+choice pairs) or "dual" (embedding similarity)
-    eval_samples: int = -1  # -1 → task default; 0 → the whole held-out split
+    model: str = knob("minilm-l6", "`minilm-l6` (offline, pretrained), `tiny-bert` (random 2-layer BERT for "
+                      "tests), a hub id or a local folder", M)
+    task: str = knob("boolq", "the task; see Task defaults", M)
+    data_dir: str = knob("", "a folder laid out like `shared/data` (default: packaged data, "
+                         "`$FEDKRON_DATA_DIR`, then the hub)", M)
+    max_length: int = knob(0, "tokens per example", M)
+    mc_head: str = knob("cross", "multiple choice: `cross` (each context+choice pair scored by a new linear "
+                        "head) or `dual` (cosine of context and choice embeddings: keeps a sentence encoder's "
+                        "pretraining)", M, MC_HEADS)
+    eval_samples: int = knob(-1, "held-out rows scored each round, a seeded sample (0 = all)", M)
     # Adapter
-    method: str = "kron-lora"
-    rank: int = 8
-    alpha: float = 16.0
-    shape_policy: str = "paper"
+    method: str = knob("kron-lora", "adapter: Kron-LoRA, KronA or LoRA", A, METHODS)
+    rank: int = knob(8, "rank r", A)
+    alpha: float = knob(16.0, "scaling s = alpha / r", A)
+    shape_policy: str = knob("paper", "Kronecker factor shapes: `paper` (A has 2 input columns, B about 256 "
+                             "rows) or `peft` (PEFT LoKr's `decompose_factor`)", A, SHAPE_POLICIES)
     # Communication
-    quant: str = "nf4"  # uplink codec
-    downlink: str = "fp32"
-    block_size: int = 0  # 0 → codec default
-    error_feedback: bool = True
+    quant: str = knob("nf4", "uplink codec (`--bits 4|8|16|32` picks nf4, int8, fp16, fp32)", C, CODECS)
+    downlink: str = knob("fp32", "codec of the server's broadcast", C, CODECS)
+    block_size: int = knob(0, "quantisation block, a power of two ≥ 16 (0 = 64 for 4-bit, 256 for int8)", C)
+    error_feedback: bool = knob(True, "carry the quantisation error of an update into the client's next one", C)
     # Federation
-    clients: int = 0  # 0 → task default
-    rounds: int = 0  # 0 → task default
-    fraction: float = 1.0
-    min_replies: int = 1
-    partition: str = "iid"
-    dirichlet_alpha: float = 0.5
-    aggregation: str = "fedavg"
-    server_opt: str = "sgd"
-    server_lr: float = 1.0
-    clip_norm: float = 0.0  # clip each client update to this L2 norm before averaging (0 = off)
-    trim_fraction: float = 0.2  # share cut at each end by trimmed-mean
-    max_update_norm: float = 0.0  # reject replies whose update norm exceeds this (0 = no bound)
-    round_timeout: float = 0.0  # seconds to wait for replies per round (0 = 3600)
-    seed: int = 0
+    clients: int = knob(0, "simulated clients, or the SuperNodes the server waits for", F)
+    rounds: int = knob(0, "federated rounds", F)
+    fraction: float = knob(1.0, "share of clients trained per round (seeded: the same clients for one seed)", F)
+    fraction_evaluate: float = knob(0.0, "share of clients that also score the global adapter on their own "
+                                    "held-out data each round (federated evaluation; 0 = off)", F)
+    central_eval: bool = knob(True, "score the global adapter on the held-out split on the server each round "
+                              "(off: a server without labelled data; use --fraction-evaluate)", F)
+    min_replies: int = knob(1, "valid replies a round needs, else the run stops with a clear error", F)
+    partition: str = knob("iid", "how the training data is split across clients (dirichlet: label skew; "
+                          "natural: one domain per client group)", F, PARTITIONS)
+    dirichlet_alpha: float = knob(0.5, "label-skew concentration of the dirichlet partition", F)
+    round_timeout: float = knob(0.0, f"seconds to wait for replies in a round (0 = {DEFAULT_ROUND_TIMEOUT:.0f})", F)
+    seed: int = knob(0, "init, partitions, client sampling and batches", F)
+    # Aggregation
+    strategy: str = knob("fedavg", "Flower strategy that aggregates the decoded updates", G, tuple(STRATEGIES))
+    aggregation: str = knob("per-factor", "what is averaged: `per-factor` (every factor) or `exact` (only the "
+                            "output-side factor: Kron-LoRA B1, KronA B, LoRA B (FFA-LoRA); the others stay at "
+                            "their seeded init, so the average of the factors is the average of the ΔW)",
+                            G, AGGREGATIONS)
+    server_lr: float = knob(1.0, "server learning rate (fedavg with ≠ 1: FedAvgM without momentum; "
+                            "fedavgm, fedadam, fedyogi, fedadagrad: their eta)", G)
+    server_momentum: float = knob(0.9, "server momentum of fedavgm", G)
+    proximal_mu: float = knob(0.01, "proximal term weight of fedprox (clients add mu/2 ‖w − w_global‖²)", G)
+    trim_fraction: float = knob(0.2, "share cut at each end by fedtrimmedavg", G)
+    num_malicious: int = knob(0, "malicious clients krum and bulyan assume", G)
+    max_update_norm: float = knob(0.0, "reject replies whose update norm exceeds this (0 = no bound)", G)
+    # Privacy
+    clip_norm: float = knob(0.0, "clip each decoded update to this L2 norm before aggregation (Flower's "
+                            "server-side fixed clipping; 0 = off); with --dp-noise: central DP", P)
+    dp_noise: float = knob(0.0, "noise multiplier of Flower's central DP wrapper (needs --clip-norm or "
+                           "--adaptive-clipping; 0 = no noise)", P)
+    adaptive_clipping: bool = knob(False, "Flower's server-side adaptive clipping (initial norm: --clip-norm, "
+                                   "or 0.1) instead of a fixed norm", P)
+    dp_delta: float = knob(1e-5, "delta of the (epsilon, delta) privacy figures reported with --dp-noise", P)
     # Local training
-    local_steps: int = 0  # 0 → task default
-    batch_size: int = 16
-    lr: float = 2e-3
-    local_loss: str = "ce"  # or "logit-adjusted": each client fits the class-balanced classifier
-    local_opt: str = "adamw"  # or "sgd" (momentum 0.9): step size follows the gradient, not normalised
+    local_steps: int = knob(0, "optimizer steps per client per round", L)
+    batch_size: int = knob(16, "batch size of local training", L)
+    lr: float = knob(2e-3, "local learning rate (with --lr-schedule cosine: its value in round 1)", L)
+    lr_schedule: str = knob("constant", "local learning rate across rounds: constant, or cosine from --lr to "
+                            "--lr-min (FlowerTune's schedule)", L, LR_SCHEDULES)
+    lr_min: float = knob(0.0, "last-round learning rate of the cosine schedule", L)
+    local_opt: str = knob("adamw", "`adamw`, or `sgd` (momentum 0.9): SGD's step follows the gradient, so a "
+                          "client with ≈ 0 loss barely moves; AdamW normalises every step", L, LOCAL_OPTS)
+    local_loss: str = knob("ce", "`ce`, or `logit-adjusted`: each client adds log of its own label "
+                           "distribution to the logits while training (FedLC-style), so label-skewed clients "
+                           "fit the class-balanced classifier; prediction unchanged", L, LOCAL_LOSSES)
     # Output
-    out: str = "results/run"
-    resume: bool = False  # continue from the newest checkpoint in `out`
-    client_state_dir: str = ""  # where clients keep error-feedback residuals per round ('' = in memory)
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    out: str = knob("results/flwr-run", "results folder (`fedkron sim`: results/<task>-<method>-<codec>)", O)
+    resume: bool = knob(False, "continue from the newest checkpoint in `out`", O, cli=False)
+    client_state_dir: str = knob("", "where clients keep error-feedback residuals per round ('' = in the node's "
+                                 "Flower context)", O, cli=False)
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "RunConfig":
-        """Build from hyphen- or underscore-keyed values (Flower run config, ConfigRecord)."""
-        known = {f.name: f for f in fields(cls) if f.name != "extra"}
+        """Build from hyphen- or underscore-keyed values (Flower run config, ConfigRecord, config.json)."""
+        known = {f.name: f for f in fields(cls)}
         kwargs: dict[str, Any] = {}
         unknown = []
-        for key, value in values.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                unknown.append(key)
+        for key, value in _upgrade_legacy({k.replace("-", "_"): v for k, v in values.items()}).items():
+            if key not in known:
+                unknown.append(key.replace("_", "-"))
                 continue
-            kwargs[name] = _coerce(known[name], value)
+            kwargs[key] = _coerce(known[key], value)
         if unknown:
             raise ConfigError(f"unknown run-config keys: {', '.join(sorted(unknown))}")
         return cls(**kwargs)
 
     def to_record(self) -> dict[str, Any]:
         """Hyphen-keyed scalars, fit for a Flower ConfigRecord or ``--run-config``."""
-        return {
-            f.name.replace("_", "-"): getattr(self, f.name)
-            for f in fields(self)
-            if f.name != "extra"
-        }
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
 
     def resolved(self) -> "RunConfig":
         """Fill task defaults for fields left at 0 and validate; returns a new config."""
         cfg = dataclasses.replace(self)
         defaults = TASK_DEFAULTS.get(cfg.task, TASK_DEFAULTS["sst2"])
-        for name in ("max_length", "clients", "rounds", "local_steps"):
+        for name in _TASK_DEFAULTED:
             if getattr(cfg, name) == 0:
                 setattr(cfg, name, defaults[name])
         if cfg.eval_samples == -1:
@@ -140,25 +182,32 @@ class RunConfig:
         cfg.validate()
         return cfg
 
+    def sampled_per_round(self) -> int:
+        """Clients trained each round (the seeded sample of ``fraction`` of them, at least one)."""
+        return max(1, int(round(self.clients * self.fraction)))
+
+    def round_lr(self, server_round: int) -> float:
+        """The local learning rate of a round (FlowerTune's cosine annealing, or constant)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(math.pi * (server_round - 1) / self.rounds))
+
     # --- validation -------------------------------------------------------------------------
     def validate(self) -> None:
         """Check every value; raise one ConfigError listing all problems."""
+        from fedkron.data import TASKS  # local import: data pulls in `datasets`
+
         problems: list[str] = []
 
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 problems.append(msg)
 
-        from fedkron.data import TASKS  # local import: data pulls in `datasets`
-
-        need(self.task in TASKS, f"task {self.task!r} is not one of {sorted(TASKS)}")
-        need(self.method in METHODS, f"method {self.method!r} is not one of {METHODS}")
-        need(self.quant in CODECS, f"quant (uplink codec) {self.quant!r} is not one of {CODECS}")
-        need(self.downlink in CODECS, f"downlink codec {self.downlink!r} is not one of {CODECS}")
-        need(self.partition in PARTITIONS, f"partition {self.partition!r} is not one of {PARTITIONS}")
-        need(self.aggregation in AGGREGATIONS,
-             f"aggregation {self.aggregation!r} is not one of {AGGREGATIONS}")
-        need(self.server_opt in SERVER_OPTS, f"server-opt {self.server_opt!r} is not one of {SERVER_OPTS}")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                need(False, f"{_flag(f.name)} {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+        need(self.task in TASKS, f"task {self.task!r} is not one of {', '.join(sorted(TASKS))}")
         need(self.rank >= 1, f"rank must be ≥ 1 (got {self.rank})")
         need(self.alpha > 0, f"alpha must be > 0 (got {self.alpha})")
         need(self.max_length >= 8, f"max-length must be ≥ 8 (got {self.max_length})")
@@ -168,26 +217,33 @@ class RunConfig:
         need(self.clients >= 1, f"clients must be ≥ 1 (got {self.clients})")
         need(self.rounds >= 1, f"rounds must be ≥ 1 (got {self.rounds})")
         need(0.0 < self.fraction <= 1.0, f"fraction must be in (0, 1] (got {self.fraction})")
+        need(0.0 <= self.fraction_evaluate <= 1.0, f"fraction-evaluate must be in [0, 1] (got {self.fraction_evaluate})")
+        need(self.central_eval or self.fraction_evaluate > 0,
+             "no evaluation at all: with --no-central-eval give --fraction-evaluate > 0")
         need(1 <= self.min_replies <= self.clients,
              f"min-replies must be in [1, clients={self.clients}] (got {self.min_replies})")
         need(self.dirichlet_alpha > 0, f"dirichlet-alpha must be > 0 (got {self.dirichlet_alpha})")
         need(self.server_lr > 0, f"server-lr must be > 0 (got {self.server_lr})")
-        need(self.clip_norm >= 0, f"clip-norm must be ≥ 0 (got {self.clip_norm})")
+        need(0 <= self.server_momentum < 1, f"server-momentum must be in [0, 1) (got {self.server_momentum})")
+        need(self.proximal_mu >= 0, f"proximal-mu must be ≥ 0 (got {self.proximal_mu})")
         need(0 <= self.trim_fraction < 0.5, f"trim-fraction must be in [0, 0.5) (got {self.trim_fraction})")
+        need(self.num_malicious >= 0, f"num-malicious must be ≥ 0 (got {self.num_malicious})")
         need(self.max_update_norm >= 0, f"max-update-norm must be ≥ 0 (got {self.max_update_norm})")
+        need(self.clip_norm >= 0, f"clip-norm must be ≥ 0 (got {self.clip_norm})")
+        need(self.dp_noise >= 0, f"dp-noise must be ≥ 0 (got {self.dp_noise})")
+        need(self.dp_noise == 0 or self.clip_norm > 0 or self.adaptive_clipping,
+             "dp-noise needs a clipping norm: give --clip-norm or --adaptive-clipping")
+        need(0 < self.dp_delta < 1, f"dp-delta must be in (0, 1) (got {self.dp_delta})")
         need(self.round_timeout >= 0, f"round-timeout must be ≥ 0 (got {self.round_timeout})")
         need(self.local_steps >= 1, f"local-steps must be ≥ 1 (got {self.local_steps})")
         need(self.batch_size >= 1, f"batch-size must be ≥ 1 (got {self.batch_size})")
         need(0 < self.lr < 1, f"lr must be in (0, 1) (got {self.lr})")
-        need(self.local_loss in LOCAL_LOSSES, f"local-loss {self.local_loss!r} is not one of {LOCAL_LOSSES}")
-        need(self.local_opt in LOCAL_OPTS, f"local-opt {self.local_opt!r} is not one of {LOCAL_OPTS}")
-        need(self.mc_head in MC_HEADS, f"mc-head {self.mc_head!r} is not one of {MC_HEADS}")
+        need(0 <= self.lr_min <= self.lr, f"lr-min must be in [0, lr] (got {self.lr_min})")
         need(self.seed >= 0, f"seed must be ≥ 0 (got {self.seed})")
+        if self.strategy in STRATEGIES:
+            problems += STRATEGIES[self.strategy].problems(self)
         if self.data_dir:
             need(Path(self.data_dir).is_dir(), f"data-dir {self.data_dir!r} is not a folder")
-        if self.aggregation == "exact":
-            need(self.method == "kron-lora",
-                 "aggregation 'exact' needs method kron-lora (it averages B1 with A and B2 frozen)")
         if self.partition == "natural" and self.task in TASKS:
             need(TASKS[self.task].natural_id is not None,
                  f"partition 'natural' needs a task with a natural split (task {self.task!r} has none)")
@@ -197,6 +253,31 @@ class RunConfig:
     def codec_options(self) -> dict[str, Any]:
         """Options for ``fedkron.compression.get_codec`` (block size, when not the codec's default)."""
         return {"block_size": self.block_size} if self.block_size else {}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+# Settings runs saved before one definition of strategies (config.json of older results folders).
+_LEGACY_AGGREGATION = {"fedavg": ("per-factor", None), "median": ("per-factor", "fedmedian"),
+                       "trimmed-mean": ("per-factor", "fedtrimmedavg")}
+_LEGACY_SERVER_OPT = {"sgd": None, "avgm": "fedavgm", "adam": "fedadam"}
+
+
+def _upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:
+    """Read an older config's ``aggregation`` (fedavg|median|trimmed-mean) and ``server-opt``."""
+    values = dict(values)
+    if values.get("aggregation") in _LEGACY_AGGREGATION:
+        values["aggregation"], strategy = _LEGACY_AGGREGATION[values["aggregation"]]
+        if strategy:
+            values.setdefault("strategy", strategy)
+    opt = values.pop("server_opt", None)
+    if opt in _LEGACY_SERVER_OPT and _LEGACY_SERVER_OPT[opt]:
+        values.setdefault("strategy", _LEGACY_SERVER_OPT[opt])
+    elif opt is not None and opt not in _LEGACY_SERVER_OPT:
+        values["server_opt"] = opt  # reported as unknown
+    return values
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
@@ -219,8 +300,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             return float(value)
         if kind == "str":
             return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"run-config key {f.name.replace('_', '-')!r}: cannot read {value!r} as {kind}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"run-config key {_flag(f.name)!r}: cannot read {value!r} as {kind}") from None
     return value
 
 

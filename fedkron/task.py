@@ -63,6 +63,7 @@ def train_local(
     seed: int,
     local_loss: str = "ce",
     optimizer: str = "adamw",
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """AdamW (or SGD with momentum 0.9) on the trainable tensors only, for a fixed number of steps.
 
@@ -75,8 +76,12 @@ def train_local(
     skew each client then fits the class-balanced classifier instead of its own label prior, so
     the averaged head stops swinging towards whichever labels the round's cohort holds.
     Prediction is unchanged (plain logits).
+
+    ``proximal_mu`` > 0 adds FedProx's proximal term (μ/2)·‖w − w_start‖² over the trained tensors,
+    with w_start the global values they held before the first step.
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params] if proximal_mu > 0 else None
     log_prior = label_log_prior(data, model) if local_loss == "logit-adjusted" else None
     if optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -95,6 +100,8 @@ def train_local(
             loss = out.loss
         else:
             loss = torch.nn.functional.cross_entropy(out.logits + log_prior, data["labels"][idx])
+        if start is not None:
+            loss = loss + proximal_mu / 2 * sum((p - s).pow(2).sum() for p, s in zip(params, start))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} (lr={lr} too high?)")
         opt.zero_grad(set_to_none=True)
@@ -133,15 +140,18 @@ def evaluate(model: nn.Module, data: dict[str, torch.Tensor], batch_size: int = 
 # --- data, as the client and the server see it ---------------------------------------------------
 
 
-def client_train_data(cfg: RunConfig, partition_id: int, num_partitions: int):
-    """(encoded tensors of this client's partition, task spec), tokenized once per process."""
+def client_train_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: str = "train"):
+    """(encoded tensors of this client's partition, task spec), tokenized once per process.
+
+    ``split="test"``: the client's share of the held-out split, its own data for federated
+    evaluation (partitioned like the training data)."""
     from fedkron.data import get_client_data, get_task
 
     task = get_task(cfg.task)
     data = get_client_data(
         task, partition_id, num_partitions, load_tokenizer(cfg.model), cfg.max_length,
         scheme=cfg.partition, alpha=cfg.dirichlet_alpha, seed=cfg.seed, data_dir=cfg.data_dir or None,
-        layout=data_layout(cfg, task),
+        layout=data_layout(cfg, task), split=split,
     )
     return data, task
 

@@ -1,5 +1,6 @@
 """Run config and CLI: defaults, flag mapping, and bad input failing before Ray starts."""
 
+import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -46,12 +47,14 @@ def test_flags_reach_the_config(tmp_path):
 
 def test_every_problem_is_reported_at_once():
     cfg = RunConfig(task="nope", method="kron", rank=0, fraction=1.5, quant="int3", clients=2, rounds=1,
-                    local_steps=1, max_length=32, data_dir="/definitely/missing", local_loss="focal")
+                    local_steps=1, max_length=32, data_dir="/definitely/missing", local_loss="focal",
+                    strategy="fedsgd", dp_noise=1.0)
     with pytest.raises(ConfigError) as info:
         cfg.validate()
     text = str(info.value)
     for fragment in ("task 'nope'", "method 'kron'", "rank must be ≥ 1", "fraction must be in (0, 1]",
-                     "'int3'", "data-dir '/definitely/missing'", "local-loss 'focal'"):
+                     "'int3'", "data-dir '/definitely/missing'", "local-loss 'focal'", "strategy 'fedsgd'",
+                     "dp-noise needs a clipping norm"):
         assert fragment in text
 
 
@@ -66,6 +69,24 @@ def test_cli_fails_before_ray_with_a_clear_message(capsys, monkeypatch):
     assert "rank must be ≥ 1" in err and "method 'dora'" in err
 
 
+def test_configs_saved_before_flowers_strategies_read_as_their_equivalent():
+    """Older results folders saved ``aggregation`` fedavg|median|trimmed-mean and ``server-opt``."""
+    old = RunConfig.from_mapping({"aggregation": "median", "server-opt": "sgd"})
+    assert (old.aggregation, old.strategy) == ("per-factor", "fedmedian")
+    assert RunConfig.from_mapping({"aggregation": "fedavg", "server-opt": "avgm"}).strategy == "fedavgm"
+    assert RunConfig.from_mapping({"aggregation": "exact", "server-opt": "adam"}).aggregation == "exact"
+    with pytest.raises(ConfigError, match="unknown run-config keys: server-opt"):
+        RunConfig.from_mapping({"server-opt": "lamb"})
+
+
+def test_cosine_schedule_is_flowertunes():
+    cfg = RunConfig(task="sst2", rounds=5, lr=0.01, lr_min=0.001, lr_schedule="cosine")
+    lrs = [cfg.round_lr(r) for r in range(1, 6)]
+    assert lrs[0] == pytest.approx(0.01) and lrs == sorted(lrs, reverse=True) and lrs[-1] > 0.001
+    assert lrs[2] == pytest.approx(0.001 + 0.5 * 0.009 * (1 + __import__("math").cos(__import__("math").pi * 2 / 5)))
+    assert RunConfig(lr=0.01).round_lr(3) == 0.01
+
+
 def test_run_config_round_trips_through_flower_records():
     cfg = RunConfig(task="sst2", rank=4, alpha=8.0, error_feedback=False, clients=3, rounds=2, local_steps=5)
     again = RunConfig.from_mapping(cfg.to_record())
@@ -76,11 +97,52 @@ def test_run_config_round_trips_through_flower_records():
         RunConfig.from_mapping({"rank": "x"})
 
 
-def test_flower_app_config_matches_run_config():
-    """Every ``[tool.flwr.app.config]`` key is a RunConfig field (Flower rejects unknown --run-config keys)."""
+def test_flower_app_config_is_the_run_config_at_its_defaults():
+    """``[tool.flwr.app.config]`` holds every RunConfig field, each at its default (Flower rejects
+    --run-config keys it lacks, and a default written twice would drift)."""
     app_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    cfg = RunConfig.from_mapping(app_config)
-    assert cfg.task == app_config["task"] and cfg.method == app_config["method"]
+    assert set(app_config) == set(RunConfig().to_record())
+    assert RunConfig.from_mapping(app_config) == RunConfig()
+
+
+def test_readme_flag_table_is_the_parsers():
+    """The README's flag table of ``fedkron sim`` is made from the parser, so it lists every flag
+    with the help and default the CLI has (regenerate: python -c "from fedkron.cli import
+    flag_table; print(flag_table())")."""
+    from fedkron.cli import flag_table
+
+    readme = (ROOT / "README.md").read_text()
+    assert flag_table() in readme
+
+
+def test_every_run_config_field_is_a_flag_or_app_only():
+    parser = build_parser()
+    sim = parser._subparsers._group_actions[0].choices["sim"]
+    flags = {o for a in sim._actions for o in a.option_strings}
+    for f in dataclasses.fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert (flag in flags) == f.metadata["cli"] or f.name == "resume", f.name  # sim's --resume takes a folder
+
+
+def test_the_model_cache_key_covers_everything_build_model_reads():
+    """A warm worker keys its cached model by MODEL_FIELDS: build_model must read no other field
+    (mc_head was once missing from the key, so a warm worker could serve the wrong model)."""
+    from fedkron.models import MODEL_FIELDS, build_model
+
+    read = set()
+
+    class Recording:
+        def __init__(self, cfg):
+            object.__setattr__(self, "_cfg", cfg)
+
+        def __getattr__(self, name):
+            read.add(name)
+            return getattr(self._cfg, name)
+
+    for method, mc in (("kron-lora", False), ("lora", True)):
+        cfg = RunConfig(model="tiny-bert", task="arc-easy" if mc else "sst2", method=method, mc_head="dual")
+        build_model(Recording(cfg), num_labels=4 if mc else 2, multiple_choice=mc)
+    assert read and read <= set(MODEL_FIELDS), read - set(MODEL_FIELDS)
 
 
 def test_compare_runs_parse_and_share_everything_but_method_codec_and_aggregation(tmp_path):
@@ -91,7 +153,7 @@ def test_compare_runs_parse_and_share_everything_but_method_codec_and_aggregatio
     base = RunConfig(task="sst2", seed=3, clients=5, rounds=2, local_steps=4, partition="dirichlet")
     cfgs = run_configs(base, specs, tmp_path, lora_rank=16)
     assert [(c.method, c.quant, c.aggregation, c.rank) for c in cfgs] == [
-        ("kron-lora", "nf4", "exact", 8), ("lora", "fp32", "fedavg", 16), ("krona", "int8", "fedavg", 8)]
+        ("kron-lora", "nf4", "exact", 8), ("lora", "fp32", "per-factor", 16), ("krona", "int8", "per-factor", 8)]
     assert {(c.seed, c.clients, c.rounds, c.partition, c.task) for c in cfgs} == {(3, 5, 2, "dirichlet", "sst2")}
     assert [c.out for c in cfgs] == [str(tmp_path / f) for f in ("kron-lora-nf4-exact", "lora-fp32", "krona-int8")]
     with pytest.raises(ConfigError) as info:

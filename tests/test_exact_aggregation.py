@@ -8,9 +8,17 @@ from hypothesis import strategies as st
 from fedkron.adapters import adapter_factor_roles, adapter_layers, adapter_state_dict, load_adapter_state_dict
 from fedkron.client.worker import handle_train, select_trainable
 from fedkron.config import RunConfig
-from fedkron.strategies import weighted_mean
-from fedkron.strategies.exactness import aggregation_error, exact_names
 from fedkron.models import build_model
+from fedkron.protocol import sent_names
+from fedkron.strategies.exactness import aggregation_error
+
+
+def exact_names(roles):
+    return sent_names(roles, "exact")
+
+
+def weighted_mean(updates, weights):
+    return {k: sum(u[k].double() * w for u, w in zip(updates, weights)) / sum(weights) for k in updates[0]}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +49,7 @@ def test_exact_mode_mean_of_factors_is_mean_of_delta_w(model, n, seed, weights):
     updates = _client_updates(global_state, set(exact_names(roles)), n, seed)
     w = weights[:n]
     mean = weighted_mean(updates, w)
-    averaged = _deltas(model, {k: global_state[k] + mean[k] for k in global_state})
+    averaged = _deltas(model, {k: global_state[k] + mean[k].float() for k in global_state})
     per_client = [_deltas(model, {k: global_state[k] + u[k] for k in global_state}) for u in updates]
     for layer in averaged:
         expected = sum(d[layer] * (wi / sum(w)) for d, wi in zip(per_client, w))
@@ -56,6 +64,23 @@ def test_per_factor_mode_is_not_exact(model):
     global_state = {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in global_state.items()}
     updates = _client_updates(global_state, set(roles), 3, seed=4)
     assert aggregation_error(global_state, updates, [1, 1, 1], roles) > 0.05
+
+
+def test_ffa_lora_and_exact_krona_are_exact_too():
+    """Exact mode for LoRA (FFA-LoRA: A frozen) and KronA (A frozen): ΔW is linear in B."""
+    for method in ("lora", "krona"):
+        cfg = RunConfig(model="tiny-bert", task="sst2", method=method, clients=2, rounds=1, local_steps=1,
+                        max_length=16)
+        m = build_model(cfg, num_labels=2)
+        roles = adapter_factor_roles(m)
+        state = {k: v.clone() for k, v in adapter_state_dict(m).items()}
+        g = torch.Generator().manual_seed(2)
+        state = {k: v + 0.1 * torch.randn(v.shape, generator=g) if roles[k] in ("B", "lora_B") else v
+                 for k, v in state.items()}
+        updates = _client_updates(state, set(exact_names(roles)), 3, seed=5)
+        assert {roles[n] for n in exact_names(roles)} == {"full", "B" if method == "krona" else "lora_B"}
+        assert aggregation_error(state, updates, [1, 2, 3], roles) < 1e-5
+        assert aggregation_error(state, _client_updates(state, set(roles), 3, seed=5), [1, 2, 3], roles) > 1e-3
 
 
 def test_exact_mode_trains_and_sends_only_b1_and_full_modules(model):
@@ -75,27 +100,30 @@ def exact_round(flower_identity):
     """The server's round-1 broadcast in exact mode and what a client needs to answer it."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-    from fedkron.strategies import PerFactorFedAvg
+    from fedkron.strategies.registry import build_strategy
+    from fedkron.strategies.wrapper import FedKron
 
     cfg = RunConfig(model="tiny-bert", task="boolq", clients=2, rounds=1, local_steps=2, batch_size=4,
                     max_length=16, aggregation="exact", error_feedback=False).resolved()
     server_model = build_model(cfg, num_labels=2)
     state = adapter_state_dict(server_model)
     roles = adapter_factor_roles(server_model)
-    strategy = PerFactorFedAvg(cfg, {k: v.shape for k, v in state.items()}, roles=roles)
+    strategy = FedKron(build_strategy(cfg), cfg, state, roles)
 
     def answer(content):
         context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
                           state=RecordDict(), run_config={})
         return handle_train(Message(content, dst_node_id=1, message_type="train"), context)
 
-    return cfg, state, roles, strategy, answer, lambda: strategy.broadcast(1, state, ConfigRecord())
+    return cfg, state, roles, strategy, answer, lambda: strategy._broadcast(1, ConfigRecord())
 
 
 def test_exact_mode_broadcasts_only_b1_and_full_modules_and_clients_rebuild_the_rest(exact_round):
     from fedkron.client import worker
     from fedkron.compression import decode, from_records
-    from fedkron.strategies.validation import ARRAYS_KEY, MANIFEST_KEY
+    from fedkron.data import get_task
+    from fedkron.protocol import ARRAYS as ARRAYS_KEY
+    from fedkron.protocol import MANIFEST as MANIFEST_KEY
 
     cfg, state, roles, strategy, answer, broadcast = exact_round
     content = broadcast()
@@ -105,7 +133,7 @@ def test_exact_mode_broadcasts_only_b1_and_full_modules_and_clients_rebuild_the_
 
     # A client process whose cached model was trained per-factor before (A, B2 moved) still
     # trains from the seeded A, B2 the server holds: they come from its seeded build, not its model.
-    model, _ = worker.cached_model(cfg, 2, False)
+    model, _ = worker.cached_model(cfg, get_task(cfg.task))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if roles.get(name) in ("A", "B2"):
@@ -121,8 +149,8 @@ def test_exact_mode_broadcasts_only_b1_and_full_modules_and_clients_rebuild_the_
 
 
 def test_exact_mode_client_refuses_a_server_with_other_frozen_factors(exact_round):
-    from fedkron.strategies.exactness import FROZEN_DIGEST_KEY
-    from fedkron.strategies.validation import CONFIG_KEY
+    from fedkron.protocol import CONFIG as CONFIG_KEY
+    from fedkron.protocol import FROZEN_DIGEST as FROZEN_DIGEST_KEY
 
     cfg, state, roles, strategy, answer, broadcast = exact_round
     content = broadcast()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedkron.strategies import Ledger
+from fedkron.server.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

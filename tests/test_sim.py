@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from fedkron.adapters import adapter_state_dict
 from fedkron.config import RunConfig
-from fedkron.strategies import Ledger
+from fedkron.server.ledger import Ledger
 from fedkron.models import build_model
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def runs(tmp_path_factory):
     """A real 3-run ``compare`` on Ray: kron-lora nf4 (partition 0 sends a corrupted payload),
     kron-lora fp32 (partition 1 raises) and kron-lora nf4 exact (clean), same task, seed and
     client schedule."""
-    from fedkron.client.faulty import make_faulty_app
+    from faulty import make_faulty_app
     from fedkron.sim.compare import parse_runs, run_compare
     from fedkron.sim.simulate import run_sim
 
@@ -116,19 +116,19 @@ def test_compare_report_reads_the_ledgers(runs):
         assert int(rows[name]["bytes_down"]) == ledger.total("down")
         assert float(rows[name]["mb_up_total"]) == pytest.approx(ledger.total("up") / 1e6)
     text = runs["report"].read_text()
-    assert "| kron-lora-nf4 | kron-lora | nf4 | fedavg |" in text and "| kron-lora-fp32 | kron-lora | fp32 | fedavg |" in text
+    assert "| kron-lora-nf4 | kron-lora | nf4 | per-factor |" in text and "| kron-lora-fp32 | kron-lora | fp32 | per-factor |" in text
     for png in ("accuracy_vs_mb.png", "accuracy_per_round.png", "bytes_per_round.png"):
         assert (runs["root"] / png).stat().st_size > 1000
 
 
 def test_exact_mode_end_to_end_sends_b1_and_head_both_ways_and_keeps_a_b2(runs):
     from fedkron.adapters import adapter_factor_roles
-    from fedkron.strategies.exactness import exact_names
+    from fedkron.protocol import sent_names
 
     cfg = RunConfig(**TINY).resolved()
     model = build_model(cfg, num_labels=2)
     initial, roles = adapter_state_dict(model), adapter_factor_roles(model)
-    sent = exact_names(roles)
+    sent = sent_names(roles, "exact")
     summary = json.loads((runs["exact"] / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert summary["trainable_params"] == sum(initial[n].numel() for n in sent) < summary["adapter_params"]

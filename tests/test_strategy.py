@@ -1,160 +1,246 @@
-"""The per-factor strategy's pieces: weighted mean, reply validation, ledger."""
+"""The FedKron wrapper over Flower's own strategies, driven in-process (LoopbackGrid, no Ray).
+
+Clients here reply with known updates (fp32, so nothing is lost on the wire), so each aggregate
+can be compared with a hand computation of what the Flower strategy is documented to do.
+"""
+
+import math
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, Message, MetricRecord, RecordDict
-from hypothesis import given, settings
+from flwr.app import Message
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedkron.client.faulty import corrupt
-from fedkron.compression import get_codec, to_records
-from fedkron.strategies import Ledger, LedgerRow, RejectedReply, decode_reply, weighted_mean
-from fedkron.strategies.validation import ARRAYS_KEY, MANIFEST_KEY, METRICS_KEY
+from faulty import corrupt
+from fedkron.compression import get_codec
+from fedkron.config import RunConfig
+from fedkron.protocol import make_reply, read_broadcast
+from fedkron.server.ledger import Ledger, LedgerGrid
+from fedkron.server.rounds import run_rounds
+from fedkron.strategies.registry import build_strategy
+from fedkron.strategies.state import load_strategy_state, strategy_state
+from fedkron.strategies.wrapper import FedKron, from_arrayrecord, to_arrayrecord
+from loopback import LoopbackGrid
 
-SHAPES = {"layer.A": torch.Size([2, 3]), "layer.B1": torch.Size([4, 2]), "head.weight": torch.Size([5])}
+ROLES = {"l.A": "A", "l.B1": "B1", "l.B2": "B2", "head.weight": "full"}
+SHAPES = {"l.A": (2, 2), "l.B1": (3, 2), "l.B2": (2, 3), "head.weight": (4,)}
+RUN_KEYS = set(RunConfig().to_record())
 
 
-@settings(max_examples=30, deadline=None)
-@given(
-    n=st.integers(1, 5),
-    weights=st.lists(st.integers(1, 1000), min_size=5, max_size=5),
-    seed=st.integers(0, 2**16),
-)
-def test_weighted_mean_matches_hand_computation(n, weights, seed):
+def _initial(seed=0):
     g = torch.Generator().manual_seed(seed)
-    updates = [{k: torch.randn(s, generator=g) for k, s in SHAPES.items()} for _ in range(n)]
-    w = weights[:n]
-    mean = weighted_mean(updates, w)
+    return {k: torch.randn(s, generator=g) for k, s in SHAPES.items()}
+
+
+def _updates(n, seed, names=tuple(SHAPES)):
+    g = torch.Generator().manual_seed(seed)
+    return [{k: 0.1 * torch.randn(SHAPES[k], generator=g) for k in names} for _ in range(n)]
+
+
+def _cfg(**kw):
+    base = dict(model="tiny-bert", task="sst2", clients=4, rounds=2, local_steps=1, quant="fp32", downlink="fp32",
+                error_feedback=False, max_length=16)
+    return RunConfig(**{**base, **kw}).resolved()
+
+
+class Clients:
+    """Partition p replies update ``per_round[round][p]`` with ``examples[p]`` examples."""
+
+    def __init__(self, per_round, examples, faults=None):
+        self.per_round, self.examples, self.faults = per_round, examples, faults or {}
+        self.seen: list[dict] = []
+
+    def __call__(self, msg: Message, context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        if msg.metadata.message_type == "query":
+            from fedkron.protocol import make_info
+
+            return Message(make_info(pid), reply_to=msg)
+        b = read_broadcast(msg.content, RUN_KEYS)
+        self.seen.append({"round": b.server_round, "pid": pid, "state": b.state})
+        update = self.per_round[b.server_round][pid]
+        reply = Message(make_reply(get_codec("fp32").encode(update),
+                                   {"num-examples": self.examples[pid], "train-loss": 0.1 * (pid + 1),
+                                    "partition-id": pid}), reply_to=msg)
+        fault = self.faults.get(pid)
+        if fault == "raise":
+            raise RuntimeError("injected")
+        return corrupt(reply, fault) if fault else reply
+
+
+def _run(cfg, clients, initial=None, rounds=None, ledger=None):
+    initial = initial or _initial()
+    ledger = ledger if ledger is not None else Ledger()
+    strategy = FedKron(build_strategy(cfg), cfg, initial, ROLES, ledger=ledger)
+    grid = LedgerGrid(LoopbackGrid(cfg.clients, clients), ledger,
+                      partition_of=lambda n: strategy.roster.partition_of.get(n, -1))
+    result = run_rounds(strategy, grid, to_arrayrecord(initial), 1, rounds or cfg.rounds,
+                        lambda r, a: None, timeout=60)
+    return strategy, from_arrayrecord(result.arrays), ledger
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), examples=st.lists(st.integers(1, 500), min_size=4, max_size=4))
+def test_fedavg_adds_the_example_weighted_mean_update(flower_identity, seed, examples):
+    ups = {1: _updates(4, seed)}
+    _, final, _ = _run(_cfg(rounds=1), Clients(ups, examples))
+    initial = _initial()
     for k in SHAPES:
-        expected = np.zeros(SHAPES[k])
-        for u, wi in zip(updates, w):
-            expected += u[k].numpy().astype(np.float64) * wi
-        expected /= sum(w)
-        np.testing.assert_allclose(mean[k].numpy(), expected, rtol=1e-5, atol=1e-6)
+        mean = sum(u[k].double() * w for u, w in zip(ups[1], examples)) / sum(examples)
+        torch.testing.assert_close(final[k], (initial[k].double() + mean).float(), rtol=1e-6, atol=1e-7)
 
 
-def test_weighted_mean_rejects_bad_weights():
-    u = {"a": torch.ones(2)}
-    with pytest.raises(ValueError, match="sum to > 0"):
-        weighted_mean([u], [0])
-    with pytest.raises(ValueError, match="2 updates but 1 weights"):
-        weighted_mean([u, u], [1])
+def test_clients_start_each_round_from_the_new_global_state(flower_identity):
+    ups = {1: _updates(4, 1), 2: _updates(4, 2)}
+    clients = Clients(ups, [1, 1, 1, 1])
+    _, final, _ = _run(_cfg(), clients)
+    after_one = {k: _initial()[k] + sum(u[k] for u in ups[1]) / 4 for k in SHAPES}
+    for seen in clients.seen:
+        expected = _initial() if seen["round"] == 1 else after_one
+        for k in SHAPES:
+            torch.testing.assert_close(seen["state"][k], expected[k], rtol=1e-6, atol=1e-6)
 
 
-def _reply(update, codec="nf4", num_examples=10, pid=3):
-    arrays, manifest = to_records(get_codec(codec).encode(update))
-    metrics = MetricRecord({"num-examples": num_examples, "train-loss": 0.5, "partition-id": pid})
-    sent = Message(RecordDict(), dst_node_id=7, message_type="train")
-    return Message(RecordDict({ARRAYS_KEY: arrays, MANIFEST_KEY: manifest, METRICS_KEY: metrics}), reply_to=sent)
-
-
-@pytest.fixture
-def update():
-    g = torch.Generator().manual_seed(0)
-    return {k: torch.randn(s, generator=g) * 0.01 for k, s in SHAPES.items()}
-
-
-def test_valid_reply_is_decoded(flower_identity, update):
-    reply = decode_reply(_reply(update), SHAPES, ("nf4",))
-    assert reply.node_id == 7 and reply.partition_id == 3 and reply.num_examples == 10
+def test_fedmedian_and_trimmed_mean_are_flowers(flower_identity):
+    ups = {1: _updates(4, 5)}
+    ups[1][3] = {k: torch.full(SHAPES[k], 50.0) for k in SHAPES}  # an attacker
+    initial = _initial()
+    _, med, _ = _run(_cfg(rounds=1, strategy="fedmedian"), Clients(ups, [1, 9, 1, 1]))
+    _, trim, _ = _run(_cfg(rounds=1, strategy="fedtrimmedavg", trim_fraction=0.25), Clients(ups, [1, 9, 1, 1]))
     for k in SHAPES:
-        assert torch.allclose(reply.update[k], update[k], atol=0.01 * 0.2)
+        local = np.stack([(initial[k] + u[k]).double().numpy() for u in ups[1]])
+        np.testing.assert_allclose(med[k].numpy(), np.median(local, axis=0), rtol=1e-6, atol=1e-6)
+        ordered = np.sort(local, axis=0)[1:3]  # beta 0.25 of 4 cuts one at each end, unweighted
+        np.testing.assert_allclose(trim[k].numpy(), ordered.mean(axis=0), rtol=1e-6, atol=1e-6)
+        assert float(med[k].abs().max()) < 10 and float(trim[k].abs().max()) < 10
 
 
-@pytest.mark.parametrize("fault", ["nan-scales", "truncated", "bad-manifest", "wrong-shape"])
-def test_corrupted_replies_are_rejected(flower_identity, update, fault):
-    with pytest.raises(RejectedReply):
-        decode_reply(corrupt(_reply(update), fault), SHAPES, ("nf4",))
-
-
-def test_well_formed_malicious_updates_pass_validation_but_not_a_norm_bound(flower_identity, update):
-    honest = decode_reply(_reply(update, codec="fp32"), SHAPES, ("fp32",)).update
-    scaled = decode_reply(corrupt(_reply(update, codec="fp32"), "scale-100"), SHAPES, ("fp32",)).update
-    flipped = decode_reply(corrupt(_reply(update, codec="fp32"), "sign-flip"), SHAPES, ("fp32",)).update
+def test_fedavgm_applies_server_momentum_across_rounds(flower_identity):
+    ups = {1: _updates(4, 1), 2: _updates(4, 2)}
+    _, final, _ = _run(_cfg(strategy="fedavgm", server_lr=0.5, server_momentum=0.9), Clients(ups, [1, 1, 1, 1]))
     for k in SHAPES:
-        torch.testing.assert_close(scaled[k], 100 * honest[k])
-        torch.testing.assert_close(flipped[k], -honest[k])
-    bound = 10 * float(torch.cat([v.flatten() for v in honest.values()]).norm())
-    decode_reply(_reply(update, codec="fp32"), SHAPES, ("fp32",), max_update_norm=bound)
-    with pytest.raises(RejectedReply, match="exceeds the bound"):
-        decode_reply(corrupt(_reply(update, codec="fp32"), "scale-100"), SHAPES, ("fp32",), max_update_norm=bound)
+        d1 = sum(u[k].double() for u in ups[1]) / 4
+        d2 = sum(u[k].double() for u in ups[2]) / 4
+        w1 = _initial()[k].double() + 0.5 * d1  # momentum v1 = d1
+        expected = w1 + 0.5 * (0.9 * d1 + d2)  # v2 = 0.9 v1 + d2
+        torch.testing.assert_close(final[k], expected.float(), rtol=1e-5, atol=1e-6)
 
 
-def test_rejects_wrong_names_shapes_codec_and_counts(flower_identity, update):
-    wrong_shape = dict(update, **{"layer.A": torch.zeros(3, 2)})
-    with pytest.raises(RejectedReply, match=r"layer.A: shape \(3, 2\)"):
-        decode_reply(_reply(wrong_shape), SHAPES, ("nf4",))
-    missing = {k: v for k, v in update.items() if k != "head.weight"}
-    with pytest.raises(RejectedReply, match="missing \\['head.weight'\\]"):
-        decode_reply(_reply(missing), SHAPES, ("nf4",))
-    with pytest.raises(RejectedReply, match="codec 'fp32' not allowed"):
-        decode_reply(_reply(update, codec="fp32"), SHAPES, ("nf4",))
-    with pytest.raises(RejectedReply, match="num-examples 0"):
-        decode_reply(_reply(update, num_examples=0), SHAPES, ("nf4",))
-    inf_reply = _reply(update, codec="fp32")
-    codes = inf_reply.content[ARRAYS_KEY]["codes"].numpy().copy()
-    codes.view(np.float32)[-5:] = np.inf  # head.weight, the last tensor, sent as inf
-    inf_reply.content[ARRAYS_KEY]["codes"] = Array(codes)
-    with pytest.raises(RejectedReply, match="head.weight.*non-finite"):
-        decode_reply(inf_reply, SHAPES, ("fp32",))
-    with pytest.raises(RejectedReply, match="norm"):
-        decode_reply(_reply(update), SHAPES, ("nf4",), max_update_norm=1e-6)
+def test_krum_keeps_an_honest_update_when_one_client_attacks(flower_identity):
+    ups = {1: _updates(5, 3)}
+    ups[1][4] = {k: 100 * v for k, v in ups[1][4].items()}
+    _, final, _ = _run(_cfg(clients=5, rounds=1, strategy="krum", num_malicious=1), Clients(ups, [1] * 5))
+    deltas = {k: final[k] - _initial()[k] for k in SHAPES}
+    flat = torch.cat([deltas[k].flatten() for k in SHAPES])
+    honest = [torch.cat([u[k].flatten() for k in SHAPES]) for u in ups[1][:4]]
+    assert min(float((flat - h).norm()) for h in honest) < 1e-5  # Krum picks one client's update as is
 
 
-def test_ledger_totals_and_csv_round_trip(tmp_path):
-    ledger = Ledger()
-    ledger.add(LedgerRow(1, "down", "train", 11, 0, 100, 120, 150))
-    ledger.add(LedgerRow(1, "up", "train", 11, 0, 10, 30, 60))
-    ledger.add(LedgerRow(2, "up", "train", 12, 1, 20, 40, 70, status="rejected"))
-    assert ledger.total("up") == 130 and ledger.total("down", "payload") == 100
-    assert ledger.per_round("up") == {1: 60, 2: 70}
-    ledger.write_csv(tmp_path / "ledger.csv")
-    again = Ledger.read_csv(tmp_path / "ledger.csv")
-    assert again.rows == ledger.rows
-    assert again.totals() == ledger.totals()
+def test_fedprox_sends_its_proximal_term_to_the_clients(flower_identity):
+    clients = Clients({1: _updates(4, 1)}, [1] * 4)
+    strategy, _, ledger = _run(_cfg(rounds=1, strategy="fedprox", proximal_mu=0.3), clients)
+    sent = [r for r in ledger.rows if r.kind == "train" and r.direction == "down"]
+    assert len(sent) == 4
+    cfg = RunConfig(**{k.replace("-", "_"): v for k, v in
+                       read_broadcast(_broadcast_of(strategy), RUN_KEYS).config.items()})
+    assert cfg.proximal_mu == 0.3 and cfg.strategy == "fedprox"
 
 
-def test_robust_aggregators_ignore_a_minority_of_outliers():
-    from fedkron.strategies.aggregate import coordinate_median, trimmed_mean
+def _broadcast_of(strategy):
+    from flwr.app import ConfigRecord
 
-    g = torch.Generator().manual_seed(1)
-    honest = [{"w": torch.ones(4, 3) + 0.01 * torch.randn(4, 3, generator=g)} for _ in range(8)]
-    attackers = [{"w": torch.full((4, 3), 100.0)}, {"w": torch.full((4, 3), -1e4)}]
-    for agg in (coordinate_median, lambda u, w: trimmed_mean(u, w, trim=0.2)):
-        out = agg(honest + attackers, [1] * 10)["w"]
-        assert torch.allclose(out, torch.ones(4, 3), atol=0.05)
-    assert weighted_mean(honest + attackers, [1] * 10)["w"].abs().max() > 100  # plain mean is ruined
+    return strategy._broadcast(1, ConfigRecord({"proximal-mu": 0.3}))
 
 
-@settings(max_examples=25, deadline=None)
-@given(scale=st.floats(0.01, 100), max_norm=st.floats(0.1, 10))
-def test_clip_update_bounds_the_norm_and_keeps_direction(scale, max_norm):
-    from fedkron.strategies.aggregate import clip_update
+def test_server_side_fixed_clipping_bounds_each_update(flower_identity):
+    ups = {1: _updates(4, 7)}
+    ups[1][0] = {k: 30 * v for k, v in ups[1][0].items()}
+    clip = 0.2
+    strategy, final, _ = _run(_cfg(rounds=1, clip_norm=clip), Clients(ups, [1, 1, 1, 1]))
+    clipped = []
+    for u in ups[1]:
+        norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in u.values()))
+        clipped.append({k: v.double() * min(1.0, clip / norm) for k, v in u.items()})
+    for k in SHAPES:
+        expected = _initial()[k].double() + sum(c[k] for c in clipped) / 4
+        torch.testing.assert_close(final[k], expected.float(), rtol=1e-5, atol=1e-6)
+    assert strategy.round_stats[1]["dp_clipping_norm"] == clip and strategy.round_stats[1]["dp_noise_stdev"] == 0
 
-    u = {"a": torch.tensor([3.0, 4.0]) * scale, "b": torch.tensor([0.0])}
-    out = clip_update(u, max_norm)
-    norm = float(torch.cat([t.flatten() for t in out.values()]).norm())
-    assert norm <= max_norm * (1 + 1e-5) + 1e-6
-    assert norm == pytest.approx(min(5 * scale, max_norm), rel=1e-4)
-    assert torch.allclose(out["a"] / out["a"].norm(), torch.tensor([0.6, 0.8]), atol=1e-5)
+
+def test_central_dp_noise_has_the_documented_scale_and_is_accounted(flower_identity):
+    pytest.importorskip("dp_accounting")
+    tiny = {1: [{k: 1e-9 * v for k, v in u.items()} for u in _updates(4, 2)]}  # the noise is what moves
+    sigma, clip = 2.0, 0.5
+    strategy, final, _ = _run(_cfg(rounds=1, clip_norm=clip, dp_noise=sigma, clients=4), Clients(tiny, [3, 5, 7, 9]))
+    noise = torch.cat([(final[k] - _initial()[k]).flatten() for k in SHAPES])
+    expected = sigma * clip / 4
+    assert strategy.round_stats[1]["dp_noise_stdev"] == pytest.approx(expected)
+    assert 0.5 * expected < float(noise.std()) < 1.6 * expected  # 20 values: a loose band, fixed seed
+    assert strategy.round_stats[1]["dp_epsilon"] > 0
 
 
-def test_server_optimisers():
-    from fedkron.strategies.server_opt import ServerOptimizer
+def test_an_all_zero_update_is_left_out_when_flower_clips(flower_identity):
+    """Flower's clipping divides by the update's norm: a zero update would stop the run."""
+    ups = {1: _updates(4, 1)}
+    ups[1][2] = {k: torch.zeros(SHAPES[k]) for k in SHAPES}
+    strategy, final, _ = _run(_cfg(rounds=1, clip_norm=10.0), Clients(ups, [1, 1, 1, 1]))
+    assert strategy.round_stats[1]["rejected"] == 1 and strategy.round_stats[1]["accepted"] == 3
 
-    w = {"x": torch.zeros(3)}
-    u = {"x": torch.tensor([1.0, -2.0, 0.5])}
-    assert torch.equal(ServerOptimizer("sgd", lr=1.0).step(w, u)["x"], u["x"])  # FedAvg
-    avgm = ServerOptimizer("avgm", lr=1.0, momentum=0.5)
-    w1 = avgm.step(w, u)
-    w2 = avgm.step(w1, u)
-    assert torch.allclose(w2["x"], u["x"] * (1 + 1.5))  # v1 = u, v2 = 0.5 u + u
-    adam = ServerOptimizer("adam", lr=0.1)
-    step = adam.step(w, u)["x"]
-    assert torch.equal(step.sign(), u["x"].sign()) and step.abs().max() <= 0.1  # first Adam step ≈ lr · sign(u)
-    again = ServerOptimizer("adam", lr=0.1)
-    again.load_state_dict(adam.state_dict())
-    assert torch.equal(again.step(w, u)["x"], adam.step(w, u)["x"])
-    with pytest.raises(ValueError, match="not one of sgd, avgm, adam"):
-        ServerOptimizer("lamb")
+
+def test_bad_replies_are_rejected_counted_and_marked_in_the_ledger(flower_identity):
+    ups = {1: _updates(4, 1)}
+    clients = Clients(ups, [1, 1, 1, 1], faults={0: "truncated", 2: "raise"})
+    strategy, final, ledger = _run(_cfg(rounds=1), clients)
+    assert {k: strategy.round_stats[1][k] for k in ("accepted", "rejected", "failed")} == \
+        {"accepted": 2, "rejected": 1, "failed": 1}
+    ups_rows = [r for r in ledger.rows if r.kind == "train" and r.direction == "up"]
+    assert sorted((r.partition_id, r.status) for r in ups_rows) == [(0, "rejected"), (1, "ok"), (2, "failed"),
+                                                                    (3, "ok")]
+    for k in SHAPES:  # the mean of the two valid updates only
+        torch.testing.assert_close(final[k], _initial()[k] + (ups[1][1][k] + ups[1][3][k]) / 2, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="only 2 valid replies .* at least 3 needed"):
+        _run(_cfg(rounds=1, min_replies=3), Clients(ups, [1, 1, 1, 1], faults={0: "truncated", 2: "raise"}))
+
+
+def test_a_reply_that_claims_another_partition_is_rejected(flower_identity):
+    class Liar(Clients):
+        def __call__(self, msg, context):
+            reply = super().__call__(msg, context)
+            if msg.metadata.message_type == "train" and int(context.node_config["partition-id"]) == 1:
+                reply.content["metrics"]["partition-id"] = 2
+            return reply
+
+    strategy, _, _ = _run(_cfg(rounds=1), Liar({1: _updates(4, 1)}, [1] * 4))
+    assert strategy.round_stats[1]["rejected"] == 1 and strategy.round_stats[1]["accepted"] == 3
+
+
+@pytest.mark.parametrize("name, kw", [("fedavgm", {"server_lr": 0.7}), ("fedadam", {}), ("fedyogi", {}),
+                                      ("fedadagrad", {}), ("fedavg", {"adaptive_clipping": True})])
+def test_strategy_state_survives_a_checkpoint(flower_identity, name, kw):
+    """Three rounds in one go equal two rounds, a save, a fresh strategy loaded, and round three."""
+    ups = {r: _updates(4, r) for r in (1, 2, 3)}
+    cfg = _cfg(rounds=3, strategy=name, **kw)
+    _, straight, _ = _run(cfg, Clients(ups, [1, 2, 3, 4]))
+
+    first, mid, _ = _run(cfg, Clients(ups, [1, 2, 3, 4]), rounds=2)
+    tensors, values = strategy_state(first.strategy)
+    fresh = FedKron(build_strategy(cfg), cfg, mid, ROLES)
+    load_strategy_state(fresh.strategy, tensors, values)
+    grid = LoopbackGrid(4, Clients(ups, [1, 2, 3, 4]))
+    result = run_rounds(fresh, grid, to_arrayrecord(mid), 3, 3, lambda r, a: None, timeout=60)
+    resumed = from_arrayrecord(result.arrays)
+    for k in SHAPES:
+        torch.testing.assert_close(resumed[k], straight[k], rtol=1e-6, atol=1e-7)
+
+
+def test_settings_a_strategy_cannot_work_with_are_refused_before_the_run():
+    from fedkron.config import ConfigError
+
+    with pytest.raises(ConfigError, match="bulyan needs at least 4·num-malicious \\+ 3 = 7 clients a round"):
+        _cfg(strategy="bulyan", num_malicious=1, clients=6)
+    with pytest.raises(ConfigError, match="dp-noise needs a clipping norm"):
+        _cfg(dp_noise=1.0)
+    with pytest.raises(ConfigError, match="strategy 'fedsgd' is not one of"):
+        _cfg(strategy="fedsgd")

@@ -1,1 +1,1 @@
-"""Flower ClientApp: decode the global adapter, train locally, send back an encoded update."""
+"""The Flower ClientApp: decode the global adapter → local steps → encoded update (or a score)."""

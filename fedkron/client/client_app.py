@@ -3,7 +3,7 @@
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedkron.client.worker import handle_query, handle_train
+from fedkron.client.worker import handle_evaluate, handle_query, handle_train
 
 app = ClientApp()
 
@@ -12,6 +12,12 @@ app = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     """Train the adapter factors on this node's partition and reply with the encoded update."""
     return handle_train(msg, context)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the global adapter on this node's own held-out data (``--fraction-evaluate``)."""
+    return handle_evaluate(msg, context)
 
 
 @app.query()

@@ -1,43 +1,41 @@
-"""What a client does with one training message: decode global → local steps → encode update.
+"""What a client does with one message: decode the global adapter, then train and send back an
+encoded update, or score it on the node's own held-out data, or say which partition it holds.
 
-The frozen base model is built once per process and cached (keyed by everything that shapes it);
-each call only swaps adapter factors in. Error feedback state lives in the node's Flower context
-as plain tensors (an ArrayRecord), never pickled.
+The frozen base model is built once per process and cached (keyed by every setting that shapes
+it); each call only swaps adapter factors in. Messages are read and written by
+:mod:`fedkron.protocol` alone.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 
 from fedkron.adapters import adapter_factor_roles, adapter_state_dict, load_adapter_state_dict
-from fedkron.compression import ErrorFeedback, decode, from_records, get_codec, to_records
+from fedkron.client.state import ResidualStore
+from fedkron.compression import ErrorFeedback, get_codec
 from fedkron.config import RunConfig
-from fedkron.strategies.exactness import FROZEN_DIGEST_KEY, exact_names, frozen_digest
-from fedkron.strategies.validation import ARRAYS_KEY, CONFIG_KEY, MANIFEST_KEY, METRICS_KEY
-from fedkron.models import build_model
-from fedkron.task import client_train_data, train_local
+from fedkron.models import build_model, model_key
+from fedkron.protocol import (NUM_EXAMPLES, PARTITION_ID, TRAIN_LOSS, Broadcast, frozen_digest, make_eval_reply,
+                              make_info, make_reply, read_broadcast, sent_names)
+from fedkron.task import client_train_data, evaluate, train_local
 
 log = logging.getLogger("fedkron")
-EF_KEY = "fedkron-ef-residual"
+RUN_KEYS = set(RunConfig().to_record())
 
 _MODELS: dict[tuple, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
 
 
-def cached_model(cfg: RunConfig, num_labels: int, multiple_choice: bool
-                 ) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+def cached_model(cfg: RunConfig, task) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """The frozen base + adapters for this config, built once per process, and the adapter state
     as built from ``cfg.seed`` (the same on the server and every client)."""
-    key = (cfg.model, cfg.task, cfg.method, cfg.rank, cfg.alpha, cfg.shape_policy, cfg.seed)
+    key = model_key(cfg)
     if key not in _MODELS:
         _MODELS.clear()  # one model per process: a new config replaces the old one
-        model = build_model(cfg, num_labels, multiple_choice)
+        model = build_model(cfg, task.num_labels, task.is_multiple_choice)
         init = {k: v.detach().clone() for k, v in adapter_state_dict(model).items()}
         _MODELS[key] = (model, init)
     return _MODELS[key]
@@ -45,28 +43,24 @@ def cached_model(cfg: RunConfig, num_labels: int, multiple_choice: bool
 
 def full_global_state(cfg: RunConfig, received: dict[str, torch.Tensor], init: dict[str, torch.Tensor],
                       digest: str | None = None) -> dict[str, torch.Tensor]:
-    """The whole adapter state from a broadcast. In ``exact`` mode the server sends only B1 and
-    full modules (A and B2 never leave their seeded init, so sending them would be wasted
-    downlink); they are taken from this process's own seeded build, checked against the
-    server's fingerprint of them."""
+    """The whole adapter state from a broadcast. In ``exact`` mode the server sends only the
+    output-side factors and full modules (the others never leave their seeded init, so sending
+    them would be wasted downlink); the rest comes from this process's own seeded build, checked
+    against the server's fingerprint of it."""
     if cfg.aggregation != "exact":
         return received
     mine = frozen_digest(init, list(received))
     if digest != mine:
-        raise ValueError(f"exact mode: this client's seeded A/B2 (digest {mine}) differ from the server's "
-                         f"({digest}); server and clients must build adapters with the same seed, "
+        raise ValueError(f"exact mode: this client's seeded frozen factors (digest {mine}) differ from the "
+                         f"server's ({digest}); server and clients must build adapters with the same seed, "
                          "model and library versions")
     return {**{k: v for k, v in init.items() if k not in received}, **received}
 
 
 def select_trainable(model: torch.nn.Module, cfg: RunConfig) -> list[str]:
-    """Set which adapter tensors train this round and return their names (what the client sends).
-
-    Per-factor modes train every factor; ``exact`` freezes Kron-LoRA's A and B2 at their shared
-    seeded init so the server's average of B1 is the average of the clients' ΔW.
-    """
+    """Set which adapter tensors train this round and return their names (what the client sends)."""
     roles = adapter_factor_roles(model)
-    names = exact_names(roles) if cfg.aggregation == "exact" else list(roles)
+    names = sent_names(roles, cfg.aggregation)
     keep = set(names)
     params = dict(model.named_parameters())
     for name in roles:
@@ -74,111 +68,83 @@ def select_trainable(model: torch.nn.Module, cfg: RunConfig) -> list[str]:
     return names
 
 
-def node_partition(context: Context, cfg: RunConfig) -> tuple[int, int]:
+def node_partition(context: Context) -> tuple[int, int]:
     """(partition id, number of partitions) from the node config (set by the simulation or the
-    SuperNode's ``--node-config``)."""
+    SuperNode's ``--node-config``). A node started with only its own ``data-dir`` trains on all of
+    it: partition 0 of 1."""
     nc = context.node_config
-    if "partition-id" not in nc or "num-partitions" not in nc:
-        raise KeyError(
-            "this SuperNode has no partition: start it with "
-            "--node-config \"partition-id=<i> num-partitions=<n>\""
-        )
-    pid, num = int(nc["partition-id"]), int(nc["num-partitions"])
+    if "partition-id" not in nc and "num-partitions" not in nc:
+        if nc.get("data-dir"):
+            return 0, 1
+        raise KeyError("this SuperNode has no data: start it with --node-config \"data-dir=<folder>\" "
+                       "(its own data) or \"partition-id=<i> num-partitions=<n>\" (a share of a common set)")
+    try:
+        pid, num = int(nc["partition-id"]), int(nc["num-partitions"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("the node config needs both partition-id and num-partitions as integers "
+                         f"(got {dict(nc)})") from None
     if not 0 <= pid < num:
         raise ValueError(f"partition-id {pid} is outside [0, num-partitions={num})")
     return pid, num
 
 
-def run_config_from(msg: Message, context: Context) -> RunConfig:
-    """The run config the server broadcast; a node's own ``data-dir`` takes precedence."""
-    values = {k: v for k, v in dict(msg.content[CONFIG_KEY]).items() if k not in ("server-round", FROZEN_DIGEST_KEY)}
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, Broadcast, int, int]:
+    """The run config the server broadcast (a node's own ``data-dir`` takes precedence), the
+    decoded broadcast and this node's partition."""
+    broadcast = read_broadcast(msg.content, RUN_KEYS)
+    values = dict(broadcast.config)
     if context.node_config.get("data-dir"):
         values["data-dir"] = str(context.node_config["data-dir"])
-    return RunConfig.from_mapping(values)
-
-
-class ResidualStore:
-    """Where a client keeps its error-feedback residual between the rounds it is selected.
-
-    In memory (the node's Flower context) by default; with ``client-state-dir`` (set by the
-    simulation) on disk, one safetensors file per partition and round, so a run that is killed and
-    resumed reads exactly the residual of the last completed round it took part in.
-    """
-
-    def __init__(self, folder: str, partition_id: int, context: Context):
-        self.folder = Path(folder) if folder else None
-        self.pid, self.context = partition_id, context
-
-    def _path(self, rnd: int) -> Path:
-        return self.folder / f"partition-{self.pid}" / f"round-{rnd}.safetensors"
-
-    def load(self, server_round: int) -> dict[str, torch.Tensor]:
-        if self.folder is None:
-            if EF_KEY not in self.context.state:
-                return {}
-            return {k: torch.from_numpy(v.numpy().copy()) for k, v in self.context.state[EF_KEY].items()}
-        files = sorted((int(p.stem.split("-")[1]), p) for p in self._path(0).parent.glob("round-*.safetensors"))
-        earlier = [p for r, p in files if r < server_round]
-        return load_file(str(earlier[-1])) if earlier else {}
-
-    def save(self, server_round: int, state: dict[str, torch.Tensor]) -> None:
-        if self.folder is None:
-            self.context.state[EF_KEY] = ArrayRecord(state)
-            return
-        path = self._path(server_round)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-        os.replace(tmp, path)
-        # keep this round's file and the newest before it (what a re-run of this round reads)
-        files = sorted(path.parent.glob("round-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
-        for old in files[:-2]:
-            old.unlink(missing_ok=True)
+    pid, num = node_partition(context)
+    return RunConfig.from_mapping(values), broadcast, pid, num
 
 
 def handle_train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
-    cfg = run_config_from(msg, context)
-    server_round = int(msg.content[CONFIG_KEY]["server-round"])
-    pid, num_parts = node_partition(context, cfg)
+    cfg, broadcast, pid, num_parts = _setup(msg, context)
     data, task = client_train_data(cfg, pid, num_parts)
-    model, seeded_init = cached_model(cfg, task.num_labels, task.kind == "multiple_choice")
-
-    # Decode the broadcast (never unpickled: packed buffers + JSON manifest).
-    encoded = from_records(msg.content[ARRAYS_KEY], msg.content[MANIFEST_KEY])
-    global_state = full_global_state(cfg, decode(encoded), seeded_init, msg.content[CONFIG_KEY].get(FROZEN_DIGEST_KEY))
-    sent_names = select_trainable(model, cfg)
+    model, seeded_init = cached_model(cfg, task)
+    global_state = full_global_state(cfg, broadcast.state, seeded_init, broadcast.frozen_digest)
+    sent = select_trainable(model, cfg)
     load_adapter_state_dict(model, global_state)
 
     t_train = time.perf_counter()
-    result = train_local(model, data, cfg.local_steps, cfg.batch_size, cfg.lr,
-                         seed=cfg.seed * 1_000_003 + server_round * 1009 + pid,
-                         local_loss=cfg.local_loss, optimizer=cfg.local_opt)
+    result = train_local(model, data, cfg.local_steps, cfg.batch_size, broadcast.round_lr or cfg.lr,
+                         seed=cfg.seed * 1_000_003 + broadcast.server_round * 1009 + pid,
+                         local_loss=cfg.local_loss, optimizer=cfg.local_opt,
+                         proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0)
     train_seconds = time.perf_counter() - t_train
 
     local = adapter_state_dict(model)
-    update = {k: local[k].detach().float() - global_state[k].float() for k in sent_names}
+    update = {k: local[k].detach().float() - global_state[k].float() for k in sent}
     codec = get_codec(cfg.quant, **cfg.codec_options())
     if cfg.error_feedback:
         store = ResidualStore(cfg.client_state_dir, pid, context)
         ef = ErrorFeedback()
-        ef.load_state_dict(store.load(server_round))
-        up, _ = ef.step(update, codec)
-        store.save(server_round, ef.state_dict())
+        ef.load_state_dict(store.load(broadcast.server_round))
+        encoded, _ = ef.step(update, codec)
+        store.save(broadcast.server_round, ef.state_dict())
     else:
-        up = codec.encode(update)
-    arrays, manifest = to_records(up)
-    metrics = MetricRecord({
-        "num-examples": result.num_examples,
-        "train-loss": result.loss,
-        "partition-id": pid,
-        "train-seconds": train_seconds,
-        "client-seconds": time.perf_counter() - t0,
-    })
-    return Message(RecordDict({ARRAYS_KEY: arrays, MANIFEST_KEY: manifest, METRICS_KEY: metrics}), reply_to=msg)
+        encoded = codec.encode(update)
+    metrics = {NUM_EXAMPLES: result.num_examples, TRAIN_LOSS: result.loss, PARTITION_ID: pid,
+               "train-seconds": train_seconds, "client-seconds": time.perf_counter() - t0}
+    return Message(make_reply(encoded, metrics), reply_to=msg)
+
+
+def handle_evaluate(msg: Message, context: Context) -> Message:
+    """Score the global adapter on this node's own held-out data (federated evaluation)."""
+    cfg, broadcast, pid, num_parts = _setup(msg, context)
+    data, task = client_train_data(cfg, pid, num_parts, split="test")
+    rows = int(data["labels"].shape[0])
+    if cfg.eval_samples and rows > cfg.eval_samples:  # a seeded sample, as on the server
+        keep = torch.randperm(rows, generator=torch.Generator().manual_seed(cfg.seed))[: cfg.eval_samples]
+        data = {k: v[keep] for k, v in data.items()}
+    model, seeded_init = cached_model(cfg, task)
+    load_adapter_state_dict(model, full_global_state(cfg, broadcast.state, seeded_init, broadcast.frozen_digest))
+    loss, accuracy = evaluate(model, data)
+    return Message(make_eval_reply(int(data["labels"].shape[0]), loss, accuracy), reply_to=msg)
 
 
 def handle_query(msg: Message, context: Context) -> Message:
-    nc = context.node_config
-    pid = int(nc.get("partition-id", -1))
-    return Message(RecordDict({"info": MetricRecord({"partition-id": pid})}), reply_to=msg)
+    pid, _ = node_partition(context)
+    return Message(make_info(pid), reply_to=msg)

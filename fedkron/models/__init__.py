@@ -16,6 +16,10 @@ from fedkron.adapters import AdapterConfig, inject
 from fedkron.config import RunConfig
 from fedkron.models.dual_encoder import DualEncoderForMultipleChoice
 
+# The RunConfig fields build_model reads: a process that caches a built model keys it by these
+# (tests check that build_model reads nothing else).
+MODEL_FIELDS = ("model", "task", "method", "rank", "alpha", "shape_policy", "seed", "mc_head")
+
 # Model aliases that work offline. Anything else is a hub id or a local folder.
 TINY_BERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
 
@@ -38,6 +42,11 @@ def load_tokenizer(model: str):
     if model in ("minilm-l6", "tiny-bert"):
         return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
     return AutoTokenizer.from_pretrained(model)
+
+
+def model_key(cfg: RunConfig) -> tuple:
+    """Everything that shapes the model :func:`build_model` returns for ``cfg``."""
+    return tuple(getattr(cfg, name) for name in MODEL_FIELDS)
 
 
 def adapter_config(cfg: RunConfig) -> AdapterConfig:

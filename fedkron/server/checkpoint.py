@@ -1,7 +1,8 @@
 """Checkpoints after every completed round, so a killed run resumes where it stood.
 
-A checkpoint is a folder ``checkpoint/round-K`` holding the global factors, the server optimiser
-state and torch's RNG state (safetensors), the ledger so far (CSV) and the metrics rows so far
+A checkpoint is a folder ``checkpoint/round-K`` holding the global factors, the Flower strategy's
+own state (its server optimiser, clipping norm, privacy accountant: :mod:`fedkron.strategies.state`)
+and torch's RNG state (safetensors + JSON), the ledger so far (CSV) and the metrics rows so far
 (JSON). Client sampling and batches are seeded per round, so they need no state.
 ``checkpoint/latest.json`` names the newest complete checkpoint and is replaced atomically last,
 so a crash while writing leaves the previous checkpoint in force.
@@ -19,29 +20,32 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedkron.config import ConfigError
-from fedkron.strategies import Ledger
+from fedkron.server.ledger import Ledger
 
 
 @dataclass
 class Checkpoint:
     round: int
     global_state: dict[str, torch.Tensor]
-    server_opt: dict[str, torch.Tensor]
+    strategy_tensors: dict[str, torch.Tensor]
+    strategy_values: dict
     ledger: Ledger
     metrics: list[dict]
 
 
-def save_checkpoint(out: Path, rnd: int, global_state, server_opt_state, ledger: Ledger, metrics: list[dict]) -> Path:
+def save_checkpoint(out: Path, rnd: int, global_state, strategy_state: tuple[dict, dict], ledger: Ledger,
+                    metrics: list[dict]) -> Path:
     root = Path(out) / "checkpoint"
     folder = root / f"round-{rnd}"
     tmp = root / f".round-{rnd}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in global_state.items()}, str(tmp / "global.safetensors"))
-    save_file({k: v.contiguous() for k, v in server_opt_state.items()}, str(tmp / "server_opt.safetensors"))
+    tensors, values = strategy_state
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "strategy.safetensors"))
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     ledger.write_csv(tmp / "ledger.csv")
-    (tmp / "state.json").write_text(json.dumps({"round": rnd, "metrics": metrics}))
+    (tmp / "state.json").write_text(json.dumps({"round": rnd, "metrics": metrics, "strategy": values}))
     _fsync_dir(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -82,7 +86,8 @@ def load_checkpoint(out: Path) -> Checkpoint | None:
     return Checkpoint(
         round=int(state["round"]),
         global_state=load_file(str(folder / "global.safetensors")),
-        server_opt=load_file(str(folder / "server_opt.safetensors")),
+        strategy_tensors=load_file(str(folder / "strategy.safetensors")) if (folder / "strategy.safetensors").is_file() else {},
+        strategy_values=state.get("strategy", {}),
         ledger=Ledger.read_csv(folder / "ledger.csv"),
         metrics=state["metrics"],
     )

@@ -1,37 +1,45 @@
-"""Run the federation on a Flower Grid: build, broadcast, aggregate, evaluate, record.
+"""Run the federation on a Flower Grid: build, run Flower's round loop, evaluate, record.
 
 Shared by the ServerApp (``flwr run``, deployment) and ``fedkron sim`` (Python simulation), so a
-run behaves the same on Ray and on real SuperNodes.
+run behaves the same on Ray and on real SuperNodes. The rounds are Flower's ``Strategy.start``
+over the :class:`~fedkron.strategies.wrapper.FedKron` wrapper; the ledger sits in the Grid; the
+central evaluation writes each round's metrics row and checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Callable
 
-from pathlib import Path
-
-from flwr.app import ConfigRecord
+from flwr.app import MetricRecord
 from flwr.serverapp import Grid
 
 from fedkron.adapters import adapter_factor_roles, adapter_state_dict, load_adapter_state_dict, save_adapter, trainable_parameter_count
-from fedkron.config import RunConfig, codec_bits
-from fedkron.server.results import MB, ResultsFolder
-from fedkron.server.checkpoint import load_checkpoint, require_rounds_left, save_checkpoint
-from fedkron.strategies import Ledger, PerFactorFedAvg, state_to_arrayrecord
+from fedkron.config import DEFAULT_ROUND_TIMEOUT, RunConfig, codec_bits
 from fedkron.models import build_model
+from fedkron.server.checkpoint import load_checkpoint, require_rounds_left, save_checkpoint
+from fedkron.server.ledger import MB, Ledger, LedgerGrid
+from fedkron.server.results import ResultsFolder
+from fedkron.server.rounds import run_rounds
+from fedkron.strategies.registry import build_strategy
+from fedkron.strategies.state import load_strategy_state, strategy_state
+from fedkron.strategies.wrapper import FedKron, from_arrayrecord, to_arrayrecord
 from fedkron.task import eval_data, evaluate
 
 log = logging.getLogger("fedkron")
 Progress = Callable[[dict], None]
+ROUND_STATS = ("accepted", "rejected", "failed", "aggregation_error", "fit_seconds", "client_seconds",
+               "train_seconds", "train_loss", "fed_accuracy", "fed_loss", "fed_examples", "dp_noise_stdev",
+               "dp_clipping_norm", "dp_epsilon")
 
 
 def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None, resume: bool = False) -> dict:
     """Run ``cfg.rounds`` rounds and write the results folder; returns the summary dict.
 
     With ``resume``, continue from the newest checkpoint in ``cfg.out`` (if there is one): the
-    global factors, server optimiser, ledger and metrics so far are restored, and the remaining
+    global factors, the strategy's state, ledger and metrics so far are restored, and the remaining
     rounds run with the same seeded client schedule as an uninterrupted run. A finished run is
     extended the same way when ``cfg.rounds`` is raised above the rounds it has.
     """
@@ -40,36 +48,43 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
     if ckpt:
         require_rounds_left(cfg.out, ckpt.round, cfg.rounds)
     # wall time of the rounds already done, so totals and `elapsed` cover the whole run
-    before = sum(r.get("seconds") or 0.0 for r in ckpt.metrics) if ckpt else 0.0
-    t_start = time.perf_counter() - before
+    t_start = time.perf_counter() - (sum(r.get("seconds") or 0.0 for r in ckpt.metrics) if ckpt else 0.0)
     results = ResultsFolder(cfg.out, keep=ckpt.metrics if ckpt else None)
     results.write_json("config.json", cfg.to_record())
 
-    evalset = eval_data(cfg)
-    model = build_model(cfg, evalset.task.num_labels, evalset.task.kind == "multiple_choice")
+    evalset = eval_data(cfg) if cfg.central_eval else None
+    from fedkron.data import get_task
+
+    task = get_task(cfg.task)
+    model = build_model(cfg, task.num_labels, task.is_multiple_choice)
     initial = {k: v.clone() for k, v in adapter_state_dict(model).items()}
     ledger = ckpt.ledger if ckpt else Ledger()
-    strategy = PerFactorFedAvg(cfg, {k: v.shape for k, v in initial.items()}, ledger,
-                               roles=adapter_factor_roles(model))
-    # safetensors loads keys sorted; keep the model's order (it is the order on the wire)
-    strategy.global_state = {k: ckpt.global_state[k] for k in initial} if ckpt else initial
-    if ckpt:
-        strategy.server_opt.load_state_dict(ckpt.server_opt)
+    strategy = FedKron(build_strategy(cfg), cfg, initial, adapter_factor_roles(model), ledger=ledger)
+    ledger_grid = LedgerGrid(grid, ledger, partition_of=lambda node: strategy.roster.partition_of.get(node, -1))
+    if ckpt:  # safetensors loads keys sorted; keep the model's order (it is the order on the wire)
+        initial = {k: ckpt.global_state[k] for k in initial}
+        load_strategy_state(strategy.strategy, ckpt.strategy_tensors, ckpt.strategy_values)
         log.info("resuming %s after round %d", cfg.out, ckpt.round)
     summary: dict = {
         "method": cfg.method, "codec": cfg.quant, "bits": codec_bits(cfg.quant), "downlink": cfg.downlink,
         "task": cfg.task, "model": cfg.model, "clients": cfg.clients, "rounds": cfg.rounds,
-        "aggregation": cfg.aggregation, "trainable_params": sum(initial[n].numel() for n in strategy.expected),
+        "aggregation": cfg.aggregation, "strategy": cfg.strategy,
+        "trainable_params": sum(initial[n].numel() for n in strategy.expected),
         "adapter_params": trainable_parameter_count(model),
-        "majority_baseline": evalset.majority_baseline,
-        "eval_rows": evalset.num_rows, "eval_note": evalset.note, "status": "running",
-        "resumed_from_round": ckpt.round if ckpt else None,
+        "majority_baseline": evalset.majority_baseline if evalset else None,
+        "eval_rows": evalset.num_rows if evalset else 0,
+        "eval_note": evalset.note if evalset else "no central evaluation (--no-central-eval)",
+        "status": "running", "resumed_from_round": ckpt.round if ckpt else None,
     }
     last_round_end = [time.perf_counter()]
 
-    def evaluate_round(server_round: int) -> None:
-        load_adapter_state_dict(model, strategy.global_state)
-        loss, acc = evaluate(model, evalset.data)
+    def evaluate_round(server_round: int, arrays) -> MetricRecord:
+        """Score the global adapter, write the round's metrics row and its checkpoint."""
+        state = from_arrayrecord(arrays)
+        loss = acc = None
+        if evalset:
+            load_adapter_state_dict(model, state)
+            loss, acc = evaluate(model, evalset.data)
         now = time.perf_counter()
         stats = strategy.round_stats.get(server_round, {})
         row = {
@@ -80,31 +95,22 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
             "payload_up": ledger.total("up", "payload", round=server_round),
             "count_bytes_up": ledger.total("up", "count_bytes", round=server_round),
             "seconds": now - last_round_end[0], "elapsed": now - t_start,
-            "accepted": stats.get("accepted", 0), "rejected": stats.get("rejected", 0),
-            "failed": stats.get("failed", 0), "majority_baseline": evalset.majority_baseline,
-            "aggregation_error": stats.get("aggregation_error"),
-            "fit_seconds": stats.get("fit_seconds"), "client_seconds": stats.get("client_seconds"),
-            "train_seconds": stats.get("train_seconds"),
+            "majority_baseline": summary["majority_baseline"],
+            **{k: stats.get(k, 0 if k in ("accepted", "rejected", "failed") else None) for k in ROUND_STATS},
         }
         last_round_end[0] = now
         results.append_metrics(row)
         if progress:
             progress(row)
+        if server_round >= 1:
+            save_checkpoint(results.path, server_round, state, strategy_state(strategy.strategy), ledger,
+                            results.rows)
+        return MetricRecord({k: v for k, v in (("accuracy", acc), ("loss", loss)) if v is not None})
 
     try:
-        first = ckpt.round + 1 if ckpt else 1
-        if not ckpt:
-            evaluate_round(0)
-        for rnd in range(first, cfg.rounds + 1):
-            t_fit = time.perf_counter()
-            messages = strategy.configure_train(rnd, state_to_arrayrecord(strategy.global_state), ConfigRecord(), grid)
-            replies = grid.send_and_receive(messages, timeout=cfg.round_timeout or 3600)
-            strategy.aggregate_train(rnd, replies)
-            strategy.round_stats[rnd]["fit_seconds"] = time.perf_counter() - t_fit
-            evaluate_round(rnd)
-            save_checkpoint(results.path, rnd, strategy.global_state, strategy.server_opt.state_dict(),
-                            ledger, results.rows)
-        load_adapter_state_dict(model, strategy.global_state)
+        result = run_rounds(strategy, ledger_grid, to_arrayrecord(initial), (ckpt.round + 1) if ckpt else 1,
+                            cfg.rounds, evaluate_round, cfg.round_timeout or DEFAULT_ROUND_TIMEOUT)
+        load_adapter_state_dict(model, from_arrayrecord(result.arrays) if len(result.arrays) else initial)
         save_adapter(model, results.path / "adapter")
         summary["status"] = "completed"
     except BaseException as err:
@@ -119,16 +125,16 @@ def _finish(results: ResultsFolder, ledger: Ledger, summary: dict, cfg: RunConfi
     """Ledger, summary and plot, written whether the run completed or not."""
     ledger.write_csv(results.path / "ledger.csv")
     rows = [r for r in results.rows if r["round"] >= 1]
-    accs = [r["accuracy"] for r in rows]
-    n_up = max(ledger.count("up"), 1)
+    accs = [r["accuracy"] for r in rows if r["accuracy"] is not None]
     summary.update(
         rounds_completed=len(rows),
         initial_accuracy=results.rows[0]["accuracy"] if results.rows else None,
         final_accuracy=accs[-1] if accs else None,
         best_accuracy=max(accs) if accs else None,
         final_loss=rows[-1]["loss"] if rows else None,
+        final_fed_accuracy=rows[-1].get("fed_accuracy") if rows else None,
         **ledger.totals(),
-        mb_up_per_client_round=ledger.total("up") / n_up / MB,
+        mb_up_per_client_round=ledger.total("up") / max(ledger.count("up"), 1) / MB,
         mb_down_per_client_round=ledger.total("down") / max(ledger.count("down"), 1) / MB,
         seconds=seconds,
     )

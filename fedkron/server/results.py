@@ -7,11 +7,12 @@ are written even when a run fails, so nothing measured is lost.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
-MB = 1_000_000
+from fedkron.server.ledger import MB
 
 
 class ResultsFolder:
@@ -24,6 +25,7 @@ class ResultsFolder:
         self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
     def append_metrics(self, row: dict[str, Any]) -> None:
+        row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}  # JSON has no NaN
         self.rows.append(row)
         with self.metrics_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -48,15 +50,20 @@ class ResultsFolder:
 
         rounds = [r["round"] for r in self.rows]
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        ax1.plot(rounds, [100 * r["accuracy"] for r in self.rows], marker="o", label="held-out accuracy")
+        for key, label in (("accuracy", "held-out accuracy"), ("fed_accuracy", "clients' held-out accuracy")):
+            points = [(r["round"], 100 * r[key]) for r in self.rows if r.get(key) is not None]
+            if points:
+                ax1.plot(*zip(*points), marker="o", label=label)
         base = self.rows[0].get("majority_baseline")
         if base is not None:
             ax1.axhline(100 * base, color="grey", ls="--", label="majority class")
         ax1.set(xlabel="round", ylabel="accuracy (%)", title="Accuracy per round")
+        ax1.xaxis.get_major_locator().set_params(integer=True)
         ax1.legend()
         ax2.plot(rounds, [r["bytes_up_total"] / MB for r in self.rows], marker="o", label="uplink")
         ax2.plot(rounds, [r["bytes_down_total"] / MB for r in self.rows], marker="s", label="downlink")
         ax2.set(xlabel="round", ylabel="cumulative MB (serialized)", title="Communication")
+        ax2.xaxis.get_major_locator().set_params(integer=True)
         ax2.legend()
         fig.suptitle(title)
         fig.tight_layout()

@@ -17,6 +17,6 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _print_progress(row: dict) -> None:
-    from fedkron.sim.progress import format_round
+    from fedkron.server.progress import format_round
 
     print(format_round(row), flush=True)

@@ -40,11 +40,11 @@ def parse_runs(text: str) -> list[RunSpec]:
         method, codec, aggregation = (item.split(":") + ["", ""])[:3]
         codec = codec or "fp32"
         if method not in METHODS:
-            problems.append(f"{item!r}: method {method!r} is not one of {METHODS}")
+            problems.append(f"{item!r}: method {method!r} is not one of {', '.join(METHODS)}")
         if codec not in CODECS:
-            problems.append(f"{item!r}: codec {codec!r} is not one of {CODECS}")
+            problems.append(f"{item!r}: codec {codec!r} is not one of {', '.join(CODECS)}")
         if aggregation and aggregation not in AGGREGATIONS:
-            problems.append(f"{item!r}: aggregation {aggregation!r} is not one of {AGGREGATIONS}")
+            problems.append(f"{item!r}: aggregation {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
         specs.append(RunSpec(method, codec, aggregation or None))
     if not specs:
         problems.append("--runs lists no run (e.g. kron-lora:nf4,lora:fp32)")

@@ -6,10 +6,9 @@ import csv
 import json
 from pathlib import Path
 
-from fedkron.strategies import Ledger
+from fedkron.server.ledger import MB, Ledger
 
-MB = 1_000_000
-BASELINE = ("lora", "fp32", "fedavg")
+BASELINE = ("lora", "fp32", "per-factor")
 COLUMNS = [
     ("run", "run"), ("method", "method"), ("codec", "codec"), ("aggregation", "aggregation"),
     ("trainable_params", "trainable params"),
@@ -31,7 +30,7 @@ def read_run(folder: Path) -> dict:
     downs = max(ledger.count("down"), 1)
     return {
         "run": folder.name, "method": summary["method"], "codec": summary["codec"],
-        "aggregation": summary.get("aggregation", "fedavg"),
+        "aggregation": {"fedavg": "per-factor"}.get(summary.get("aggregation"), summary.get("aggregation", "per-factor")),
         "trainable_params": summary["trainable_params"],
         "bytes_up": ledger.total("up"), "bytes_down": ledger.total("down"),
         "mb_up_total": ledger.total("up") / MB, "mb_down_total": ledger.total("down") / MB,

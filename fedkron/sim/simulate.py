@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from fedkron import VERBOSE_ENV
 from fedkron.config import RunConfig
 
 log = logging.getLogger("fedkron")
@@ -26,8 +27,8 @@ class _DropDeprecation(logging.Filter):
 
 
 def backend_config(cfg: RunConfig) -> dict:
-    """Ray resources: one CPU per virtual client by default (2 actors on 2 cores)."""
-    cpus = float(cfg.extra.get("client_cpus", 1.0))
+    """Ray resources: one CPU per virtual client (2 actors on 2 cores)."""
+    cpus = 1.0
     return {
         "client_resources": {"num_cpus": cpus, "num_gpus": 0.0},
         "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
@@ -40,7 +41,9 @@ def run_sim(cfg: RunConfig, progress: Callable[[dict], None] | None = None, clie
     """Run one simulated federation; returns the run's summary (also in ``cfg.out``)."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    if not verbose:  # inherited by the Ray actors: keep their output to what matters
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    else:  # inherited by the Ray actors: keep their output to what matters
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning")

@@ -1,4 +1,5 @@
-"""A ClientApp that misbehaves on purpose, for fault-injection tests and benchmarks.
+"""A ClientApp that misbehaves on purpose, for fault-injection tests and benchmarks (test-only:
+not part of the installed package; benchmarks import it from the repository's tests/ folder).
 
 Chosen partitions run the real training, then corrupt their reply in one of several ways; the
 rest behave normally. The server must drop (or robustly absorb) what the bad ones send.
@@ -10,9 +11,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from fedkron.client.worker import handle_query, handle_train
+from fedkron.client.worker import handle_evaluate, handle_query, handle_train
 from fedkron.compression import decode, from_records, get_codec, to_records
-from fedkron.strategies.validation import ARRAYS_KEY, MANIFEST_KEY
+from fedkron.protocol import ARRAYS as ARRAYS_KEY
+from fedkron.protocol import MANIFEST as MANIFEST_KEY
 
 FAULTS = ("nan-scales", "truncated", "bad-manifest", "wrong-shape", "scale-100", "sign-flip", "raise")
 
@@ -77,6 +79,10 @@ def make_faulty_app(fault: str | dict[int, str], partitions: tuple[int, ...] = (
             raise RuntimeError(f"injected failure on partition {pid}")
         reply = handle_train(msg, context)
         return corrupt(reply, kind) if kind else reply
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return handle_evaluate(msg, context)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

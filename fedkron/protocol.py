@@ -1,0 +1,202 @@
+"""The messages between server and clients: record keys, the broadcast, the replies, their checks.
+
+Client and server both build and read messages here and nowhere else, so the wire format has one
+definition. Nothing a client sends is trusted: a reply is read field by field, every number is
+checked, and anything wrong raises :class:`RejectedReply` (the server drops that reply only).
+Payloads are packed buffers plus a JSON manifest (:mod:`fedkron.compression`); nothing is
+unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedkron.compression import Codec, Encoded, PayloadError, decode, from_records, to_records
+
+# Record keys of a message's content.
+ARRAYS, MANIFEST, CONFIG, METRICS, INFO = "arrays", "manifest", "config", "metrics", "info"
+# Entries the server adds to the broadcast config beside the run config.
+ROUND = "server-round"  # also what Flower's strategies write
+FROZEN_DIGEST = "frozen-digest"  # exact mode: fingerprint of the factors that never travel
+ROUND_LR = "round-lr"  # the local learning rate of this round (a schedule across rounds)
+PROXIMAL_MU = "proximal-mu"  # FedProx's proximal term weight (Flower's key)
+# Metrics a client reports with its update.
+NUM_EXAMPLES, PARTITION_ID, TRAIN_LOSS = "num-examples", "partition-id", "train-loss"
+TIMINGS = ("train-seconds", "client-seconds")
+EVAL_LOSS, EVAL_ACCURACY = "eval-loss", "eval-accuracy"
+
+# Roles that travel in exact mode: the output-side factor (ΔW is linear in it while the others stay
+# at their shared seeded init) and fully trained modules such as the task head.
+EXACT_ROLES = ("B1", "B", "lora_B", "full")
+
+
+class RejectedReply(ValueError):
+    """A reply that must not be used; the message says why."""
+
+
+# --- what travels -------------------------------------------------------------------------------
+
+
+def sent_names(roles: Mapping[str, str], aggregation: str) -> list[str]:
+    """State names a client trains and sends (and the server broadcasts), in model order."""
+    if aggregation == "exact":
+        return [name for name, role in roles.items() if role in EXACT_ROLES]
+    return list(roles)
+
+
+def frozen_digest(state: Mapping[str, torch.Tensor], sent: list[str]) -> str:
+    """Fingerprint of what ``exact`` mode does not send (the seeded init of the other factors), so
+    a client whose seeded build differs from the server's fails loudly instead of training another
+    model."""
+    h = hashlib.sha256()
+    for name in sorted(set(state) - set(sent)):
+        h.update(name.encode())
+        h.update(state[name].detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# --- server → client ----------------------------------------------------------------------------
+
+
+def make_broadcast(state: Mapping[str, torch.Tensor], codec: Codec, config: Mapping[str, Any]) -> RecordDict:
+    """The global factors (``codec``) and the run config plus this round's server entries. Empty
+    strings stay home: a client reads a missing key as its default, and Flower's
+    ``ConfigRecord.count_bytes`` (``message_size_mod``) fails on an empty string."""
+    arrays, manifest = to_records(codec.encode(state))
+    entries = {k: v for k, v in config.items() if v != ""}
+    return RecordDict({ARRAYS: arrays, MANIFEST: manifest, CONFIG: ConfigRecord(entries)})
+
+
+@dataclass
+class Broadcast:
+    state: dict[str, torch.Tensor]
+    config: dict[str, Any]  # run-config keys only
+    server_round: int
+    round_lr: float | None
+    frozen_digest: str | None
+
+
+def read_broadcast(content: RecordDict, run_keys: set[str]) -> Broadcast:
+    """Decode a broadcast; ``run_keys`` are the run-config keys (hyphenated) a client knows."""
+    config = dict(content[CONFIG])
+    server = {k: config.pop(k) for k in (ROUND, FROZEN_DIGEST, ROUND_LR) if k in config}
+    unknown = sorted(set(config) - run_keys)
+    if unknown:
+        raise ValueError(f"the server sent settings this client does not know: {', '.join(unknown)} "
+                         "(server and clients must run the same fedkron version)")
+    encoded = from_records(content[ARRAYS], content[MANIFEST])
+    lr = server.get(ROUND_LR)
+    return Broadcast(state=decode(encoded), config=config, server_round=int(server[ROUND]),
+                     round_lr=None if lr is None else float(lr), frozen_digest=server.get(FROZEN_DIGEST))
+
+
+# --- client → server ----------------------------------------------------------------------------
+
+
+def make_reply(encoded: Encoded, metrics: Mapping[str, int | float]) -> RecordDict:
+    arrays, manifest = to_records(encoded)
+    return RecordDict({ARRAYS: arrays, MANIFEST: manifest, METRICS: MetricRecord(dict(metrics))})
+
+
+def make_eval_reply(num_examples: int, loss: float, accuracy: float) -> RecordDict:
+    return RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: num_examples, EVAL_LOSS: loss,
+                                              EVAL_ACCURACY: accuracy})})
+
+
+def make_info(partition_id: int) -> RecordDict:
+    return RecordDict({INFO: MetricRecord({PARTITION_ID: partition_id})})
+
+
+@dataclass
+class ValidReply:
+    node_id: int
+    partition_id: int
+    update: dict[str, torch.Tensor]
+    num_examples: int
+    metrics: dict[str, float]
+
+
+def read_reply(
+    msg: Message,
+    expected: Mapping[str, torch.Size],
+    allowed_codecs: tuple[str, ...],
+    num_partitions: int,
+    max_examples: int = 10**9,
+    max_update_norm: float = math.inf,
+) -> ValidReply:
+    """Decode and check one training reply, or raise :class:`RejectedReply`."""
+    content = msg.content
+    arrays, manifest, metrics = _records(content, (ARRAYS, ArrayRecord), (MANIFEST, ConfigRecord),
+                                         (METRICS, MetricRecord))
+    pid = _integer(metrics, PARTITION_ID, 0, num_partitions - 1)
+    num_examples = _integer(metrics, NUM_EXAMPLES, 1, max_examples)
+    numbers = {TRAIN_LOSS: _number(metrics, TRAIN_LOSS, 0.0, math.inf)}
+    numbers.update({k: _number(metrics, k, 0.0, math.inf) for k in TIMINGS if k in metrics})
+    try:
+        encoded = from_records(arrays, manifest)
+        if encoded.codec not in allowed_codecs:
+            raise RejectedReply(f"codec {encoded.codec!r} not allowed (expected one of {allowed_codecs})")
+        update = decode(encoded)
+    except PayloadError as err:
+        raise RejectedReply(f"undecodable payload: {err}") from None
+    missing = sorted(set(expected) - set(update))
+    extra = sorted(set(update) - set(expected))
+    if missing or extra:
+        raise RejectedReply(f"factor names differ: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, shape in expected.items():
+        if tuple(update[name].shape) != tuple(shape):
+            raise RejectedReply(f"{name}: shape {tuple(update[name].shape)} != expected {tuple(shape)}")
+        if not torch.isfinite(update[name]).all():
+            raise RejectedReply(f"{name}: non-finite values")
+    norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in update.values()))
+    if norm > max_update_norm:
+        raise RejectedReply(f"update norm {norm:.3g} exceeds the bound {max_update_norm:.3g}")
+    return ValidReply(node_id=msg.metadata.src_node_id, partition_id=pid, update=update,
+                      num_examples=num_examples, metrics=numbers)
+
+
+def read_eval_reply(msg: Message, max_examples: int = 10**9) -> tuple[int, float, float]:
+    """(examples, loss, accuracy) of a federated-evaluation reply, or :class:`RejectedReply`."""
+    (metrics,) = _records(msg.content, (METRICS, MetricRecord))
+    return (_integer(metrics, NUM_EXAMPLES, 1, max_examples), _number(metrics, EVAL_LOSS, 0.0, math.inf),
+            _number(metrics, EVAL_ACCURACY, 0.0, 1.0))
+
+
+def read_info(msg: Message, num_partitions: int) -> int:
+    """The partition id a node reports in answer to the server's query."""
+    (info,) = _records(msg.content, (INFO, MetricRecord))
+    return _integer(info, PARTITION_ID, 0, num_partitions - 1)
+
+
+def _records(content: RecordDict, *wanted: tuple[str, type]) -> list:
+    out = []
+    for key, kind in wanted:
+        if key not in content:
+            raise RejectedReply(f"reply lacks the {key!r} record")
+        record = content[key]
+        if not isinstance(record, kind):
+            raise RejectedReply(f"reply record {key!r} is a {type(record).__name__}, not a {kind.__name__}")
+        out.append(record)
+    return out
+
+
+def _number(metrics: MetricRecord, key: str, low: float, high: float) -> float:
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RejectedReply(f"{key} {value!r} is not a number")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise RejectedReply(f"{key} {value!r} is outside [{low}, {high}]")
+    return float(value)
+
+
+def _integer(metrics: MetricRecord, key: str, low: int, high: int) -> int:
+    value = _number(metrics, key, low, high)
+    if not value.is_integer():
+        raise RejectedReply(f"{key} {value!r} is not an integer")
+    return int(value)

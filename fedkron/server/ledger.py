@@ -1,0 +1,186 @@
+"""The communication ledger: every message that crosses the wire, both directions.
+
+:class:`LedgerGrid` wraps Flower's ``Grid`` and counts each message where it is sent and received,
+so no strategy has to remember to: one row per message with four byte figures (codec payload,
+``ArrayRecord.count_bytes()``, every record's ``count_bytes()`` as Flower's ``message_size_mod``
+reports it, and the serialized protobuf size). Totals are sums over rows, so a report can always
+be traced back to individual messages.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from flwr.app import Message
+from flwr.common.serde import message_to_proto
+from flwr.serverapp import Grid
+
+from fedkron.compression import message_byte_figures
+
+MB = 1_000_000
+FIGURES = ("payload", "count_bytes", "content_bytes", "serialized")
+
+
+@dataclass
+class LedgerRow:
+    round: int
+    direction: str  # "down" (server → client), "up" (client → server)
+    kind: str  # Flower's message type: "train", "evaluate", "query"
+    node_id: int
+    partition_id: int
+    payload: int
+    count_bytes: int
+    serialized: int
+    status: str = "ok"  # "ok", "rejected", "failed" (an error reply)
+    content_bytes: int = 0
+
+
+def content_bytes(msg: Message) -> int:
+    """Every record's ``count_bytes()``, what Flower's ``message_size_mod`` logs; an empty string in
+    a ConfigRecord (which makes Flower's count raise) counts its key only."""
+    total = 0
+    for record in msg.content.values():
+        try:
+            total += record.count_bytes()
+        except ValueError:
+            total += sum(len(k) + (len(v) if isinstance(v, (str, bytes)) else 8) for k, v in record.items())
+    return total
+
+
+class Ledger:
+    """Append-only list of :class:`LedgerRow` with the totals a report needs."""
+
+    def __init__(self) -> None:
+        self.rows: list[LedgerRow] = []
+        self._row_of: dict[str, int] = {}  # message id → row, to mark a reply rejected later
+
+    def add(self, row: LedgerRow, message_id: str = "") -> None:
+        if message_id:
+            self._row_of[message_id] = len(self.rows)
+        self.rows.append(row)
+
+    def record(self, msg: Message, direction: str, partition_id: int) -> None:
+        """Count one message as it crosses the wire."""
+        node = msg.metadata.dst_node_id if direction == "down" else msg.metadata.src_node_id
+        if msg.has_error():
+            figures = {"payload": 0, "count_bytes": 0, "content_bytes": 0}
+        else:
+            try:
+                figures = message_byte_figures(msg)
+            except Exception:  # a reply whose payload does not even parse (PayloadError...): count what arrived
+                figures = {"payload": 0, "count_bytes": sum(r.count_bytes() for r in msg.content.array_records.values())}
+            figures["content_bytes"] = content_bytes(msg)
+        figures["serialized"] = message_to_proto(msg).ByteSize()
+        group = msg.metadata.group_id
+        self.add(LedgerRow(round=int(group) if group.isdigit() else 0, direction=direction,
+                           kind=msg.metadata.message_type, node_id=int(node), partition_id=int(partition_id),
+                           status="failed" if msg.has_error() else "ok", **figures),
+                 message_id=msg.metadata.message_id if direction == "up" else "")
+
+    def annotate(self, msg: Message, **values) -> None:
+        """Complete the row of a recorded reply with what was learnt by reading it (its ``status``
+        once the strategy has checked it, the ``partition_id`` a query answer names)."""
+        index = self._row_of.get(msg.metadata.message_id)
+        if index is not None:
+            for key, value in values.items():
+                setattr(self.rows[index], key, value)
+
+    def total(self, direction: str, figure: str = "serialized", round: int | None = None) -> int:
+        return sum(getattr(r, figure) for r in self.rows
+                   if r.direction == direction and (round is None or r.round == round))
+
+    def per_round(self, direction: str, figure: str = "serialized") -> dict[int, int]:
+        out: dict[int, int] = defaultdict(int)
+        for r in self.rows:
+            if r.direction == direction:
+                out[r.round] += getattr(r, figure)
+        return dict(sorted(out.items()))
+
+    def count(self, direction: str, kind: str = "train") -> int:
+        """Messages of one kind that carried content (error replies left out)."""
+        return sum(1 for r in self.rows if r.direction == direction and r.kind == kind and r.status != "failed")
+
+    def totals(self) -> dict[str, int]:
+        """``bytes_up``/``bytes_down`` (serialized) plus every figure by direction."""
+        out = {"bytes_up": self.total("up"), "bytes_down": self.total("down")}
+        for direction in ("up", "down"):
+            for figure in FIGURES:
+                out[f"{direction}_{figure}"] = self.total(direction, figure)
+        return out
+
+    def write_csv(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=[f.name for f in fields(LedgerRow)])
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow(asdict(row))
+        tmp.replace(path)
+
+    @classmethod
+    def read_csv(cls, path: str | Path) -> "Ledger":
+        ledger = cls()
+        with Path(path).open(newline="") as fh:
+            for rec in csv.DictReader(fh):
+                kwargs = {}
+                for f in fields(LedgerRow):
+                    if f.name not in rec:  # a column older ledgers lack
+                        continue
+                    kwargs[f.name] = rec[f.name] if f.type in ("str", str) else int(rec[f.name])
+                ledger.add(LedgerRow(**kwargs))
+        return ledger
+
+
+class LedgerGrid(Grid):
+    """Flower's ``Grid`` with every message it sends and receives counted in ``ledger``.
+
+    ``partition_of`` names a node's partition for the ledger (-1 while unknown). Messages are
+    counted after the Grid has stamped them (message id, run id), so the serialized size is the
+    size of what was sent.
+    """
+
+    def __init__(self, grid: Grid, ledger: Ledger, partition_of: Callable[[int], int] = lambda node: -1):
+        self.grid, self.ledger, self.partition_of = grid, ledger, partition_of
+
+    def _sent(self, messages: list[Message]) -> None:
+        for m in messages:
+            self.ledger.record(m, "down", self.partition_of(m.metadata.dst_node_id))
+
+    def _received(self, replies: list[Message]) -> list[Message]:
+        for m in replies:
+            self.ledger.record(m, "up", self.partition_of(m.metadata.src_node_id))
+        return replies
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        messages = list(messages)
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        self._sent(messages)
+        return self._received(replies)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        ids = list(self.grid.push_messages(messages))
+        self._sent(messages)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._received(list(self.grid.pull_messages(message_ids)))
+
+    # --- plain delegation -------------------------------------------------------------------
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
