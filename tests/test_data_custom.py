@@ -161,3 +161,9 @@ def test_hub_dataset_id(monkeypatch):
     assert (len(held["train"]), len(held["test"])) == (18, 2)
     with pytest.raises(DataNotFoundError, match="hub dataset 'someone/reviews' has no split 'dev'"):
         custom_task("someone/reviews", "dev")
+    with pytest.raises(DataFormatError, match=r"split 'train' has columns \['text', 'label'\]; expected \['review'\]"):
+        custom_task("someone/reviews", text_column="review")
+    unlabelled = rows.cast_column("label", datasets.Value("int64")).map(lambda r, i: {"label": -1 if i == 3 else r["label"]}, with_indices=True)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.DatasetDict(train=unlabelled))
+    with pytest.raises(DataFormatError, match=r"hub dataset 'someone/reviews' split 'train' row 4: label -1 is negative"):
+        custom_task("someone/reviews")

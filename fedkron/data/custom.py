@@ -13,7 +13,7 @@ import logging
 import re
 from pathlib import Path
 
-from fedkron.data.files import FORMATS, Loc, format_of, read_rows, where
+from fedkron.data.files import FORMATS, FileInfo, Loc, format_of, read_rows, where
 from fedkron.data.loaders import load_hub
 from fedkron.data.records import DataFormatError, DataNotFoundError, column, label_key
 from fedkron.data.tasks import CustomData, TaskSpec
@@ -48,20 +48,24 @@ def custom_task(
     if kind is None:
         kind = "pair" if text_pair_column else "single"
     if kind not in ("single", "pair"):
-        raise ValueError(f"fedkron.data: custom_task kind {kind!r}; expected 'single' or 'pair' (multiple choice is not supported)")
+        raise ValueError(
+            f"fedkron.data: custom_task kind {kind!r}; expected 'single' or 'pair' (multiple choice is not supported)"
+        )
     if (kind == "pair") != bool(text_pair_column):
-        raise ValueError(f"fedkron.data: custom_task kind {kind!r} {'needs' if kind == 'pair' else 'takes no'} text_pair_column")
+        need = "needs" if kind == "pair" else "takes no"
+        raise ValueError(f"fedkron.data: custom_task kind {kind!r} {need} text_pair_column")
+    columns = (text_column, text_pair_column, label_column)
     hub = _is_hub(train)
     if hub:
-        values, label_names, fingerprint = _hub_labels(train, eval, hub_config, label_column)
-        paths = (train, eval)
+        values, label_names = _hub_labels(train, eval, hub_config, columns)
+        paths, fingerprint = (train, eval), ()
     else:
         paths = tuple(str(_existing(p, what)) if p else None for p, what in ((train, "train"), (eval, "eval")))
         fingerprint = tuple(_fingerprint(Path(p)) for p in paths if p)
         values = []
         for path in filter(None, paths):
             rows, locs = read_rows(Path(path))
-            _check_columns(rows[0], locs[0], (text_column, text_pair_column, label_column))
+            _check_columns(rows[0], locs[0], columns)
             values.extend((row.get(label_column), loc) for row, loc in zip(rows, locs))
         label_names = None
     num_labels, label_map = infer_labels(values, label_column)
@@ -82,7 +86,9 @@ def custom_task(
     )
 
 
-def infer_labels(values: list[tuple[object, Loc | None]], label_column: str = "label") -> tuple[int, tuple[str, ...]]:
+def infer_labels(
+    values: list[tuple[object, Loc | None]], label_column: str = "label"
+) -> tuple[int, tuple[str, ...]]:
     """(num_labels, label_map): ints 0..K-1 give (max + 1, ()); strings give (count, sorted strings)."""
     ints: dict[int, Loc | None] = {}
     strings: dict[str, Loc | None] = {}
@@ -90,9 +96,13 @@ def infer_labels(values: list[tuple[object, Loc | None]], label_column: str = "l
         key = label_key(value)
         at = f"{where(loc)}: " if loc else ""
         if key is None:
-            raise DataFormatError(f"fedkron.data: {at}label column {label_column!r} holds {value!r}; expected an int or a string")
+            raise DataFormatError(
+                f"fedkron.data: {at}label column {label_column!r} holds {value!r}; expected an int or a string"
+            )
         if isinstance(key, int) and key < 0:
-            raise DataFormatError(f"fedkron.data: {at}label {value!r} is negative; expected ints 0, 1, ... or strings")
+            raise DataFormatError(
+                f"fedkron.data: {at}label {value!r} is negative; expected ints 0, 1, ... or strings"
+            )
         (ints if isinstance(key, int) else strings).setdefault(key, loc)
     if ints and strings:
         (i, i_loc), (t, t_loc) = next(iter(ints.items())), next(iter(strings.items()))
@@ -150,14 +160,21 @@ def _check_columns(row: dict, loc: Loc, wanted: tuple[str | None, ...]) -> None:
             )
 
 
-def _hub_labels(hub_id: str, eval_split: str | None, config: str | None, label_column: str):
-    """Label values of the hub dataset's train (+ eval) split, and its ClassLabel names if any."""
+def _hub_labels(hub_id: str, eval_split: str | None, config: str | None, columns: tuple[str | None, ...]):
+    """Label values (each with its split and row) of the hub dataset's train (+ eval) split, and its
+    ClassLabel names if any."""
     hub = load_hub(hub_id, config)
-    splits = ["train"] + ([eval_split] if eval_split else [])
-    for split in splits:
+    label_column = columns[-1]
+    values: list[tuple[object, Loc]] = []
+    for split in ["train"] + ([eval_split] if eval_split else []):
         if split not in hub:
             raise DataNotFoundError(f"fedkron.data: hub dataset {hub_id!r} has no split {split!r} ({list(hub)})")
-    feature = hub["train"].features.get(label_column)
-    names = getattr(feature, "names", None)  # a ClassLabel
-    values = [(v, None) for split in splits for v in column(hub[split], label_column)]
-    return values, names, ()
+        missing = [c for c in columns if c and c not in hub[split].column_names]
+        if missing:
+            raise DataFormatError(
+                f"fedkron.data: hub dataset {hub_id!r} split {split!r} has columns {hub[split].column_names}; "
+                f"expected {missing} (set text_column / text_pair_column / label_column)"
+            )
+        info = FileInfo(f"hub dataset {hub_id!r} split {split!r}", "row")
+        values.extend((v, (info, n)) for n, v in enumerate(column(hub[split], label_column), 1))
+    return values, getattr(hub["train"].features.get(label_column), "names", None)  # a ClassLabel's names

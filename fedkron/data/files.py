@@ -24,7 +24,7 @@ class FileInfo:
     """One file being read: its path as shown in messages, how rows are counted, its TSV/CSV header."""
 
     path: str
-    unit: str = "line"  # "line" (TSV, CSV, JSONL) or "entry" (JSON array)
+    unit: str = "line"  # "line" (TSV, CSV, JSONL), "entry" (JSON array) or "row" (a hub split)
     header: tuple[str, ...] | None = None
 
 

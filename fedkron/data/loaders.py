@@ -35,7 +35,9 @@ def resolve_source(task: str | TaskSpec, data_dir: str | os.PathLike | None, sou
     spec = get_task(task)
     if spec.custom is not None:
         if source not in ("auto", "custom"):
-            raise ValueError(f"fedkron.data: custom task {spec.name!r} reads its own files; source must be 'auto', not {source!r}")
+            raise ValueError(
+                f"fedkron.data: custom task {spec.name!r} reads its own files; source must be 'auto', not {source!r}"
+            )
         return "custom", None
     if source not in SOURCES:
         raise ValueError(f"fedkron.data: unknown source {source!r}; expected one of {SOURCES}")
