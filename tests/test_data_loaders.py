@@ -184,8 +184,8 @@ def test_bad_source_arguments(monkeypatch):
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
     with pytest.raises(ValueError, match="needs data_dir"):
         load_splits("sst2", source="local")
-    with pytest.raises(ValueError, match="only for 'boolq'"):
-        load_splits("sst2", source="packaged")
+    with pytest.raises(ValueError, match="only for 'boolq' and 'sst2', not 'rte'"):
+        load_splits("rte", source="packaged")
     with pytest.raises(ValueError, match="unknown source 'web'"):
         load_splits("sst2", source="web")
 
@@ -194,8 +194,9 @@ def test_auto_source_resolution(monkeypatch, tmp_path):
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
     assert resolve_source("sst2", tmp_path, "auto") == ("local", str(tmp_path.resolve()))
     assert resolve_source("boolq", None, "auto") == ("packaged", None)
-    assert resolve_source("sst2", None, "auto") == ("hub", None)
-    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
+    assert resolve_source("sst2", None, "auto") == ("packaged", None)  # the copy inside fedkron
+    assert resolve_source("rte", None, "auto") == ("hub", None)
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))  # an explicit folder comes before the packaged SST-2
     assert resolve_source("sst2", None, "auto") == ("local", str(tmp_path.resolve()))
     assert resolve_source("boolq", None, "auto") == ("packaged", None)
 

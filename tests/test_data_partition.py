@@ -75,7 +75,7 @@ def test_natural_partition_gives_each_client_group_one_domain():
     ("num_partitions", "scheme", "match"),
     [
         (0, "iid", "num_partitions must be an int >= 1"),
-        (11, "iid", "11 partitions for only 10 rows"),
+        (11, "iid", "10 rows, fewer than the 11 partitions asked for"),
         (2, "natural", "needs a 'domain' column"),
         (2, "round-robin", "unknown scheme 'round-robin'"),
     ],

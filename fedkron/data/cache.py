@@ -1,15 +1,20 @@
 """Process-level caches so that a Flower client process (or a Ray actor serving many clients) loads a
 task once and tokenises each partition once, not every round.
 
-Keys are plain values: (task, resolved source, data_dir, seed) for the splits; plus split, partition
+Keys are plain values: (task spec, resolved source, data_dir, seed) for the splits; plus split, partition
 scheme/parameters, partition id, tokenizer name and max_length for the tensors. ``source="auto"`` is
-resolved before keying, so "auto" and the source it stands for share entries.
+resolved before keying, so "auto" and the source it stands for share entries. The key holds the whole
+frozen `TaskSpec`, so a `custom_task` is keyed by its file paths and their (size, mtime).
+
+`check_task_data` runs the load and the partition once, before any client starts (e.g. before Ray), so
+a bad file or an impossible split fails there in one line, and the later load in that process is free.
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from functools import lru_cache
 
 import datasets
@@ -30,22 +35,29 @@ def get_splits(
     """`load_splits`, loaded once per process."""
     spec = get_task(task)
     source, data_dir = resolve_source(spec, data_dir, source)
-    return _splits(spec.name, source, data_dir, seed)
+    return _splits(spec, source, data_dir, seed)
 
 
 @lru_cache(maxsize=8)
-def _splits(task: str, source: str, data_dir: str | None, seed: int) -> datasets.DatasetDict:
-    return load_splits(task, data_dir=data_dir, source=source, seed=seed)
+def _splits(spec: TaskSpec, source: str, data_dir: str | None, seed: int) -> datasets.DatasetDict:
+    return load_splits(spec, data_dir=data_dir, source=source, seed=seed)
 
 
 @lru_cache(maxsize=32)
-def _partitions(task: str, source: str, data_dir: str | None, seed: int, split: str,
+def _partitions(spec: TaskSpec, source: str, data_dir: str | None, seed: int, split: str,
                 num_partitions: int, scheme: str, alpha: float, min_size: int | None) -> tuple[tuple[int, ...], ...]:
-    spec = get_task(task)
     if scheme == "natural" and spec.natural_id is None:
-        raise PartitionError(f"fedkron.data: task {task!r} has no natural id; scheme 'natural' needs e.g. 'sentiment'")
+        raise PartitionError(
+            f"fedkron.data: task {spec.name!r} has no natural id; scheme 'natural' needs e.g. 'sentiment'"
+        )
+    rows = _splits(spec, source, data_dir, seed)[split]
+    if isinstance(num_partitions, int) and len(rows) < num_partitions:
+        what = "training" if split == "train" else f"{split!r}"
+        raise PartitionError(
+            f"fedkron.data: task {spec.name} has {len(rows)} {what} rows, fewer than the {num_partitions} clients asked for"
+        )
     parts = partition_indices(
-        _splits(task, source, data_dir, seed)[split], num_partitions, scheme, alpha=alpha, seed=seed,
+        rows, num_partitions, scheme, alpha=alpha, seed=seed,
         min_partition_size=min_size, natural_id=spec.natural_id or "domain",
     )
     return tuple(tuple(p) for p in parts)
@@ -88,14 +100,14 @@ def get_client_data(
     source, data_dir = resolve_source(spec, data_dir, source)
     if not 0 <= partition_id < num_partitions:
         raise PartitionError(f"fedkron.data: partition_id {partition_id} outside range({num_partitions})")
-    key = ("client", spec.name, source, data_dir, seed, split, scheme, num_partitions, float(alpha),
+    key = ("client", spec, source, data_dir, seed, split, scheme, num_partitions, float(alpha),
            min_partition_size, partition_id, tokenizer_name(tokenizer), max_length, layout)
 
     def make() -> dict[str, torch.Tensor]:
         parts = _partitions(
-            spec.name, source, data_dir, seed, split, num_partitions, scheme, float(alpha), min_partition_size
+            spec, source, data_dir, seed, split, num_partitions, scheme, float(alpha), min_partition_size
         )
-        rows = _splits(spec.name, source, data_dir, seed)[split].select(parts[partition_id])
+        rows = _splits(spec, source, data_dir, seed)[split].select(parts[partition_id])
         return encode_dataset(spec, rows, tokenizer, max_length, layout)
 
     return _encoded(key, make)
@@ -121,11 +133,46 @@ def get_eval_data(
     """Encoded tensors of `get_eval_split` for central evaluation, cached per process."""
     spec = get_task(task)
     source, data_dir = resolve_source(spec, data_dir, source)
-    key = ("eval", spec.name, source, data_dir, seed, max_samples, tokenizer_name(tokenizer), max_length, layout)
+    key = ("eval", spec, source, data_dir, seed, max_samples, tokenizer_name(tokenizer), max_length, layout)
     return _encoded(key, lambda: encode_dataset(
         spec, get_eval_split(spec, max_samples=max_samples, seed=seed, source=source, data_dir=data_dir),
         tokenizer, max_length, layout,
     ))
+
+
+@dataclass(frozen=True)
+class DataCheck:
+    """What `check_task_data` found: where the data came from and how it splits."""
+
+    task: str
+    source: str
+    data_dir: str | None
+    train_rows: int
+    test_rows: int
+    partition_sizes: tuple[int, ...]
+
+
+def check_task_data(
+    task: str | TaskSpec,
+    data_dir: str | os.PathLike | None = None,
+    num_partitions: int = 1,
+    scheme: str = "iid",
+    seed: int = 0,
+    *,
+    alpha: float = 0.5,
+    source: str = "auto",
+    min_partition_size: int | None = None,
+) -> DataCheck:
+    """Load and partition the task's data as the clients will, so that a bad file or an impossible split
+    raises here (DataFormatError / DataNotFoundError / PartitionError, one line each) before any client
+    starts. Cached: the clients' later load in this process costs nothing. Arguments as in
+    `get_client_data`.
+    """
+    spec = get_task(task)
+    source, data_dir = resolve_source(spec, data_dir, source)
+    splits = _splits(spec, source, data_dir, seed)
+    parts = _partitions(spec, source, data_dir, seed, "train", num_partitions, scheme, float(alpha), min_partition_size)
+    return DataCheck(spec.name, source, data_dir, len(splits["train"]), len(splits["test"]), tuple(map(len, parts)))
 
 
 def clear_cache() -> None:

@@ -50,7 +50,7 @@ def partition_indices(
     if not isinstance(num_partitions, int) or num_partitions < 1:
         raise PartitionError(f"fedkron.data.partition: num_partitions must be an int >= 1, got {num_partitions!r}")
     if num_partitions > n:
-        raise PartitionError(f"fedkron.data.partition: {num_partitions} partitions for only {n} rows")
+        raise PartitionError(f"fedkron.data.partition: {n} rows, fewer than the {num_partitions} partitions asked for")
     if scheme == "iid":
         return _iid(np.arange(n), num_partitions, seed)
     if scheme == "dirichlet":

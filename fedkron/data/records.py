@@ -15,7 +15,24 @@ from fedkron.data.tasks import TaskSpec
 
 
 class DataFormatError(ValueError):
-    """A row that does not have the columns or labels its task expects."""
+    """A data file or row that does not have the shape its task expects (the message names the file,
+    the line and what was expected)."""
+
+
+class DataNotFoundError(FileNotFoundError):
+    """An expected data file, folder or package is missing (the message names the path)."""
+
+
+class RowError(DataFormatError):
+    """One row is wrong; the loaders prefix the file and line (`detail` is the message without them).
+
+    `missing`: the columns the row lacks, so that a TSV/CSV loader can blame its header line instead.
+    """
+
+    def __init__(self, spec: TaskSpec, detail: str, missing: tuple[str, ...] = ()):
+        super().__init__(f"fedkron.data: task {spec.name!r}: {detail}")
+        self.detail = detail
+        self.missing = missing
 
 
 def column(dataset: datasets.Dataset, name: str) -> list:
@@ -26,21 +43,46 @@ def column(dataset: datasets.Dataset, name: str) -> list:
     return dataset.with_format("arrow").select_columns([name])[:][name].to_pylist()
 
 
-def parse_label(value: object, spec: TaskSpec) -> int:
-    """Label as an int id: accepts ints, bools, digit strings and the task's label names."""
+def label_key(value: object) -> int | str | None:
+    """A raw label as an int (ints, bools, integral floats, digit strings) or a stripped string; None if empty."""
     if isinstance(value, bool):
-        out = int(value)
-    elif isinstance(value, int):
-        out = value
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        out = int(value.strip())
-    elif isinstance(value, str) and value.strip() in spec.label_names:
-        out = spec.label_names.index(value.strip())
-    else:
-        raise DataFormatError(f"fedkron.data: task {spec.name!r}: cannot read label {value!r}")
-    if not 0 <= out < spec.num_labels:
-        raise DataFormatError(f"fedkron.data: task {spec.name!r}: label {out} outside range({spec.num_labels})")
-    return out
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        return text or None
+    return None
+
+
+def _expected_labels(spec: TaskSpec) -> str:
+    ids = ", ".join(map(str, range(spec.num_labels)))
+    names = ", ".join(spec.label_names)
+    return f"{ids} (or {names})" if spec.label_names and not _label_map(spec) else ids
+
+
+def _label_map(spec: TaskSpec) -> tuple[str, ...]:
+    return spec.custom.label_map if spec.custom is not None else ()
+
+
+def parse_label(value: object, spec: TaskSpec) -> int:
+    """Label as an int id: ints, bools, digit strings and the task's label names (custom string labels: their map)."""
+    names = _label_map(spec)
+    if names:
+        text = str(value).strip()
+        if text not in names:
+            raise RowError(spec, f"label {value!r} is not one of the labels {', '.join(map(repr, names))}")
+        return names.index(text)
+    key = label_key(value)
+    if isinstance(key, str) and key in spec.label_names:
+        key = spec.label_names.index(key)
+    if not isinstance(key, int) or not 0 <= key < spec.num_labels:
+        raise RowError(spec, f"label {value!r} is not one of {_expected_labels(spec)}")
+    return key
 
 
 def _get(row: dict, spec: TaskSpec, *keys: str):
@@ -48,16 +90,25 @@ def _get(row: dict, spec: TaskSpec, *keys: str):
     for key in keys:
         if key in row and row[key] is not None:
             return row[key]
-    raise DataFormatError(f"fedkron.data: task {spec.name!r}: row has none of the columns {keys}; it has {sorted(row)}")
+    wanted = " or ".join(map(repr, keys))
+    raise RowError(spec, f"no column {wanted}; the row has {sorted(map(str, row))}", missing=keys)
+
+
+def _text(row: dict, spec: TaskSpec, *keys: str) -> str:
+    """A text column, which must hold a string."""
+    value = _get(row, spec, *keys)
+    if not isinstance(value, str):
+        raise RowError(spec, f"column {keys[0]!r} holds {value!r} ({type(value).__name__}); expected a string")
+    return value
 
 
 def _boolq(row: dict, spec: TaskSpec) -> dict:
     label = parse_label(_get(row, spec, "label", "answer"), spec)
-    return {"text": row["question"], "text_pair": row["passage"], "label": label}
+    return {"text": _text(row, spec, "question"), "text_pair": _text(row, spec, "passage"), "label": label}
 
 
 def _sentence(row: dict, spec: TaskSpec) -> dict:
-    out = {"text": _get(row, spec, "sentence"), "label": parse_label(_get(row, spec, "label"), spec)}
+    out = {"text": _text(row, spec, "sentence"), "label": parse_label(_get(row, spec, "label"), spec)}
     if spec.natural_id:
         out[spec.natural_id] = row[spec.natural_id]
     return out
@@ -65,27 +116,44 @@ def _sentence(row: dict, spec: TaskSpec) -> dict:
 
 def _sentence_pair(row: dict, spec: TaskSpec) -> dict:
     return {
-        "text": _get(row, spec, "sentence1", "#1 String"),
-        "text_pair": _get(row, spec, "sentence2", "#2 String"),
+        "text": _text(row, spec, "sentence1", "#1 String"),
+        "text_pair": _text(row, spec, "sentence2", "#2 String"),
         "label": parse_label(_get(row, spec, "label", "Quality"), spec),
     }
 
 
 def _piqa(row: dict, spec: TaskSpec) -> dict:
-    return {"context": row["goal"], "choices": [row["sol1"], row["sol2"]], "label": parse_label(row["label"], spec)}
+    return {
+        "context": _text(row, spec, "goal"),
+        "choices": [_text(row, spec, "sol1"), _text(row, spec, "sol2")],
+        "label": parse_label(_get(row, spec, "label"), spec),
+    }
 
 
 def _winogrande(row: dict, spec: TaskSpec) -> dict:
-    sentence = row["sentence"]
+    sentence = _text(row, spec, "sentence")
     if "_" not in sentence:
-        raise DataFormatError(f"fedkron.data: task 'winogrande': sentence without a '_' blank: {sentence[:80]!r}")
+        raise RowError(spec, f"sentence without a '_' blank: {sentence[:80]!r}")
+    answer = _get(row, spec, "answer", "label")
+    if label_key(answer) not in (1, 2):
+        raise RowError(spec, f"answer {answer!r} is not one of 1, 2")
     cut = sentence.index("_")
     rest = sentence[cut + 1 :]
     return {
         "context": sentence[:cut].strip(),
-        "choices": [row["option1"] + rest, row["option2"] + rest],
-        "label": parse_label(int(_get(row, spec, "answer", "label")) - 1, spec),
+        "choices": [_text(row, spec, "option1") + rest, _text(row, spec, "option2") + rest],
+        "label": label_key(answer) - 1,
     }
+
+
+def _custom(row: dict, spec: TaskSpec) -> dict:
+    """A `custom_task` row: the user's column names."""
+    data = spec.custom
+    out = {"text": _text(row, spec, data.text_column)}
+    if data.text_pair_column:
+        out["text_pair"] = _text(row, spec, data.text_pair_column)
+    out["label"] = parse_label(_get(row, spec, data.label_column), spec)
+    return out
 
 
 _ARC_KEYS = "ABCDE"
@@ -93,12 +161,12 @@ _ARC_KEYS = "ABCDE"
 
 def _arc(row: dict, spec: TaskSpec) -> dict:
     texts, keys = list(row["choices"]["text"]), list(row["choices"]["label"])
-    answer = str(row["answerKey"]).strip()
+    answer = str(_get(row, spec, "answerKey")).strip()
     if answer not in keys:
-        raise DataFormatError(f"fedkron.data: task {spec.name!r}: answerKey {answer!r} not among {keys}")
+        raise RowError(spec, f"answerKey {answer!r} is not one of the option keys {', '.join(keys)}")
     if len(texts) != spec.num_labels:
-        raise DataFormatError(f"fedkron.data: task {spec.name!r}: {len(texts)} options, expected {spec.num_labels}")
-    return {"context": row["question"], "choices": texts, "label": keys.index(answer)}
+        raise RowError(spec, f"{len(texts)} options, expected {spec.num_labels}")
+    return {"context": _text(row, spec, "question"), "choices": texts, "label": keys.index(answer)}
 
 
 def _has_all_choices(row: dict, spec: TaskSpec) -> bool:
@@ -113,13 +181,13 @@ def _clean_hellaswag(text: str) -> str:
 
 
 def _hellaswag(row: dict, spec: TaskSpec) -> dict:
-    ctx = row["ctx"]
+    ctx = _text(row, spec, "ctx")
     if row.get("activity_label"):  # hub schema: the local file already carries "Activity: " in ctx
         ctx = f"{row['activity_label']}: {ctx}"
-    endings = [_clean_hellaswag(e) for e in row["endings"]]
+    endings = [_clean_hellaswag(e) for e in _get(row, spec, "endings")]
     if len(endings) != spec.num_labels:
-        raise DataFormatError(f"fedkron.data: task 'hellaswag': {len(endings)} endings, expected {spec.num_labels}")
-    return {"context": _clean_hellaswag(ctx), "choices": endings, "label": parse_label(row["label"], spec)}
+        raise RowError(spec, f"{len(endings)} endings, expected {spec.num_labels}")
+    return {"context": _clean_hellaswag(ctx), "choices": endings, "label": parse_label(_get(row, spec, "label"), spec)}
 
 
 NORMALISERS: dict[str, Callable[[dict, TaskSpec], dict]] = {
@@ -142,10 +210,10 @@ FILTERS: dict[str, Callable[[dict, TaskSpec], bool]] = {"arc-easy": _has_all_cho
 
 def normalise(row: dict, spec: TaskSpec) -> dict:
     """The normalised row of `spec`'s task (columns in `spec.columns`)."""
-    return NORMALISERS[spec.name](row, spec)
+    return _custom(row, spec) if spec.custom is not None else NORMALISERS[spec.name](row, spec)
 
 
 def keep(row: dict, spec: TaskSpec) -> bool:
     """Whether `spec`'s task keeps this raw row (see FILTERS)."""
-    check = FILTERS.get(spec.name)
+    check = None if spec.custom is not None else FILTERS.get(spec.name)
     return True if check is None else check(row, spec)

@@ -17,6 +17,31 @@ from dataclasses import dataclass, field
 
 KINDS = ("single", "pair", "multiple_choice")
 
+
+@dataclass(frozen=True)
+class CustomData:
+    """Where a run-time task (`fedkron.data.custom_task`) reads its data; part of the cache keys.
+
+    Attributes:
+        train: absolute path of a .csv / .tsv / .json / .jsonl file, or a hub dataset id (``hub``).
+        eval: held-out file (any of those formats), the hub split name, or ``None`` (then
+            `TaskSpec.local_test_fraction` of train is held out with the run's seed).
+        text_column, text_pair_column, label_column: the user's column names.
+        label_map: label strings in id order when the labels are strings (sorted); ``()`` for int labels.
+        hub: whether `train` is a hub dataset id; hub_config its configuration.
+        fingerprint: (size, mtime_ns) of each file, so an edited file gives a new cache key.
+    """
+
+    train: str
+    eval: str | None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    label_map: tuple[str, ...] = ()
+    hub: bool = False
+    hub_config: str | None = None
+    fingerprint: tuple[tuple[int, int], ...] = ()
+
 BLITZER_DOMAINS = ("airline", "books", "dvd", "electronics", "kitchen")
 
 
@@ -37,6 +62,7 @@ class TaskSpec:
         label_names: label strings in id order (used to read text labels such as RTE's).
         natural_id: column for the ``natural`` partition scheme (``None``: not available).
         notes: what a user must know when comparing numbers with the literature.
+        custom: set for tasks built by `custom_task` (user files or a hub id), ``None`` for the registry.
     """
 
     name: str
@@ -52,6 +78,7 @@ class TaskSpec:
     label_names: tuple[str, ...] = ()
     natural_id: str | None = None
     notes: str = ""
+    custom: CustomData | None = None
     columns: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,7 +125,8 @@ TASKS: dict[str, TaskSpec] = {
             "sst2", "single", 2, "nyu-mll/glue", "sst2",
             local_train=("sst2/train.tsv",), local_test=("sst2/dev.tsv",),
             label_names=("negative", "positive"),
-            notes="test = GLUE dev (872 rows); the labelled test file is not used.",
+            notes="test = GLUE dev (872 rows); the labelled test file is not used. A copy of the GLUE train "
+            "and dev files ships inside fedkron (source 'packaged', see fedkron/data/packaged/README.md).",
         ),
         TaskSpec(
             "rte", "pair", 2, "nyu-mll/glue", "rte",
