@@ -35,11 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--host", action="append", help="address the SuperLink is reached by (IP or DNS; repeat). "
                    f"Default: {', '.join(DEFAULT_HOSTS)}")
     c.add_argument("--days", type=int, default=365)
+    c.add_argument("--force", action="store_true",
+                   help="replace existing CA and server files (every SuperNode then needs the new ca.crt)")
 
     k = sub.add_parser("keys", help="create SuperNode key pairs (OpenSSH, NIST P-384)")
     k.add_argument("outdir")
     k.add_argument("names", nargs="+", help="one name per SuperNode")
     k.add_argument("--connection", default="edge", help="connection name used in the printed register commands")
+    k.add_argument("--force", action="store_true", help="replace existing key pairs of these names")
 
     n = sub.add_parser("connection", help="write a SuperLink connection into $FLWR_HOME/config.toml")
     n.add_argument("name")
@@ -89,7 +92,7 @@ def deploy_main(argv: list[str] | None = None) -> int:
 
 
 def _certs(args) -> int:
-    files = make_certificates(args.outdir, args.host or DEFAULT_HOSTS, args.days)
+    files = make_certificates(args.outdir, args.host or DEFAULT_HOSTS, args.days, force=args.force)
     print(f"CA certificate   {files.ca_cert}   (copy to every SuperNode and to the `flwr` machine)")
     print(f"server cert/key  {files.server_cert}, {files.server_key}   (SuperLink only)")
     print(f"valid for        {', '.join(subject_names(files.server_cert))}")
@@ -100,7 +103,7 @@ def _certs(args) -> int:
 
 
 def _keys(args) -> int:
-    for key in make_node_keys(args.outdir, args.names):
+    for key in make_node_keys(args.outdir, args.names, force=args.force):
         print(f"{key.name}: private {key.private} (stays on the node), public {key.public}")
         print("   register: " + shell_line(register_command(key.public, args.connection)))
     return 0
