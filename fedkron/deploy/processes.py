@@ -47,7 +47,9 @@ def parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
     """A ``preexec_fn``: the child receives ``sig`` when the process that started it dies (Linux).
 
     The kernel sends it however the parent dies, SIGKILL and OOM kill included, which no handler in
-    the parent can do. ``None`` on other systems (the children's own parent-PID polling remains).
+    the parent can do; it survives the child's ``exec``. Linux ties it to the *thread* that started
+    the child, so start such children from a thread that lives as long as the process (the main
+    one). ``None`` on other systems (the children's own parent-PID polling remains).
     """
     if not sys.platform.startswith("linux"):
         return None
@@ -138,15 +140,19 @@ class ManagedProcess:
             self._log.close()
 
     def signal_tree(self, sig: int, children: list[psutil.Process]) -> None:
-        """``sig`` to this process's group and to ``children`` (its descendants, listed beforehand)."""
+        """``sig`` once to each process of this one's group and of ``children`` (descendants, listed
+        beforehand, maybe this process too; those outside its group are signalled one by one)."""
         try:
             os.killpg(self.pid, sig)  # pgid == pid: started with start_new_session
+            group_hit = True
         except (ProcessLookupError, PermissionError):
-            pass
+            group_hit = False
         for child in children:
             try:
+                if group_hit and os.getpgid(child.pid) == self.pid:
+                    continue  # the group signal reached it: a second SIGTERM can cut a graceful exit short
                 child.send_signal(sig)
-            except psutil.NoSuchProcess:
+            except (psutil.NoSuchProcess, ProcessLookupError):
                 pass
 
 

@@ -84,7 +84,8 @@ class Supervisor:
             trees.append(tree)
         for (_, proc), tree in zip(self.procs, trees):
             proc.signal_tree(sig, tree)
-        deadline = time.monotonic() + self.grace
+        t0 = time.monotonic()
+        deadline = t0 + self.grace
         while time.monotonic() < deadline and self._signals <= 1:  # a second Ctrl-C: kill now
             for _, proc in self.procs:
                 proc.popen.poll()  # reap our own children
@@ -94,8 +95,9 @@ class Supervisor:
         for (_, proc), tree in zip(self.procs, trees):
             leftovers = [p for p in tree if _alive(p)]
             if leftovers:
-                print(f"fedkron deploy: SIGKILL to {[p.pid for p in leftovers]} after {self.grace:.0f} s",
-                      file=sys.stderr, flush=True)
+                why = "a second stop signal" if self._signals > 1 else f"the {self.grace:g} s grace period"
+                print(f"fedkron deploy: SIGKILL to {[p.pid for p in leftovers]} after {why} "
+                      f"({time.monotonic() - t0:.1f} s)", file=sys.stderr, flush=True)
                 proc.signal_tree(signal.SIGKILL, leftovers)
             try:
                 proc.popen.wait(timeout=5)
