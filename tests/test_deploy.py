@@ -49,6 +49,27 @@ def test_secure_by_default_and_insecure_only_when_asked(tmp_path):
     assert node[node.index("--isolation") + 1] == "process"
 
 
+def test_supernode_with_its_own_data_dir_needs_no_partition(tmp_path, capsys):
+    """An edge machine with its own data: the node config is only ``data-dir`` (absolute path), as
+    Flower's SuperNode parses it; no partition-id / num-partitions."""
+    import shlex
+
+    from flwr.common.config import parse_config_args  # what flower-supernode does with --node-config
+
+    from fedkron.deploy import deploy_main
+
+    data = tmp_path / "my data"
+    data.mkdir()
+    node = supernode_command(superlink="h:1", port=2, data_dir=str(data), insecure=True)
+    assert parse_config_args([node[node.index("--node-config") + 1]]) == {"data-dir": str(data.resolve())}
+
+    assert deploy_main(["supernode", "--superlink", "h:1", "--data-dir", str(data), "--insecure", "--dry-run"]) == 0
+    printed = shlex.split(capsys.readouterr().out.splitlines()[0])
+    assert printed[printed.index("--node-config") + 1] == f'data-dir="{data.resolve()}"'
+    with pytest.raises(DeployConfigError, match="not a folder"):
+        supernode_command(superlink="h:1", port=2, data_dir=str(tmp_path / "missing"), insecure=True)
+
+
 def test_server_certificate_verifies_for_its_names_only(tmp_path):
     from cryptography import x509
     from cryptography.x509.verification import PolicyBuilder, Store, VerificationError

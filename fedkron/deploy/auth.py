@@ -6,13 +6,14 @@ registered key (``flower-supernode --auth-supernode-private-key``). It needs TLS
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from fedkron.deploy.keyfiles import check_targets, write_private, write_public
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -26,8 +27,12 @@ class NodeKey:
     public: Path
 
 
-def make_node_keys(folder: str | Path, names: list[str] | tuple[str, ...]) -> list[NodeKey]:
-    """Write ``<name>`` (private, mode 600) and ``<name>.pub`` for each SuperNode name."""
+def make_node_keys(folder: str | Path, names: list[str] | tuple[str, ...], force: bool = False) -> list[NodeKey]:
+    """Write ``<name>`` (private, mode 600) and ``<name>.pub`` for each SuperNode name.
+
+    An existing key pair is replaced only with ``force`` (the old public key stays registered with
+    the SuperLink until removed there); a symlink at a key path is always refused.
+    """
     if not names:
         raise ValueError("fedkron.deploy.auth: give at least one SuperNode name")
     bad = [n for n in names if not _NAME.match(n)]
@@ -36,21 +41,20 @@ def make_node_keys(folder: str | Path, names: list[str] | tuple[str, ...]) -> li
     if len(set(names)) != len(names):
         raise ValueError(f"fedkron.deploy.auth: SuperNode names repeat: {list(names)}")
     folder = Path(folder).resolve()
+    nodes = [NodeKey(n, folder / n, folder / f"{n}.pub") for n in names]
+    check_targets([p for node in nodes for p in (node.private, node.public)], force=force,
+                  what="fedkron.deploy.auth",
+                  hint="register the new public key; the old one stays registered until removed")
     folder.mkdir(parents=True, exist_ok=True)
-    keys = []
-    for name in names:
+    for node in nodes:
         key = ec.generate_private_key(ec.SECP384R1())
         private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                     serialization.NoEncryption())
         public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                serialization.PublicFormat.OpenSSH)
-        node = NodeKey(name, folder / name, folder / f"{name}.pub")
-        fd = os.open(node.private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(private)
-        node.public.write_bytes(public + f" fedkron-{name}\n".encode())
-        keys.append(node)
-    return keys
+        write_private(node.private, private)
+        write_public(node.public, public + f" fedkron-{node.name}\n".encode())
+    return nodes
 
 
 def register_command(public_key: str | Path, connection: str) -> list[str]:

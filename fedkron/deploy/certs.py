@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedkron.deploy.keyfiles import check_targets, write_private, write_public
 
 DEFAULT_HOSTS = ("127.0.0.1", "::1", "localhost")
 
@@ -29,6 +30,11 @@ class TlsFiles:
     ca_cert: Path
     server_cert: Path
     server_key: Path
+
+    @property
+    def ca_key(self) -> Path:
+        """The CA's private key: stays on the machine that made the certificates."""
+        return self.ca_cert.with_name("ca.key")
 
     @classmethod
     def in_folder(cls, folder: str | Path) -> "TlsFiles":
@@ -46,17 +52,22 @@ class TlsFiles:
 
 
 def make_certificates(folder: str | Path, hosts: tuple[str, ...] | list[str] = DEFAULT_HOSTS,
-                      days: int = 365) -> TlsFiles:
+                      days: int = 365, force: bool = False) -> TlsFiles:
     """Create ``ca.crt``/``ca.key`` and ``server.pem``/``server.key`` in ``folder``.
 
     ``hosts`` are every name or IP the SuperLink is reached by; each becomes a subject alternative
-    name (IP or DNS entry), which is what TLS clients check, not the common name.
+    name (IP or DNS entry), which is what TLS clients check, not the common name. Existing files are
+    replaced only with ``force`` (a new CA locks out every SuperNode holding the old ``ca.crt``);
+    a symlink at any of the four paths is always refused.
     """
     if not hosts:
         raise ValueError("fedkron.deploy.certs: at least one host (IP or DNS name) is needed for the server certificate")
     if days < 1:
         raise ValueError(f"fedkron.deploy.certs: days must be ≥ 1 (got {days})")
     files = TlsFiles.in_folder(folder)
+    check_targets([files.ca_cert, files.ca_key, files.server_cert, files.server_key], force=force,
+                  what="fedkron.deploy.certs",
+                  hint="every SuperNode and `flwr` connection then needs the new ca.crt")
     files.ca_cert.parent.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
     until = now + dt.timedelta(days=days)
@@ -93,10 +104,10 @@ def make_certificates(folder: str | Path, hosts: tuple[str, ...] | list[str] = D
         .sign(ca_key, hashes.SHA384())
     )
 
-    _write_key(files.ca_cert.with_name("ca.key"), ca_key)
+    _write_key(files.ca_key, ca_key)
     _write_key(files.server_key, server_key)
-    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    write_public(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
+    write_public(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
     return files
 
 
@@ -118,8 +129,5 @@ def _san(host: str) -> x509.GeneralName:
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     """Private keys: PEM, unencrypted (Flower reads them without a passphrase), owner-only."""
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+    write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))

@@ -2,7 +2,9 @@
 
 Secure by default: TLS and SuperNode authentication unless ``--insecure`` is given. Every command
 that starts Flower prints the exact command line first; ``--dry-run`` only prints it (to paste on
-an edge machine that has no fedkron CLI).
+an edge machine that has no fedkron CLI). Existing keys and certificates are kept unless
+``--force``. ``superlink`` and ``supernode`` stay in front of the Flower processes they start and
+take them down with them (SIGTERM/SIGINT/SIGHUP forwarded, or the kernel's parent-death signal).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from fedkron.deploy.commands import (
     warm_worker_command,
     write_connection,
 )
-from fedkron.deploy.processes import FLOWER_ENV, Processes, flower_env
+from fedkron.deploy.processes import FLOWER_ENV, flower_env
+from fedkron.deploy.supervise import DEFAULT_GRACE, Supervisor
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,11 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--host", action="append", help="address the SuperLink is reached by (IP or DNS; repeat). "
                    f"Default: {', '.join(DEFAULT_HOSTS)}")
     c.add_argument("--days", type=int, default=365)
+    c.add_argument("--force", action="store_true",
+                   help="replace existing CA and server files (every SuperNode then needs the new ca.crt)")
 
     k = sub.add_parser("keys", help="create SuperNode key pairs (OpenSSH, NIST P-384)")
     k.add_argument("outdir")
     k.add_argument("names", nargs="+", help="one name per SuperNode")
     k.add_argument("--connection", default="edge", help="connection name used in the printed register commands")
+    k.add_argument("--force", action="store_true", help="replace existing key pairs of these names")
 
     n = sub.add_parser("connection", help="write a SuperLink connection into $FLWR_HOME/config.toml")
     n.add_argument("name")
@@ -61,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--database", help="SQLite file so registrations and runs survive a restart")
     s.add_argument("--no-node-auth", action="store_true", help="accept any SuperNode that trusts the CA")
     s.add_argument("--insecure", action="store_true", help="no TLS, no node authentication")
+    _add_grace(s)
     s.add_argument("--dry-run", action="store_true")
 
     e = sub.add_parser("supernode", help="start a SuperNode (+ a warm ClientApp worker)")
@@ -74,8 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--cold", action="store_true",
                    help="Flower's default: a fresh ClientApp process per message (seconds of start-up each)")
     e.add_argument("--insecure", action="store_true", help="no TLS")
+    _add_grace(e)
     e.add_argument("--dry-run", action="store_true")
     return p
+
+
+def _add_grace(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--grace", type=float, default=DEFAULT_GRACE, metavar="SECONDS",
+                        help="on SIGTERM/SIGINT/SIGHUP, how long the Flower processes may take to exit "
+                             f"before SIGKILL (default {DEFAULT_GRACE:g})")
 
 
 def deploy_main(argv: list[str] | None = None) -> int:
@@ -89,7 +103,7 @@ def deploy_main(argv: list[str] | None = None) -> int:
 
 
 def _certs(args) -> int:
-    files = make_certificates(args.outdir, args.host or DEFAULT_HOSTS, args.days)
+    files = make_certificates(args.outdir, args.host or DEFAULT_HOSTS, args.days, force=args.force)
     print(f"CA certificate   {files.ca_cert}   (copy to every SuperNode and to the `flwr` machine)")
     print(f"server cert/key  {files.server_cert}, {files.server_key}   (SuperLink only)")
     print(f"valid for        {', '.join(subject_names(files.server_cert))}")
@@ -100,7 +114,7 @@ def _certs(args) -> int:
 
 
 def _keys(args) -> int:
-    for key in make_node_keys(args.outdir, args.names):
+    for key in make_node_keys(args.outdir, args.names, force=args.force):
         print(f"{key.name}: private {key.private} (stays on the node), public {key.public}")
         print("   register: " + shell_line(register_command(key.public, args.connection)))
     return 0
@@ -130,7 +144,10 @@ def _superlink(args) -> int:
     print(shell_line(cmd, FLOWER_ENV), flush=True)
     if args.dry_run:
         return 0
-    os.execvpe(cmd[0], cmd, flower_env())  # the SuperLink replaces this process: signals reach it directly
+    with Supervisor(args.grace) as sup:  # its log goes to this process's stdout/stderr (journal)
+        link = sup.start("SuperLink", cmd, None, flower_env())
+        print(f"SuperLink PID {link.pid}; Ctrl-C or SIGTERM stops it", flush=True)
+        return sup.wait()
 
 
 def _supernode(args) -> int:
@@ -145,18 +162,27 @@ def _supernode(args) -> int:
     sys.stdout.flush()
     if args.dry_run:
         return 0
+    if worker:
+        _check_flower_for_worker()
     env = flower_env()
-    with Processes() as procs:
-        node = procs.start(cmd, Path(f"supernode-{args.port}.log").resolve(), env)
+    with Supervisor(args.grace) as sup:
+        node = sup.start("SuperNode", cmd, Path(f"supernode-{args.port}.log").resolve(), env)
         if worker:
-            procs.start(warm_worker_command(runtime_api=f"127.0.0.1:{args.port}", parent_pid=node.pid),
-                        Path(f"worker-{args.port}.log").resolve(), env)
-        print(f"SuperNode PID {node.pid}, logs in ./supernode-{args.port}.log and ./worker-{args.port}.log; "
-              "Ctrl-C stops both", flush=True)
-        try:
-            return node.popen.wait()
-        except KeyboardInterrupt:
-            return 130
+            sup.start("warm ClientApp worker",
+                      warm_worker_command(runtime_api=f"127.0.0.1:{args.port}", parent_pid=node.pid),
+                      Path(f"worker-{args.port}.log").resolve(), env)
+        logs = f"./supernode-{args.port}.log" + (f" and ./worker-{args.port}.log" if worker else "")
+        print(f"SuperNode PID {node.pid}, logs in {logs}; Ctrl-C or SIGTERM stops "
+              + ("both" if worker else "it"), flush=True)
+        return sup.wait()
+
+
+def _check_flower_for_worker() -> None:
+    """The warm worker uses private Flower modules: refuse an untested Flower here, not in its log."""
+    try:
+        import fedkron.deploy.flwr_private  # noqa: F401 - the import is the check
+    except ImportError as err:
+        raise DeployConfigError(str(err)) from err
 
 
 _COMMANDS = {"certs": _certs, "keys": _keys, "connection": _connection, "register": _register,

@@ -61,7 +61,8 @@ class LocalFederation:
         self.procs = Processes()
         self.port = free_port(HOST)
         self.address = f"{HOST}:{self.port}"
-        self.tls: TlsFiles | None = make_certificates(self.root / "certs", [HOST, "localhost"]) if secure else None
+        self.tls: TlsFiles | None = make_certificates(self.root / "certs", [HOST, "localhost"],
+                                                                force=True) if secure else None  # its own root
         self.nodes: dict[str, Node] = {}
         self.superlink: ManagedProcess | None = None
 
@@ -77,7 +78,7 @@ class LocalFederation:
         return self.superlink
 
     def make_keys(self, names: list[str], register: bool = True) -> list[NodeKey]:
-        keys = make_node_keys(self.root / "keys", names)
+        keys = make_node_keys(self.root / "keys", names, force=True)
         if register:
             for key in keys:
                 self.flwr(register_command(key.public, self.connection))

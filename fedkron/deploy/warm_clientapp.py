@@ -16,7 +16,8 @@ per message.
 
 Run as a script (``python .../warm_clientapp.py``) so that it imports nothing of fedkron itself:
 the app's code comes from the FAB that ``flwr run`` shipped, as with Flower's own executor. It
-uses Flower 1.41's Runtime API client; fedkron pins ``flwr<1.43``.
+uses Flower 1.41's Runtime API client and per-task steps, private modules all taken from
+``flwr_private.py`` beside it, which refuses untested Flower releases.
 """
 
 from __future__ import annotations
@@ -29,21 +30,35 @@ import sys
 import time
 from logging import ERROR, INFO
 
-from flwr.app import Message
-from flwr.app.error import Error
-from flwr.cli.install import install_from_fab
-from flwr.clientapp.client_app import LoadClientAppError
-from flwr.clientapp.utils import get_load_client_app_fn
-from flwr.common.constant import ErrorCode, SubStatus
-from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
-from flwr.supercore import log
-from flwr.supercore.app_utils import start_parent_process_monitor
-from flwr.supercore.constant import TaskType
-from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
-from flwr.supercore.retry import make_simple_http_retry_invoker
-from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+from flwr.app import Error, Message
+
+
+def _flwr_private():
+    """Flower's private modules, all from ``flwr_private.py`` beside this file (which checks the
+    installed Flower against the tested releases first). Run as a script, that file is loaded by
+    path: ``import fedkron`` here would take fedkron from the environment, not from the FAB."""
+    if __package__:  # imported as fedkron.deploy.warm_clientapp
+        from fedkron.deploy import flwr_private
+        return flwr_private
+    import importlib.util
+
+    here = os.path.dirname(os.path.realpath(__file__))  # sys.path[0] is the resolved folder too
+    name = "_fedkron_deploy_flwr_private"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(here, "flwr_private.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    if sys.path and sys.path[0] == here:  # this folder's auth.py, cli.py, local.py... must not shadow anything
+        del sys.path[0]
+    return sys.modules[name]
+
+
+fp = _flwr_private()  # every private Flower name below is fp.<name>
 
 
 class WarmClientApp:
@@ -54,23 +69,23 @@ class WarmClientApp:
         self.root_certificates = root_certificates
         self.warm_fab_hash: str | None = None
         self.tasks_run = 0
-        self._acquire = self._client(RuntimeVersionHttpInterceptor(component_name="SuperExec"))
-        self._load_app = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+        self._acquire = self._client(fp.RuntimeVersionHttpInterceptor(component_name="SuperExec"))
+        self._load_app = fp.get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
 
-    def _client(self, *interceptors) -> RuntimeHttpClient:
-        return RuntimeHttpClient.from_server_address(
+    def _client(self, *interceptors) -> fp.RuntimeHttpClient:
+        return fp.RuntimeHttpClient.from_server_address(
             server_address=self.address, insecure=self.root_certificates is None,
             root_certificates=self.root_certificates, interceptors=list(interceptors),
-            retry_invoker=make_simple_http_retry_invoker(),
+            retry_invoker=fp.make_simple_http_retry_invoker(),
         )
 
     def serve(self, poll_interval: float = 0.2, restart_argv: list[str] | None = None) -> None:
         while True:
-            res = self._acquire.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+            res = self._acquire.AcquireTask(fp.AcquireTaskRequest(supported_task_types=[fp.TaskType.CLIENT_APP]))
             if res.HasField("task") and res.token:
                 fab_hash = res.task.fab_hash or None
                 if self.warm_fab_hash is not None and fab_hash not in (None, self.warm_fab_hash) and restart_argv:
-                    log(INFO, "[warm-clientapp] new app version %s: restarting with fresh modules", fab_hash[:12])
+                    fp.log(INFO, "[warm-clientapp] new app version %s: restarting with fresh modules", fab_hash[:12])
                     self._acquire.close()
                     os.execv(sys.executable, [sys.executable, *restart_argv, "--token", res.token])
                 self.run_task(res.token)
@@ -80,45 +95,45 @@ class WarmClientApp:
     def run_task(self, token: str) -> None:
         """Flower's per-task steps (as in ``flwr.supernode.runtime.run_clientapp``) without the exit."""
         t0 = time.perf_counter()
-        client = self._client(RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                              RuntimeTokenHttpInterceptor(token))
-        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+        client = self._client(fp.RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                              fp.RuntimeTokenHttpInterceptor(token))
+        heartbeat = fp.HeartbeatSender(fp.make_task_heartbeat_fn_http(client))
         heartbeat.start()
         message = context = reply = None
         t_app = 0.0
-        sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+        sub_status, details = fp.SubStatus.FAILED, "ClientApp task failed due to unknown reason"
         try:
-            message, context, run, fab = pull_task_input(client)
+            message, context, run, fab = fp.pull_task_input(client)
             if self.warm_fab_hash is None:
-                install_from_fab(fab.content, skip_prompt=True)
+                fp.install_from_fab(fab.content, skip_prompt=True)
                 self.warm_fab_hash = fab.hash_str
             elif fab.hash_str != self.warm_fab_hash:
-                raise LoadClientAppError(f"this warm ClientApp serves app {self.warm_fab_hash[:12]}, "
-                                         f"not {fab.hash_str[:12]}; restart the worker")
+                raise fp.LoadClientAppError(f"this warm ClientApp serves app {self.warm_fab_hash[:12]}, "
+                                            f"not {fab.hash_str[:12]}; restart the worker")
             app = self._load_app(run.fab_id, run.fab_version, fab.hash_str)
             t_app = time.perf_counter()
             reply = app(message=message, context=context)
             t_app = time.perf_counter() - t_app
-            sub_status, details = SubStatus.COMPLETED, ""
+            sub_status, details = fp.SubStatus.COMPLETED, ""
         except Exception as ex:  # the SuperNode must get an error reply, and the worker must live on
-            log(ERROR, "ClientApp raised an exception", exc_info=ex)
-            code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, LoadClientAppError) \
-                else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+            fp.log(ERROR, "ClientApp raised an exception", exc_info=ex)
+            code = fp.ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, fp.LoadClientAppError) \
+                else fp.ErrorCode.CLIENT_APP_RAISED_EXCEPTION
             details = f"{type(ex)}:<'{ex}'>"
             if message is not None:
                 reply = Message(Error(code=code, reason=details), reply_to=message)
         finally:
             try:
                 if reply is not None and context is not None:
-                    push_message(client, reply, context)
+                    fp.push_message(client, reply, context)
             except Exception as ex:  # noqa: BLE001 - logged; the status below still goes out
-                log(ERROR, "Failed to push reply message", exc_info=ex)
-            push_task_output(client=client, context=context, sub_status=sub_status, details=details)
+                fp.log(ERROR, "Failed to push reply message", exc_info=ex)
+            fp.push_task_output(client=client, context=context, sub_status=sub_status, details=details)
             heartbeat.stop()
             client.close()
         self.tasks_run += 1
-        log(INFO, "[warm-clientapp] task %d done in %.2f s, %.2f s of it in the app (%s)",
-            self.tasks_run, time.perf_counter() - t0, t_app, sub_status)
+        fp.log(INFO, "[warm-clientapp] task %d done in %.2f s, %.2f s of it in the app (%s)",
+               self.tasks_run, time.perf_counter() - t0, t_app, sub_status)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.getLogger("flwr").setLevel(logging.INFO)
     if args.parent_pid is not None:
-        start_parent_process_monitor(args.parent_pid)
+        fp.start_parent_process_monitor(args.parent_pid)
     certs = open(args.root_certificates, "rb").read() if args.root_certificates else None
     worker = WarmClientApp(args.runtime_api_address, certs)
     restart_argv = [os.path.abspath(__file__), *_without_token(argv)]
@@ -144,8 +159,8 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             for name in filter(None, args.preload.split(",")):
                 importlib.import_module(name)
-            log(INFO, "[warm-clientapp] ready on %s (preload %.1f s)", args.runtime_api_address,
-                time.perf_counter() - t0)
+            fp.log(INFO, "[warm-clientapp] ready on %s (preload %.1f s)", args.runtime_api_address,
+                   time.perf_counter() - t0)
         worker.serve(args.poll_interval, restart_argv)
     except KeyboardInterrupt:  # SIGINT from the parent monitor
         sys.exit(0)

@@ -1,0 +1,72 @@
+"""Every private Flower name the deploy package uses, in one place, behind one version check.
+
+Flower's public API is what ``flwr.app``, ``flwr.clientapp``, ``flwr.serverapp`` and
+``flwr.simulation`` export. The warm ClientApp worker (:mod:`warm_clientapp`) also needs Flower's
+runtime internals (the Runtime API client, task heartbeats, the per-task steps of
+``flwr-clientapp``, FAB installation), which change between minor releases without notice. They
+are tested with the releases in :data:`TESTED_FLWR` only, so importing this module with any other
+Flower stops at once with a message naming both versions, instead of an ``ImportError`` or
+``AttributeError`` somewhere in round 3. ``FEDKRON_ALLOW_UNTESTED_FLWR=1`` turns that into a warning.
+
+Imported as ``fedkron.deploy.flwr_private`` by the package, and loaded by file path by
+``warm_clientapp.py`` run as a script: like it, this module imports nothing of fedkron.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+
+import flwr
+
+TESTED_FLWR = ((1, 41),)  # (major, minor) series the private names below were tested with
+ALLOW_ENV = "FEDKRON_ALLOW_UNTESTED_FLWR"
+
+
+class UntestedFlowerError(ImportError):
+    """The installed Flower is not a release the private names below were tested with."""
+
+
+def check_flwr_version(version: str | None = None) -> str:
+    """Return ``version`` (default: the installed ``flwr.__version__``) if tested; raise otherwise."""
+    version = str(flwr.__version__ if version is None else version)
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if m and (int(m[1]), int(m[2])) in TESTED_FLWR:
+        return version
+    tested = ", ".join(f"{a}.{b}.x" for a, b in TESTED_FLWR)
+    msg = (f"fedkron's warm ClientApp worker uses private Flower modules tested with flwr {tested} only, "
+           f"but flwr {version} is installed. Install a tested release (pip install 'flwr[simulation]=="
+           f"{TESTED_FLWR[-1][0]}.{TESTED_FLWR[-1][1]}.*'), start the SuperNode with --cold (Flower's own "
+           f"ClientApp processes, no private modules), or set {ALLOW_ENV}=1 to try anyway.")
+    if os.environ.get(ALLOW_ENV) == "1":
+        warnings.warn(f"{msg} Going on: {ALLOW_ENV}=1.", RuntimeWarning, stacklevel=2)
+        return version
+    raise UntestedFlowerError(msg)
+
+
+FLWR_VERSION = check_flwr_version()  # before the imports below, which may not even exist elsewhere
+
+# --- the private names (anything not exported by flwr.app / clientapp / serverapp / simulation) ---
+from flwr.cli.install import install_from_fab
+from flwr.clientapp.client_app import LoadClientAppError
+from flwr.clientapp.utils import get_load_client_app_fn
+from flwr.common.constant import ErrorCode, SubStatus
+from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+from flwr.supercore import log
+from flwr.supercore.app_utils import start_parent_process_monitor
+from flwr.supercore.constant import TaskType
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+__all__ = [
+    "ALLOW_ENV", "FLWR_VERSION", "TESTED_FLWR", "UntestedFlowerError", "check_flwr_version",
+    "AcquireTaskRequest", "ErrorCode", "HeartbeatSender", "LoadClientAppError", "RuntimeHttpClient",
+    "RuntimeTokenHttpInterceptor", "RuntimeVersionHttpInterceptor", "SubStatus", "TaskType",
+    "get_load_client_app_fn", "install_from_fab", "log", "make_simple_http_retry_invoker",
+    "make_task_heartbeat_fn_http", "pull_task_input", "push_message", "push_task_output",
+    "start_parent_process_monitor",
+]

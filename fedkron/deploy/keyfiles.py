@@ -1,0 +1,87 @@
+"""Writing key and certificate files safely: new inode, owner-only for secrets, never through a symlink.
+
+``open(path, O_TRUNC)`` over an existing file keeps that file's mode (a 0644 key stays world
+readable) and follows a symlink planted at the path. Here every file is written to a fresh temporary
+file in the same folder (``O_CREAT|O_EXCL``, so nothing can be waiting there), fsynced and renamed
+over the target: the result has exactly the mode asked for, readers never see half a key, and a
+symlink at the path is refused before anything is written. Existing files are only replaced when
+the caller says so (``force``), because a new CA silently invalidates every deployed ``ca.crt``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Iterable
+
+PRIVATE_MODE = 0o600
+PUBLIC_MODE = 0o644
+
+
+class KeyFileError(ValueError):
+    """A key or certificate path is unsafe (a symlink) or would replace a file without ``--force``."""
+
+
+def check_targets(paths: Iterable[str | Path], *, force: bool, what: str, hint: str = "") -> None:
+    """Refuse symlinks always and existing files unless ``force``; check all before writing any.
+
+    ``what`` prefixes the message (the module), ``hint`` says what replacing would break.
+    """
+    paths = [Path(p) for p in paths]
+    links = [str(p) for p in paths if p.is_symlink()]
+    if links:
+        raise KeyFileError(f"{what}: refusing to write through a symlink: {', '.join(links)} "
+                           "(remove the link or choose another folder)")
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not force:
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise KeyFileError(f"{what}: {', '.join(existing)} already {verb}; not replaced without --force "
+                           f"(pass --force to replace{'; ' + hint if hint else ''})")
+    not_files = [str(p) for p in paths if p.exists() and not p.is_file()]
+    if not_files:
+        raise KeyFileError(f"{what}: {', '.join(not_files)} is not a regular file")
+
+
+def write_private(path: str | Path, data: bytes) -> None:
+    """A secret: mode 0600 whatever existed before."""
+    atomic_write(path, data, PRIVATE_MODE)
+
+
+def write_public(path: str | Path, data: bytes) -> None:
+    atomic_write(path, data, PUBLIC_MODE)
+
+
+def atomic_write(path: str | Path, data: bytes, mode: int) -> None:
+    """Temp file (O_EXCL, ``mode``) beside ``path`` → fsync → ``os.replace``; never follows a symlink."""
+    path = Path(path)
+    if path.is_symlink():  # re-checked here: os.replace would swap the link, but say so clearly
+        raise KeyFileError(f"refusing to write through a symlink: {path}")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)  # the umask may have removed bits; the mode is exact either way
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (POSIX); harmless to skip where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
