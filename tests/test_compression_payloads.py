@@ -149,8 +149,12 @@ def test_pickled_arrays_are_never_loaded():
     buffer = io.BytesIO()
     np.save(buffer, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
     evil = Array(dtype="object", shape=(1,), stype="numpy.ndarray", data=buffer.getvalue())
-    with pytest.raises(PayloadError, match="do not load"):
+    with pytest.raises(PayloadError, match="declares object"):
         from_records(ArrayRecord({"codes": evil, "scales": arrays["scales"]}), config)
+    # declared as the manifest wants, but the bytes are a pickle: the .npy header gives it away
+    disguised = Array(dtype="uint8", shape=tuple(arrays["codes"].shape), stype="numpy.ndarray", data=buffer.getvalue())
+    with pytest.raises(PayloadError, match="header says object"):
+        from_records(ArrayRecord({"codes": disguised, "scales": arrays["scales"]}), config)
 
 
 def test_byte_figures_match_hand_computation():
