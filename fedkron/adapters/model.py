@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import AdapterConfig, AdapterConfigError
+from .config import AdapterConfig
 from .layers import AdapterLayer, KronALayer, KronLoRALayer, LoRALayer, base_layer_sizes
 from .shapes import kron_shape
 from .targets import TargetError, matches_suffix, select_modules_to_save, select_targets

@@ -10,7 +10,6 @@ natively. ``format="lora"`` exports any method exactly as PEFT LoRA, using
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path

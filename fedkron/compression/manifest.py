@@ -29,7 +29,8 @@ BLOCK_SIZES = {
     "nf4": (32, 64, 128, 256, 512, 1024, 2048, 4096),
     "fp4": (32, 64, 128, 256, 512, 1024, 2048, 4096),
 }
-#: Codecs whose block scales may be double-quantized (int8: saves < 1 %, see the README).
+#: Codecs whose block scales may be double-quantized. int8 is left out: on real MiniLM updates it
+#: saved 0.06-0.08 of 8.1-8.2 bits/param (< 1 %) for +0.5-1.2 % relative error.
 DOUBLE_QUANT_CODECS = ("nf4", "fp4")
 #: Second-level block of the double quantization (bitsandbytes' ``compress_statistics``).
 SCALE_BLOCK = 256
