@@ -4,7 +4,9 @@ The updates are real: pretrained all-MiniLM-L6-v2 with Kron-LoRA (r=8, paper sha
 LoRA-8 on every encoder linear layer, trained 20 AdamW steps (lr 2e-3, the app's defaults)
 with an unsupervised SimCSE loss on a few sentences; update = factors after - before.
 Bytes are counted three ways for the whole message: codec payload (codes + scales +
-manifest), ``ArrayRecord.count_bytes()`` and the serialized protobuf message.
+manifest), ``ArrayRecord.count_bytes()`` and the serialized protobuf message. ``+dq`` rows
+double-quantize the block scales (bitsandbytes' ``compress_statistics``); ``err/plain`` is their
+relative error over the same codec's with float32 scales.
 
     python benchmarks/bench_codecs.py [--steps 20] [--repeats 5]
 """
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from fedkron.adapters import AdapterConfig, adapter_state_dict, inject
 from fedkron.compression import get_codec, message_byte_figures, to_records
 
-TARGET_BITS = {"nf4": 4.6, "fp4": 4.6, "int8": 8.3}
+TARGET_BITS = {"nf4": 4.6, "fp4": 4.6, "int8": 8.3, "nf4+dq": 4.25, "fp4+dq": 4.25}
 COUNT_BYTES_TOLERANCE = 0.05
 SENTENCES = [
     "The movie was a delight from start to finish.",
@@ -73,10 +75,11 @@ def real_update(method: str, steps: int) -> dict[str, torch.Tensor]:
     return {k: v.detach() - before[k] for k, v in adapter_state_dict(model).items()}
 
 
-def measure(update: dict[str, torch.Tensor], codec_name: str, stochastic: bool, repeats: int) -> dict:
+def measure(update: dict[str, torch.Tensor], codec_name: str, stochastic: bool, repeats: int, double_quant: bool = False) -> dict:
     from flwr.app import Message, Metadata, RecordDict
 
-    codec = get_codec(codec_name, stochastic=stochastic, seed=0) if stochastic else get_codec(codec_name)
+    options = {"double_quant": True} if double_quant else {}
+    codec = get_codec(codec_name, stochastic=stochastic, seed=0, **options) if stochastic else get_codec(codec_name, **options)
     encode_s, decode_s = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -97,7 +100,7 @@ def measure(update: dict[str, torch.Tensor], codec_name: str, stochastic: bool, 
     got = torch.cat([decoded[k].reshape(-1) for k in update])
     bits = {key: 8 * figures[key] / params for key in ("payload", "count_bytes", "serialized")}
     return {
-        "codec": codec_name + ("+sr" if stochastic else ""),
+        "codec": codec_name + ("+dq" if double_quant else "") + ("+sr" if stochastic else ""),
         "block_size": codec.block_size,
         "params": params,
         "tensors": len(update),
@@ -132,21 +135,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    codecs = [("fp32", False), ("fp16", False), ("bf16", False), ("int8", False), ("nf4", False), ("fp4", False),
-              ("int8", True), ("nf4", True), ("fp4", True)]
+    codecs = [("fp32", False, False), ("fp16", False, False), ("bf16", False, False), ("int8", False, False),
+              ("nf4", False, False), ("nf4", False, True), ("fp4", False, False), ("fp4", False, True),
+              ("int8", True, False), ("nf4", True, False), ("nf4", True, True), ("fp4", True, False)]
     results, failures = {}, []
-    header = f"{'adapter':<10}{'codec':<9}{'params':>8}{'payload B':>11}{'bits/p':>8}{'bits/p cb':>10}{'bits/p ser':>11}{'cb-pay':>8}{'rel err':>10}{'enc ms':>8}{'dec ms':>8}"
+    header = f"{'adapter':<10}{'codec':<12}{'params':>8}{'payload B':>11}{'bits/p':>8}{'bits/p cb':>10}{'bits/p ser':>11}{'cb-pay':>8}{'rel err':>10}{'enc ms':>8}{'dec ms':>8}"
     print(header)
     print("-" * len(header))
     for method in ("kron-lora", "lora"):
         update = real_update(method, args.steps)
-        rows = [measure(update, name, sr, args.repeats) for name, sr in codecs]
+        rows = [measure(update, name, sr, args.repeats, dq) for name, sr, dq in codecs]
+        plain = {r["codec"]: r["relative_error"] for r in rows}
+        for r in rows:  # double quantization's price in accuracy: its error over the same codec's plain-scale error
+            if "+dq" in r["codec"]:
+                r["error_vs_plain"] = round(r["relative_error"] / plain[r["codec"].replace("+dq", "")], 4)
         results[method] = rows
         for r in rows:
             failures += [f"{method} {f}" for f in check_targets(r)]
-            print(f"{method:<10}{r['codec']:<9}{r['params']:>8}{r['payload_bytes']:>11}{r['bits_per_param']:>8.3f}"
+            print(f"{method:<10}{r['codec']:<12}{r['params']:>8}{r['payload_bytes']:>11}{r['bits_per_param']:>8.3f}"
                   f"{r['bits_per_param_count_bytes']:>10.3f}{r['bits_per_param_serialized']:>11.3f}"
-                  f"{r['count_bytes_vs_payload']:>+8.1%}{r['relative_error']:>10.2e}{r['encode_ms']:>8.1f}{r['decode_ms']:>8.1f}")
+                  f"{r['count_bytes_vs_payload']:>+8.1%}{r['relative_error']:>10.2e}{r['encode_ms']:>8.1f}{r['decode_ms']:>8.1f}"
+                  + (f"  err/plain {r['error_vs_plain']:.4f}" if "error_vs_plain" in r else ""))
     print("targets:", "all met" if not failures else "; ".join(failures))
     print(json.dumps({"benchmark": "bench_codecs", "steps": args.steps, "targets_met": not failures,
                       "failures": failures, "results": results}, indent=1))

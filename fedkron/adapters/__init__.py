@@ -13,13 +13,12 @@ from .model import (
     adapter_state_dict,
     inject,
     injected,
-    load_adapter,
     load_adapter_state_dict,
     merge,
-    save_adapter,
     trainable_parameter_count,
     unmerge,
 )
+from .storage import load_adapter, save_adapter
 from .peft_interop import PeftExportError, export_peft, import_peft
 from .shapes import FactorShapeError, KronShape
 from .targets import TargetError

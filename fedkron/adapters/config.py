@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,34 +62,42 @@ class AdapterConfig:
     init_seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
+        if not isinstance(self.method, str) or self.method not in METHODS:
             raise AdapterConfigError(f"unknown adapter method {self.method!r}; expected one of {METHODS}")
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
+        if not _is_int(self.rank) or self.rank <= 0:
             raise AdapterConfigError(f"rank must be a positive int, got {self.rank!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise AdapterConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.shape_policy not in SHAPE_POLICIES:
+        if not _is_real(self.alpha) or not math.isfinite(self.alpha):
+            raise AdapterConfigError(f"alpha must be a finite number, got {self.alpha!r}")
+        if not _is_real(self.dropout) or not 0.0 <= float(self.dropout) < 1.0:
+            raise AdapterConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.shape_policy, str) or self.shape_policy not in SHAPE_POLICIES:
             raise AdapterConfigError(f"unknown shape_policy {self.shape_policy!r}; expected one of {SHAPE_POLICIES}")
-        if self.init not in INITS:
+        if not isinstance(self.init, str) or self.init not in INITS:
             raise AdapterConfigError(f"unknown init {self.init!r}; expected one of {INITS}")
-        if self.paper_a_in <= 0 or self.paper_b_out <= 0:
+        if not (_is_int(self.paper_a_in) and _is_int(self.paper_b_out)) or self.paper_a_in <= 0 or self.paper_b_out <= 0:
             raise AdapterConfigError(
-                f"paper_a_in and paper_b_out must be positive, got {self.paper_a_in}, {self.paper_b_out}"
+                f"paper_a_in and paper_b_out must be positive ints, got {self.paper_a_in!r}, {self.paper_b_out!r}"
             )
-        if self.decompose_factor == 0 or self.decompose_factor < -1:
-            raise AdapterConfigError(f"decompose_factor must be -1 or positive, got {self.decompose_factor}")
-        if not isinstance(self.target_modules, (str, list, tuple)) or not self.target_modules:
-            raise AdapterConfigError(f"target_modules must be a non-empty str or list, got {self.target_modules!r}")
+        if not _is_int(self.decompose_factor) or self.decompose_factor == 0 or self.decompose_factor < -1:
+            raise AdapterConfigError(f"decompose_factor must be -1 or a positive int, got {self.decompose_factor!r}")
+        if self.init_seed is not None and not _is_int(self.init_seed):
+            raise AdapterConfigError(f"init_seed must be an int or None, got {self.init_seed!r}")
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
+        if not _names_or_str(self.target_modules) or not self.target_modules:
+            raise AdapterConfigError(f"target_modules must be a non-empty str or list of str, got {self.target_modules!r}")
         if isinstance(self.modules_to_save, tuple):
             self.modules_to_save = list(self.modules_to_save)
+        if self.modules_to_save is not None and not _names_or_str(self.modules_to_save):
+            raise AdapterConfigError(f"modules_to_save must be None, a str or a list of str, got {self.modules_to_save!r}")
+        if not isinstance(self.factor_shapes, dict):
+            raise AdapterConfigError(f"factor_shapes must map module suffix -> (a_out, a_in), got {self.factor_shapes!r}")
         shapes = {}
-        for key, value in dict(self.factor_shapes).items():
-            a_out, a_in = (int(v) for v in value)
-            if a_out <= 0 or a_in <= 0:
+        for key, value in self.factor_shapes.items():
+            pair = tuple(value) if isinstance(value, (list, tuple)) else ()
+            if not isinstance(key, str) or len(pair) != 2 or not all(_is_int(v) and v > 0 for v in pair):
                 raise AdapterConfigError(f"factor_shapes[{key!r}] must be positive (a_out, a_in), got {value!r}")
-            shapes[key] = (a_out, a_in)
+            shapes[key] = (int(pair[0]), int(pair[1]))
         self.factor_shapes = shapes
         self.alpha = float(self.alpha)
         self.dropout = float(self.dropout)
@@ -104,8 +114,22 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AdapterConfig":
+        if not isinstance(data, dict):
+            raise AdapterConfigError(f"an AdapterConfig must be a JSON object / dict, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise AdapterConfigError(f"unknown AdapterConfig keys {unknown}; known keys are {sorted(known)}")
         return cls(**data)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _names_or_str(value: object) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) and v for v in value))

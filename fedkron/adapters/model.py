@@ -1,25 +1,19 @@
-"""Whole-model operations: inject adapters, name what a client trains and sends, merge, save, load."""
+"""Whole-model operations: inject adapters, name what a client trains and sends, merge (see .storage for files)."""
 
 from __future__ import annotations
 
-import json
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import AdapterConfig, AdapterConfigError
+from .config import AdapterConfig
 from .layers import AdapterLayer, KronALayer, KronLoRALayer, LoRALayer, base_layer_sizes
 from .shapes import kron_shape
 from .targets import TargetError, matches_suffix, select_modules_to_save, select_targets
 
 STATE_ATTR = "_fedkron_adapter"
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-FORMAT = "fedkron-adapter"
-FORMAT_VERSION = 1
 FULL_ROLE = "full"
 
 
@@ -39,7 +33,7 @@ class InjectedAdapter:
     modules_to_save: list[str]
 
 
-def _build_layer(name: str, base: nn.Module, config: AdapterConfig) -> AdapterLayer:
+def build_layer(name: str, base: nn.Module, config: AdapterConfig) -> AdapterLayer:
     if config.method == "lora":
         return LoRALayer(base, config.rank, config.alpha, config.dropout)
     d_out, d_in = base_layer_sizes(base)
@@ -48,7 +42,7 @@ def _build_layer(name: str, base: nn.Module, config: AdapterConfig) -> AdapterLa
     return cls(base, shape, config.rank, config.alpha, config.dropout)
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
@@ -81,13 +75,13 @@ def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
     for key in config.factor_shapes:
         if not any(matches_suffix(n, key) for n in targets):
             raise TargetError(f"factor_shapes key {key!r} matches no adapted layer")
-    layers = {name: _build_layer(name, model.get_submodule(name), config) for name in targets}
+    layers = {name: build_layer(name, model.get_submodule(name), config) for name in targets}
     generator = None if config.init_seed is None else torch.Generator().manual_seed(config.init_seed)
     for param in model.parameters():
         param.requires_grad_(False)
     for name, layer in layers.items():
         layer.reset_factors(config.init, generator)
-        _replace(model, name, layer)
+        replace_module(model, name, layer)
     setattr(model, STATE_ATTR, InjectedAdapter(config, targets, saved))
     for _, param in _trainable(model):
         param.requires_grad_(True)
@@ -185,56 +179,28 @@ def unmerge(model: nn.Module) -> nn.Module:
     return _switch_merged(model, False)
 
 
-def save_adapter(model: nn.Module, path: str | Path) -> Path:
-    """Write ``adapter_model.safetensors`` + ``adapter_config.json`` into folder ``path``."""
-    state = injected(model)
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in adapter_state_dict(model).items()}
-    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "fedkron": FORMAT})
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "config": state.config.to_dict(),
-        "targets": state.targets,
-        "modules_to_save": state.modules_to_save,
-    }
-    (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-    return folder
+def remove_adapters(model: nn.Module, keep: frozenset[str] = frozenset()) -> None:
+    """Undo ``inject``: put back the base layer of every adapter layer not named in ``keep``, drop the record."""
+    for name, layer in adapter_layers(model).items():
+        if name not in keep:
+            replace_module(model, name, layer.base_layer)
+    if getattr(model, STATE_ATTR, None) is not None:
+        delattr(model, STATE_ATTR)
 
 
-def read_adapter_meta(path: str | Path) -> dict:
-    config_file = Path(path) / CONFIG_NAME
-    if not config_file.is_file():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {str(path)!r}")
-    meta = json.loads(config_file.read_text())
-    if "peft_type" in meta:
-        raise AdapterConfigError(f"{str(path)!r} holds a PEFT adapter; read it with import_peft(model, path)")
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise AdapterConfigError(
-            f"{config_file} is not a {FORMAT} v{FORMAT_VERSION} file "
-            f"(format={meta.get('format')!r}, version={meta.get('format_version')!r})"
-        )
-    return meta
-
-
-def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a saved adapter; an un-injected model is injected first with the saved config."""
-    meta = read_adapter_meta(path)
-    config = AdapterConfig.from_dict(meta["config"])
-    if getattr(model, STATE_ATTR, None) is None:
-        inject(model, config)
-    state = injected(model)
-    ours, theirs = state.config.to_dict(), config.to_dict()
-    diff = {k: (v, theirs[k]) for k, v in ours.items() if theirs[k] != v and k != "init_seed"}  # seed: start only
-    if diff:
-        raise AdapterStateError(f"model was injected with a different config than {str(path)!r}: {diff}")
-    for kind, saved in (("targets", meta["targets"]), ("modules_to_save", meta["modules_to_save"])):
-        if getattr(state, kind) != saved:
-            only_model = sorted(set(getattr(state, kind)) - set(saved))[:3]
-            only_file = sorted(set(saved) - set(getattr(state, kind)))[:3]
-            raise AdapterStateError(
-                f"{kind} differ between model and {str(path)!r}: model only {only_model}, file only {only_file}"
-            )
-    load_adapter_state_dict(model, load_file(str(Path(path) / WEIGHTS_NAME)))
-    return model
+@contextmanager
+def restored_on_failure(model: nn.Module):
+    """On any exception inside, leave ``model`` as it was: adapters injected inside the block are
+    removed and every parameter's ``requires_grad`` is put back (a failed load never half-adapts)."""
+    had_record = getattr(model, STATE_ATTR, None) is not None
+    layers_before = frozenset(adapter_layers(model))
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        yield model
+    except BaseException:
+        if not had_record:
+            remove_adapters(model, keep=layers_before)
+        for name, param in model.named_parameters():
+            if name in flags:
+                param.requires_grad_(flags[name])
+        raise

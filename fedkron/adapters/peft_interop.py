@@ -10,7 +10,6 @@ natively. ``format="lora"`` exports any method exactly as PEFT LoRA, using
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -23,9 +22,7 @@ from transformers.pytorch_utils import Conv1D
 from .config import AdapterConfig, AdapterConfigError
 from .layers import AdapterLayer, KronLoRALayer, LoRALayer
 from .model import (
-    CONFIG_NAME,
     FULL_ROLE,
-    WEIGHTS_NAME,
     STATE_ATTR,
     adapter_factor_roles,
     adapter_layers,
@@ -33,8 +30,10 @@ from .model import (
     inject,
     injected,
     load_adapter_state_dict,
+    restored_on_failure,
 )
 from .shapes import peft_shape
+from .storage import CONFIG_NAME, WEIGHTS_NAME, adapter_plan, check_shapes, read_json_object, weights_header
 
 PREFIX = "base_model.model."
 LOKR_TENSORS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
@@ -169,19 +168,41 @@ def _group(tensors: dict[str, torch.Tensor], suffixes: tuple[str, ...]):
 
 
 def _split_rank(name: str, w2: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """B1·B2 = w2 exactly when rank(w2) ≤ r (what export writes for PEFT's full-w2 layers)."""
+    """B1·B2 = w2 exactly when rank(w2) ≤ r (what export writes for PEFT's full-w2 layers);
+    zero columns/rows pad B1/B2 to r when r exceeds w2's smaller side. Meta tensors: shapes only."""
+    b_out, b_in = w2.shape
+    if w2.is_meta:
+        return torch.empty(b_out, rank, device="meta"), torch.empty(rank, b_in, device="meta")
     u, s, vh = torch.linalg.svd(w2.double(), full_matrices=False)
     b1, b2 = u[:, :rank] * s[:rank], vh[:rank]
     err = (b1 @ b2 - w2.double()).norm() / w2.double().norm().clamp_min(1e-30)
     if s[rank:].numel() and err > 1e-6:
         raise PeftExportError(f"{name}.lokr_w2 {tuple(w2.shape)} has rank above r={rank}; cannot import as kron-lora")
+    pad = rank - b1.shape[1]
+    b1 = torch.nn.functional.pad(b1, (0, pad))
+    b2 = torch.nn.functional.pad(b2, (0, 0, 0, pad))
     return b1.to(w2.dtype), b2.to(w2.dtype)
+
+
+def _number(meta: dict, key: str, positive_int: bool = False) -> float:
+    """A PEFT config field, checked: present, a finite number (a positive int for ranks)."""
+    value = meta.get(key)
+    if positive_int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise PeftExportError(f"{CONFIG_NAME}: field {key!r} must be a positive int, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PeftExportError(f"{CONFIG_NAME}: field {key!r} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def _lokr_import(meta: dict, adapters: dict[str, dict[str, torch.Tensor]], method: str | None):
     if meta.get("decompose_both") or any("lokr_w1_a" in t or "lokr_t2" in t for t in adapters.values()):
         raise PeftExportError("LoKr adapters with a decomposed w1 or a conv t2 have no fedkron equivalent")
-    rank, alpha = int(meta["r"]), float(meta["alpha"])
+    rank, alpha = int(_number(meta, "r", positive_int=True)), _number(meta, "alpha")
+    incomplete = [n for n, t in adapters.items() if "lokr_w1" not in t or ("lokr_w2" not in t and {"lokr_w2_a", "lokr_w2_b"} - set(t))]
+    if incomplete:
+        raise PeftExportError(f"LoKr module {incomplete[0]!r} lacks lokr_w1 or its w2 factors (has {sorted(adapters[incomplete[0]])})")
     all_full = all("lokr_w2" in t for t in adapters.values())
     method = method or ("krona" if all_full else "kron-lora")
     if method == "krona" and not all_full:
@@ -204,9 +225,12 @@ def _lora_import(meta: dict, adapters: dict[str, dict[str, torch.Tensor]], metho
         raise PeftExportError(f"a PEFT LoRA adapter imports only as 'lora', not {method!r}")
     if meta.get("use_dora") or meta.get("rank_pattern") or meta.get("alpha_pattern"):
         raise PeftExportError("PEFT LoRA adapters with DoRA or per-layer rank/alpha patterns are not supported")
-    rank, alpha = int(meta["r"]), float(meta["lora_alpha"])
+    rank, alpha = int(_number(meta, "r", positive_int=True)), _number(meta, "lora_alpha")
     if meta.get("use_rslora"):
         alpha = alpha * rank / math.sqrt(rank)  # same s = alpha / sqrt(r) under fedkron's s = alpha / r
+    incomplete = [n for n, t in adapters.items() if set(t) != {"lora_A.weight", "lora_B.weight"}]
+    if incomplete:
+        raise PeftExportError(f"LoRA module {incomplete[0]!r} lacks lora_A or lora_B (has {sorted(adapters[incomplete[0]])})")
     state = {}
     for name, t in adapters.items():
         state[f"{name}.lora_A"], state[f"{name}.lora_B"] = t["lora_A.weight"], t["lora_B.weight"]
@@ -219,28 +243,44 @@ def import_peft(model: nn.Module, path: str | Path, method: str | None = None) -
     A LoKr folder whose every w2 is full could be KronA or Kron-LoRA (PEFT keeps w2 full when
     ``r ≥ max(b_out, b_in)/2``): ``method`` decides, defaulting to the model's injected method,
     else ``"krona"``. Kron-LoRA splits each full w2 into B1·B2 exactly (raises if its rank > r).
+    The whole import is first run on the weights file's header (meta tensors, no memory) and
+    checked against the model; on any failure the model is left as it was.
     """
     current = getattr(model, STATE_ATTR, None)
     method = method or (current.config.method if current is not None else None)
     folder = Path(path)
-    meta = json.loads((folder / CONFIG_NAME).read_text())
+    meta = read_json_object(folder / CONFIG_NAME, PeftExportError)
     kind = meta.get("peft_type")
     if kind not in ("LOKR", "LORA"):
         raise PeftExportError(f"{str(folder)!r}: peft_type {kind!r} is not LOKR or LORA")
+    weights = folder / WEIGHTS_NAME
+    header = weights_header(weights, PeftExportError)
+    shapes_only = {k: torch.empty(shape, device="meta") for k, shape in header.items()}
+    config, planned = _plan_import(meta, kind, shapes_only, method, folder)
+    if current is not None and (current.config.method, current.config.scaling) != (config.method, config.scaling):
+        raise PeftExportError(
+            f"model has {current.config.method!r} adapters with scaling {current.config.scaling:g}, "
+            f"{str(folder)!r} holds {config.method!r} with scaling {config.scaling:g}"
+        )
+    check_shapes(adapter_plan(model, config)[2], {k: tuple(v.shape) for k, v in planned.items()}, str(weights))
+    _, state = _plan_import(meta, kind, load_file(str(weights)), method, folder)
+    with restored_on_failure(model):
+        if current is None:
+            inject(model, config)
+        load_adapter_state_dict(model, state)
+    return model
+
+
+def _plan_import(meta: dict, kind: str, tensors: dict[str, torch.Tensor], method: str | None, folder: Path):
+    """(AdapterConfig, fedkron adapter state incl. modules_to_save) for PEFT ``tensors``."""
     suffixes = LOKR_TENSORS if kind == "LOKR" else ("lora_A.weight", "lora_B.weight")
-    adapters, rest = _group(load_file(str(folder / WEIGHTS_NAME)), suffixes)
+    adapters, rest = _group(tensors, suffixes)
     if not adapters:
         raise PeftExportError(f"{str(folder)!r} holds no {kind} adapter tensors")
     fields, state = (_lokr_import if kind == "LOKR" else _lora_import)(meta, adapters, method)
     saved = sorted({name.rpartition(".")[0] for name in rest})
-    config = AdapterConfig(target_modules=list(adapters), modules_to_save=saved, **fields)
-    if current is None:
-        inject(model, config)
-    current = injected(model).config
-    if (current.method, current.scaling) != (config.method, config.scaling):
-        raise PeftExportError(
-            f"model has {current.method!r} adapters with scaling {current.scaling:g}, "
-            f"{str(folder)!r} holds {config.method!r} with scaling {config.scaling:g}"
-        )
-    load_adapter_state_dict(model, {**state, **rest})
-    return model
+    try:
+        config = AdapterConfig(target_modules=list(adapters), modules_to_save=saved, **fields)
+    except AdapterConfigError as err:
+        raise PeftExportError(f"{folder / CONFIG_NAME}: {err}") from None
+    return config, {**state, **rest}

@@ -1,7 +1,8 @@
 """Update codecs: packed 4/8/16/32-bit payloads, error feedback, Flower records, byte figures.
 
-Data flow on a client: ``ErrorFeedback.step(update, get_codec("nf4"))`` → ``to_records``;
-on the server: ``from_records`` → ``codec.decode`` (or ``decode`` for mixed codecs).
+Data flow on a client: ``ErrorFeedback.step(update, get_codec("nf4", double_quant=True))`` →
+``to_records``; on the server: ``from_records(arrays, config, expected)`` (names/shapes and every
+buffer size checked before anything is allocated) → ``decode`` (any codec). Wire format v2.
 """
 
 from .byte_figures import content_byte_figures, message_byte_figures, payload_bytes, record_byte_figures

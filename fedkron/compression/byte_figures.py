@@ -15,17 +15,21 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.serde import message_to_proto, recorddict_to_proto
 
-from .payload import load_manifest, read_layout
+from .manifest import declared_sizes
 from .records import MANIFEST_KEY
 
 
 def payload_bytes(config_record: ConfigRecord) -> int:
-    """Payload bytes declared by the manifest in ``config_record`` (0 when it has none)."""
+    """Payload bytes declared by the manifest in ``config_record`` (0 when it has none).
+
+    A manifest ``from_records`` already checked is not parsed again (sizes are remembered by
+    its bytes); any other is parsed once, linearly.
+    """
     if MANIFEST_KEY not in config_record:
         return 0
     manifest_bytes = config_record[MANIFEST_KEY]
-    layout = read_layout(load_manifest(manifest_bytes))
-    return len(manifest_bytes) + layout.code_offsets[-1] + 4 * layout.scale_offsets[-1]
+    code_bytes, n_scales = declared_sizes(manifest_bytes)
+    return len(manifest_bytes) + code_bytes + 4 * n_scales
 
 
 def content_byte_figures(content: RecordDict) -> dict[str, int]:

@@ -15,15 +15,10 @@ import bitsandbytes.functional as bnbf
 import numpy as np
 import torch
 
-from .payload import (
-    BLOCK_SIZES,
-    CODE_BITS,
-    Encoded,
-    PayloadError,
-    build_manifest,
-    checked_layout,
-)
-from .rounding import CodeTable, pack_nibbles, stochastic_codes
+from .manifest import DOUBLE_QUANT_CODECS, tensor_plan
+from .payload import BLOCK_SIZES, CODE_BITS, Encoded, PayloadError, build_manifest, checked_layout
+from .rounding import CodeTable, block_absmax, pack_nibbles, stochastic_codes
+from .scales import dequantize_scales, pack_quantized_scales, quantize_scales, quantize_scales_up
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
 _DEFAULT_BLOCK = {"int8": 256, "nf4": 64, "fp4": 64}
@@ -34,6 +29,7 @@ class Codec(ABC):
 
     name: str
     block_size: int | None = None
+    double_quant: bool = False
 
     def encode(self, state: Mapping[str, torch.Tensor]) -> Encoded:
         entries, code_parts, scale_parts = [], [], []
@@ -48,22 +44,42 @@ class Codec(ABC):
                 scale_parts.append(scales)
         codes = np.concatenate(code_parts) if code_parts else np.zeros(0, np.uint8)
         scales = np.concatenate(scale_parts) if scale_parts else np.zeros(0, np.float32)
-        return Encoded(codes, scales.astype(np.float32, copy=False), build_manifest(self.name, self.block_size, entries))
+        manifest = build_manifest(self.name, self.block_size, entries, self.double_quant)
+        return Encoded(codes, scales.astype(np.float32, copy=False), manifest)
 
     def decode(self, encoded: Encoded) -> dict[str, torch.Tensor]:
-        """Float32 tensors in manifest order; raises PayloadError before returning anything partial."""
+        """Float32 tensors in manifest order; raises PayloadError before returning anything partial.
+
+        Work is linear in the payload: the layout is checked once per ``Encoded`` and each
+        tensor decodes its own segments.
+        """
         layout = checked_layout(encoded)
         if layout.codec != self.name:
             raise PayloadError(f"fedkron.compression: payload was encoded with {layout.codec}, not {self.name}")
-        codes = torch.from_numpy(np.ascontiguousarray(encoded.codes).copy())
-        scales = torch.from_numpy(np.ascontiguousarray(encoded.scales).copy())
+        try:
+            return self._decode_all(layout, encoded)
+        except PayloadError:
+            raise
+        except Exception as err:  # a checked layout should not fail here; never let it escape as another type
+            raise PayloadError(f"fedkron.compression: payload does not decode ({type(err).__name__}: {err})") from err
+
+    def _decode_all(self, layout, encoded: Encoded) -> dict[str, torch.Tensor]:
+        codes = torch.from_numpy(np.array(encoded.codes, dtype=np.uint8, copy=True))
+        scales = torch.from_numpy(np.array(encoded.scales, dtype=np.float32, copy=True))
         out: dict[str, torch.Tensor] = {}
         with _one_thread():
             for i, (name, shape) in enumerate(zip(layout.names, layout.shapes)):
                 numel = math.prod(shape)
+                if not numel:
+                    out[name] = torch.zeros(shape)
+                    continue
+                packed, _, dq = tensor_plan(layout.codec, layout.block_size, layout.double_quant, numel)
                 seg_codes = codes[layout.code_offsets[i] : layout.code_offsets[i + 1]]
                 seg_scales = scales[layout.scale_offsets[i] : layout.scale_offsets[i + 1]]
-                flat = self._decode_flat(seg_codes, seg_scales, numel, layout.block_size) if numel else torch.zeros(0)
+                if dq:
+                    seg_scales = dequantize_scales(seg_codes[packed:], seg_scales[0], seg_scales[1:])
+                    seg_codes = seg_codes[:packed]
+                flat = self._decode_flat(seg_codes, seg_scales, numel, layout.block_size)
                 if not torch.isfinite(flat).all():
                     raise PayloadError(f"fedkron.compression: tensor {name!r} decodes to non-finite values")
                 out[name] = flat.reshape(shape)
@@ -71,11 +87,11 @@ class Codec(ABC):
 
     @abstractmethod
     def _encode_flat(self, name: str, flat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 codes and float32 scales for one flat, non-empty float32 tensor."""
+        """uint8 bytes and float32 values one flat, non-empty float32 tensor adds to the two buffers."""
 
     @abstractmethod
     def _decode_flat(self, codes: torch.Tensor, scales: torch.Tensor, numel: int, block_size: int | None) -> torch.Tensor:
-        """Flat float32 values from one tensor's code and scale segments (numel > 0)."""
+        """Flat float32 values from one tensor's codes and float32 block scales (numel > 0)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, block_size={self.block_size})"
@@ -98,59 +114,88 @@ class FloatCodec(Codec):
 
 
 class _BlockCodec(Codec):
-    """Shared set-up of the bitsandbytes blockwise codecs (block size, stochastic rounding)."""
+    """Shared part of the bitsandbytes blockwise codecs: block size, stochastic rounding and
+    double-quantized scales (a tensor's codes, then its scale codes; see ``segment_sizes``)."""
 
     table: CodeTable
 
-    def __init__(self, name: str, block_size: int, stochastic: bool, seed: int | None) -> None:
+    def __init__(self, name: str, block_size: int, stochastic: bool, seed: int | None, double_quant: bool) -> None:
         if block_size not in BLOCK_SIZES[name]:
             raise ValueError(f"fedkron.compression: block_size {block_size} invalid for {name}; allowed {BLOCK_SIZES[name]}")
-        self.name, self.block_size, self.stochastic = name, block_size, stochastic
+        self.name, self.block_size, self.stochastic, self.double_quant = name, block_size, stochastic, double_quant
         self.generator = torch.Generator()
         if seed is None:
             self.generator.seed()
         else:
             self.generator.manual_seed(seed)
 
+    def _encode_flat(self, name, flat):
+        _, _, dq = tensor_plan(self.name, self.block_size, self.double_quant, flat.numel())
+        if not self.stochastic:
+            return self._nearest(flat, dq)
+        if not dq:
+            indices, absmax = stochastic_codes(flat, self.table, self.block_size, self.generator)
+            return self._pack(indices), absmax.float().numpy()
+        # scales first, rounded up, then codes against the decoded scales: E[decoded] = x still
+        qscales, offset, absmax2, decoded = quantize_scales_up(block_absmax(flat, self.block_size))
+        indices, _ = stochastic_codes(flat, self.table, self.block_size, self.generator, absmax=decoded)
+        scale_bytes, floats = pack_quantized_scales(qscales, offset, absmax2)
+        return np.concatenate([self._pack(indices), scale_bytes]), floats
+
+    def _nearest(self, flat: torch.Tensor, dq: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Round to nearest with bitsandbytes (scales double-quantized when ``dq``)."""
+        raise NotImplementedError
+
+    def _pack(self, indices: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, block_size={self.block_size}, stochastic={self.stochastic})"
+        return (
+            f"{type(self).__name__}(name={self.name!r}, block_size={self.block_size}, "
+            f"stochastic={self.stochastic}, double_quant={self.double_quant})"
+        )
 
 
 class Int8Codec(_BlockCodec):
     """bitsandbytes' 8-bit dynamic map, one float32 absmax per block."""
 
-    def __init__(self, block_size: int, stochastic: bool, seed: int | None) -> None:
-        super().__init__("int8", block_size, stochastic, seed)
+    def __init__(self, block_size: int, stochastic: bool, seed: int | None, double_quant: bool = False) -> None:
+        super().__init__("int8", block_size, stochastic, seed, double_quant)
         self.code = bnbf.create_dynamic_map(signed=True).to("cpu")
         self.table = CodeTable(self.code)
 
-    def _encode_flat(self, name, flat):
-        if self.stochastic:
-            codes, absmax = stochastic_codes(flat, self.table, self.block_size, self.generator)
-        else:
-            codes, state = bnbf.quantize_blockwise(flat, code=self.code, blocksize=self.block_size)
-            absmax = state.absmax
-        return codes.numpy(), absmax.float().numpy()
+    def _nearest(self, flat, dq):
+        codes, state = bnbf.quantize_blockwise(flat, code=self.code, blocksize=self.block_size)
+        if not dq:
+            return codes.numpy(), state.absmax.float().numpy()
+        scale_bytes, floats = pack_quantized_scales(*quantize_scales(state.absmax.float()))
+        return np.concatenate([codes.numpy(), scale_bytes]), floats
+
+    def _pack(self, indices):
+        return indices.numpy()
 
     def _decode_flat(self, codes, scales, numel, block_size):
         return bnbf.dequantize_blockwise(codes, absmax=scales, code=self.code, blocksize=block_size)
 
 
 class FourBitCodec(_BlockCodec):
-    """bitsandbytes nf4 / fp4: two codes per byte, one float32 absmax per block."""
+    """bitsandbytes nf4 / fp4: two codes per byte, one float32 absmax per block (or, with
+    ``double_quant``, bnb's ``compress_statistics``: one uint8 per block + offset + absmax per 256)."""
 
-    def __init__(self, name: str, block_size: int, stochastic: bool, seed: int | None) -> None:
-        super().__init__(name, block_size, stochastic, seed)
+    def __init__(self, name: str, block_size: int, stochastic: bool, seed: int | None, double_quant: bool = False) -> None:
+        super().__init__(name, block_size, stochastic, seed, double_quant)
         self.table = CodeTable(bnbf.get_4bit_type(name, device="cpu"))
 
-    def _encode_flat(self, name, flat):
-        if self.stochastic:
-            indices, absmax = stochastic_codes(flat, self.table, self.block_size, self.generator)
-            codes = pack_nibbles(indices, self.table.zero_index)
-        else:
-            codes, state = bnbf.quantize_4bit(flat, blocksize=self.block_size, quant_type=self.name)
-            absmax = state.absmax
-        return codes.flatten().numpy(), absmax.float().numpy()
+    def _nearest(self, flat, dq):
+        codes, state = bnbf.quantize_4bit(flat, blocksize=self.block_size, quant_type=self.name, compress_statistics=dq)
+        codes = codes.flatten().numpy()
+        if not dq:
+            return codes, state.absmax.float().numpy()
+        scale_bytes, floats = pack_quantized_scales(state.absmax, state.offset, state.state2.absmax)
+        return np.concatenate([codes, scale_bytes]), floats
+
+    def _pack(self, indices):
+        return pack_nibbles(indices, self.table.zero_index).numpy()
 
     def _decode_flat(self, codes, scales, numel, block_size):
         # Decode the padded even length: bnb sends odd lengths to a torch.compile'd fallback
@@ -163,14 +208,27 @@ class FourBitCodec(_BlockCodec):
         return bnbf.dequantize_4bit(codes.view(-1, 1), quant_state=state).reshape(even)[:numel]
 
 
-def get_codec(name: str, *, block_size: int | None = None, stochastic: bool = False, seed: int | None = None) -> Codec:
+def get_codec(
+    name: str,
+    *,
+    block_size: int | None = None,
+    stochastic: bool = False,
+    seed: int | None = None,
+    double_quant: bool = False,
+) -> Codec:
     """A codec by name: fp32, fp16, bf16, int8 (block 256), nf4 / fp4 (block 64).
 
     ``block_size`` is ignored by the float codecs; ``stochastic`` (unbiased rounding,
-    drawn from a generator seeded by ``seed``) only exists for int8/nf4/fp4.
+    drawn from a generator seeded by ``seed``) only exists for int8/nf4/fp4;
+    ``double_quant`` (8-bit block scales, ~4.13 instead of 4.5 bits/param) for nf4/fp4.
     """
     if name not in CODE_BITS:
         raise ValueError(f"fedkron.compression: unknown codec {name!r}; valid: {', '.join(CODE_BITS)}")
+    if double_quant and name not in DOUBLE_QUANT_CODECS:
+        raise ValueError(
+            f"fedkron.compression: double_quant applies to {'/'.join(DOUBLE_QUANT_CODECS)}, not {name}"
+            + (" (it would save under 1 % of int8's 8.1 bits/param)" if name == "int8" else "")
+        )
     if name in ("fp32", "fp16", "bf16"):
         if stochastic:
             raise ValueError(f"fedkron.compression: stochastic rounding applies to int8/nf4/fp4, not {name}")
@@ -178,7 +236,7 @@ def get_codec(name: str, *, block_size: int | None = None, stochastic: bool = Fa
     block = _DEFAULT_BLOCK[name] if block_size is None else block_size
     if name == "int8":
         return Int8Codec(block, bool(stochastic), seed)
-    return FourBitCodec(name, block, bool(stochastic), seed)
+    return FourBitCodec(name, block, bool(stochastic), seed, bool(double_quant))
 
 
 def decode(encoded: Encoded) -> dict[str, torch.Tensor]:

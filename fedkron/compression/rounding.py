@@ -48,10 +48,19 @@ def block_absmax(flat: torch.Tensor, block_size: int) -> torch.Tensor:
 
 
 def stochastic_codes(
-    flat: torch.Tensor, table: CodeTable, block_size: int, generator: torch.Generator
+    flat: torch.Tensor,
+    table: CodeTable,
+    block_size: int,
+    generator: torch.Generator,
+    absmax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-value code indices (uint8) and float32 block scales for a flat float32 tensor."""
-    absmax = block_absmax(flat, block_size)
+    """Per-value code indices (uint8) and float32 block scales for a flat float32 tensor.
+
+    ``absmax``: scales to round against (e.g. double-quantized ones, each ≥ its block's max |x|);
+    by default each block's own max |x|.
+    """
+    if absmax is None:
+        absmax = block_absmax(flat, block_size)
     per_value = absmax.repeat_interleave(block_size)[: flat.numel()]
     unit = torch.where(per_value > 0, flat / per_value.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
     return table.stochastic_indices(unit, generator), absmax
