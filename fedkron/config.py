@@ -21,6 +21,7 @@ from fedkron.data.partition import SCHEMES as PARTITIONS
 from fedkron.strategies.registry import STRATEGIES
 
 CODECS = tuple(CODE_BITS)
+_FLOAT_CODECS = ("fp32", "fp16", "bf16")
 AGGREGATIONS = ("per-factor", "exact")
 LOCAL_LOSSES = ("ce", "logit-adjusted")
 LOCAL_OPTS = ("adamw", "sgd")
@@ -96,6 +97,8 @@ class RunConfig:
     quant: str = knob("nf4", "uplink codec (`--bits 4|8|16|32` picks nf4, int8, fp16, fp32)", C, CODECS)
     downlink: str = knob("fp32", "codec of the server's broadcast", C, CODECS)
     block_size: int = knob(0, "quantisation block, a power of two ≥ 16 (0 = 64 for 4-bit, 256 for int8)", C)
+    double_quant: bool = knob(True, "quantise the block scales of nf4/fp4 to 8 bits (QLoRA's double quantization: "
+                              "4.54 → 4.19 bits per value, error ×1.0002)", C)
     error_feedback: bool = knob(True, "carry the quantisation error of an update into the client's next one", C)
     # Federation
     clients: int = knob(0, "simulated clients, or the SuperNodes the server waits for", F)
@@ -250,9 +253,13 @@ class RunConfig:
         if problems:
             raise ConfigError("invalid run config:\n  - " + "\n  - ".join(problems))
 
-    def codec_options(self) -> dict[str, Any]:
-        """Options for ``fedkron.compression.get_codec`` (block size, when not the codec's default)."""
-        return {"block_size": self.block_size} if self.block_size else {}
+    def codec_options(self, codec: str) -> dict[str, Any]:
+        """Options of ``fedkron.compression.get_codec(codec, ...)`` for this run: the block size (when
+        not the codec's default) and double quantization (4-bit codecs only)."""
+        options: dict[str, Any] = {"block_size": self.block_size} if self.block_size and codec not in _FLOAT_CODECS else {}
+        if codec in ("nf4", "fp4"):
+            options["double_quant"] = self.double_quant
+        return options
 
 
 def _flag(name: str) -> str:

@@ -26,7 +26,7 @@ def _reencode(reply: Message, change) -> None:
     encoded = from_records(content[ARRAYS_KEY], content[MANIFEST_KEY])
     update = change(decode(encoded))
     content[ARRAYS_KEY], content[MANIFEST_KEY] = to_records(
-        get_codec(encoded.codec, block_size=encoded.manifest.get("block_size")).encode(update))
+        get_codec(encoded.codec, **encoded.codec_options).encode(update))
 
 
 def corrupt(reply: Message, fault: str) -> Message:

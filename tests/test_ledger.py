@@ -38,7 +38,7 @@ def test_ledger_totals_and_csv_round_trip(tmp_path):
 
 
 def _tiny_run(num_nodes, handler, **kw):
-    cfg = RunConfig(model="tiny-bert", task="boolq", clients=num_nodes, rounds=1, local_steps=1, batch_size=4,
+    cfg = RunConfig(model="tiny-bert", task="sst2", clients=num_nodes, rounds=1, local_steps=1, batch_size=4,
                     max_length=16, eval_samples=8, **kw).resolved()
     model = build_model(cfg, num_labels=2)
     initial = {k: v.clone() for k, v in adapter_state_dict(model).items()}

@@ -117,7 +117,7 @@ def handle_train(msg: Message, context: Context) -> Message:
 
     local = adapter_state_dict(model)
     update = {k: local[k].detach().float() - global_state[k].float() for k in sent}
-    codec = get_codec(cfg.quant, **cfg.codec_options())
+    codec = get_codec(cfg.quant, **cfg.codec_options(cfg.quant))
     if cfg.error_feedback:
         store = ResidualStore(cfg.client_state_dir, pid, context)
         ef = ErrorFeedback()

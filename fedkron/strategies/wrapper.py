@@ -77,7 +77,7 @@ class FedKron(Strategy):
         self.sent = sent_names(roles, cfg.aggregation)
         self.expected = {n: initial[n].shape for n in self.sent}
         self.global_state = {k: v.detach().clone() for k, v in initial.items()}
-        self.downlink = get_codec(cfg.downlink, **cfg.codec_options())
+        self.downlink = get_codec(cfg.downlink, **cfg.codec_options(cfg.downlink))
         self.ledger = ledger  # told what reading a reply reveals (rejected, a node's partition)
         self.roster = Roster(cfg.clients, cfg.seed, wait_for=cfg.clients, min_live=cfg.min_replies,
                              on_answer=lambda msg, pid: self._note(msg, partition_id=pid))
