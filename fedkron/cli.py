@@ -60,6 +60,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Flags → RunConfig; flags not given keep the config (and task) defaults."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
               if f.metadata.get("cli", True) and getattr(args, f.name, None) is not None}
+    zeros = [f"--{k.replace('_', '-')} must be ≥ 1 (got 0; leave it out for the task's default)"
+             for k in _PER_TASK if k != "eval_samples" and values.get(k) == 0]
+    if zeros:
+        raise ConfigError("invalid run config:\n  - " + "\n  - ".join(zeros))
     if args.bits is not None:
         values["quant"] = bits_to_codec(args.bits, args.quant)
     cfg = RunConfig.from_mapping(values)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fedkron.adapters.config import METHODS, SHAPE_POLICIES
-from fedkron.compression.payload import CODE_BITS
+from fedkron.compression.payload import BLOCK_SIZES, CODE_BITS
 from fedkron.data.partition import SCHEMES as PARTITIONS
 from fedkron.strategies.registry import STRATEGIES
 
@@ -91,6 +91,9 @@ class RunConfig:
     method: str = knob("kron-lora", "adapter: Kron-LoRA, KronA or LoRA", A, METHODS)
     rank: int = knob(8, "rank r", A)
     alpha: float = knob(16.0, "scaling s = alpha / r", A)
+    targets: str = knob("all-linear", "adapted layers: `all-linear` (every linear layer of the blocks, the "
+                        "paper's setting) or comma-separated module-name suffixes, e.g. `query,value` "
+                        "(FlowerTune's LoRA)", A)
     shape_policy: str = knob("paper", "Kronecker factor shapes: `paper` (A has 2 input columns, B about 256 "
                              "rows) or `peft` (PEFT LoKr's `decompose_factor`)", A, SHAPE_POLICIES)
     # Communication
@@ -126,7 +129,11 @@ class RunConfig:
     proximal_mu: float = knob(0.01, "proximal term weight of fedprox (clients add mu/2 ‖w − w_global‖²)", G)
     trim_fraction: float = knob(0.2, "share cut at each end by fedtrimmedavg", G)
     num_malicious: int = knob(0, "malicious clients krum and bulyan assume", G)
-    max_update_norm: float = knob(0.0, "reject replies whose update norm exceeds this (0 = no bound)", G)
+    max_update_norm: float = knob(0.0, "reject replies whose update norm exceeds this (0 = no fixed bound)", G)
+    norm_bound_factor: float = knob(10.0, "reject replies whose update norm exceeds this many times the median "
+                                    "norm of the round's replies and the last round's accepted ones (0 = off)", G)
+    max_weight_share: float = knob(0.5, "largest share of a round's total weight one client may get when the "
+                                   "server cannot check its example count against the partition it holds", G)
     # Privacy
     clip_norm: float = knob(0.0, "clip each decoded update to this L2 norm before aggregation (Flower's "
                             "server-side fixed clipping; 0 = off); with --dp-noise: central DP", P)
@@ -149,6 +156,8 @@ class RunConfig:
                            "fit the class-balanced classifier; prediction unchanged", L, LOCAL_LOSSES)
     # Output
     out: str = knob("results/flwr-run", "results folder (`fedkron sim`: results/<task>-<method>-<codec>)", O)
+    overwrite: bool = knob(False, "replace a run already in the results folder (without it, such a folder is "
+                           "refused)", O)
     resume: bool = knob(False, "continue from the newest checkpoint in `out`", O, cli=False)
     client_state_dir: str = knob("", "where clients keep error-feedback residuals per round ('' = in the node's "
                                  "Flower context)", O, cli=False)
@@ -207,24 +216,30 @@ class RunConfig:
                 problems.append(msg)
 
         for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                need(False, f"{_flag(f.name)} {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+            value, choices = getattr(self, f.name), f.metadata.get("choices")
+            if choices and value not in choices:
+                need(False, f"{_flag(f.name)} {value!r} is not one of {', '.join(choices)}")
+            if isinstance(value, float) and not math.isfinite(value):
+                need(False, f"{_flag(f.name)} must be a finite number (got {value})")
         need(self.task in TASKS, f"task {self.task!r} is not one of {', '.join(sorted(TASKS))}")
         need(self.rank >= 1, f"rank must be ≥ 1 (got {self.rank})")
         need(self.alpha > 0, f"alpha must be > 0 (got {self.alpha})")
         need(self.max_length >= 8, f"max-length must be ≥ 8 (got {self.max_length})")
         need(self.eval_samples >= 0, f"eval-samples must be ≥ 0 (0 = whole split; got {self.eval_samples})")
-        need(self.block_size == 0 or (self.block_size >= 16 and self.block_size & (self.block_size - 1) == 0),
-             f"block-size must be 0 (codec default) or a power of two ≥ 16 (got {self.block_size})")
+        for role, codec in (("quant", self.quant), ("downlink", self.downlink)):
+            allowed = BLOCK_SIZES.get(codec)
+            need(not (self.block_size and allowed and self.block_size not in allowed),
+                 f"block-size {self.block_size} does not suit the {role} codec {codec} (bitsandbytes takes "
+                 f"{', '.join(map(str, allowed or ()))})")
         need(self.clients >= 1, f"clients must be ≥ 1 (got {self.clients})")
         need(self.rounds >= 1, f"rounds must be ≥ 1 (got {self.rounds})")
         need(0.0 < self.fraction <= 1.0, f"fraction must be in (0, 1] (got {self.fraction})")
         need(0.0 <= self.fraction_evaluate <= 1.0, f"fraction-evaluate must be in [0, 1] (got {self.fraction_evaluate})")
         need(self.central_eval or self.fraction_evaluate > 0,
              "no evaluation at all: with --no-central-eval give --fraction-evaluate > 0")
-        need(1 <= self.min_replies <= self.clients,
-             f"min-replies must be in [1, clients={self.clients}] (got {self.min_replies})")
+        need(1 <= self.min_replies <= min(self.clients, self.sampled_per_round()),
+             f"min-replies must be in [1, the {self.sampled_per_round()} clients sampled per round] "
+             f"(got {self.min_replies})")
         need(self.dirichlet_alpha > 0, f"dirichlet-alpha must be > 0 (got {self.dirichlet_alpha})")
         need(self.server_lr > 0, f"server-lr must be > 0 (got {self.server_lr})")
         need(0 <= self.server_momentum < 1, f"server-momentum must be in [0, 1) (got {self.server_momentum})")
@@ -232,6 +247,9 @@ class RunConfig:
         need(0 <= self.trim_fraction < 0.5, f"trim-fraction must be in [0, 0.5) (got {self.trim_fraction})")
         need(self.num_malicious >= 0, f"num-malicious must be ≥ 0 (got {self.num_malicious})")
         need(self.max_update_norm >= 0, f"max-update-norm must be ≥ 0 (got {self.max_update_norm})")
+        need(self.norm_bound_factor == 0 or self.norm_bound_factor >= 1,
+             f"norm-bound-factor must be 0 (off) or ≥ 1 (got {self.norm_bound_factor})")
+        need(0 < self.max_weight_share <= 1, f"max-weight-share must be in (0, 1] (got {self.max_weight_share})")
         need(self.clip_norm >= 0, f"clip-norm must be ≥ 0 (got {self.clip_norm})")
         need(self.dp_noise >= 0, f"dp-noise must be ≥ 0 (got {self.dp_noise})")
         need(self.dp_noise == 0 or self.clip_norm > 0 or self.adaptive_clipping,
@@ -242,7 +260,8 @@ class RunConfig:
         need(self.batch_size >= 1, f"batch-size must be ≥ 1 (got {self.batch_size})")
         need(0 < self.lr < 1, f"lr must be in (0, 1) (got {self.lr})")
         need(0 <= self.lr_min <= self.lr, f"lr-min must be in [0, lr] (got {self.lr_min})")
-        need(self.seed >= 0, f"seed must be ≥ 0 (got {self.seed})")
+        need(0 <= self.seed < 2**32, f"seed must be in [0, 2^32) (got {self.seed})")
+        need(self.rank <= 4096, f"rank must be ≤ 4096 (got {self.rank})")
         if self.strategy in STRATEGIES:
             problems += STRATEGIES[self.strategy].problems(self)
         if self.data_dir:

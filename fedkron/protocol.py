@@ -27,7 +27,7 @@ FROZEN_DIGEST = "frozen-digest"  # exact mode: fingerprint of the factors that n
 ROUND_LR = "round-lr"  # the local learning rate of this round (a schedule across rounds)
 PROXIMAL_MU = "proximal-mu"  # FedProx's proximal term weight (Flower's key)
 # Metrics a client reports with its update.
-NUM_EXAMPLES, PARTITION_ID, TRAIN_LOSS = "num-examples", "partition-id", "train-loss"
+NUM_EXAMPLES, PARTITION_ID, NUM_PARTITIONS, TRAIN_LOSS = "num-examples", "partition-id", "num-partitions", "train-loss"
 TIMINGS = ("train-seconds", "client-seconds")
 EVAL_LOSS, EVAL_ACCURACY = "eval-loss", "eval-accuracy"
 
@@ -109,8 +109,10 @@ def make_eval_reply(num_examples: int, loss: float, accuracy: float) -> RecordDi
                                               EVAL_ACCURACY: accuracy})})
 
 
-def make_info(partition_id: int) -> RecordDict:
-    return RecordDict({INFO: MetricRecord({PARTITION_ID: partition_id})})
+def make_info(partition_id: int, num_partitions: int) -> RecordDict:
+    """A node's answer to the partition query: its share of the common task data (``i`` of ``n``),
+    or ``0`` of ``1`` for a node that trains on a data folder of its own."""
+    return RecordDict({INFO: MetricRecord({PARTITION_ID: partition_id, NUM_PARTITIONS: num_partitions})})
 
 
 @dataclass
@@ -120,6 +122,7 @@ class ValidReply:
     update: dict[str, torch.Tensor]
     num_examples: int
     metrics: dict[str, float]
+    norm: float  # L2 norm of the whole update
 
 
 def read_reply(
@@ -152,7 +155,7 @@ def read_reply(
     if norm > max_update_norm:
         raise RejectedReply(f"update norm {norm:.3g} exceeds the bound {max_update_norm:.3g}")
     return ValidReply(node_id=msg.metadata.src_node_id, partition_id=pid, update=update,
-                      num_examples=num_examples, metrics=numbers)
+                      num_examples=num_examples, metrics=numbers, norm=norm)
 
 
 def read_eval_reply(msg: Message, max_examples: int = 10**9) -> tuple[int, float, float]:
@@ -162,10 +165,14 @@ def read_eval_reply(msg: Message, max_examples: int = 10**9) -> tuple[int, float
             _number(metrics, EVAL_ACCURACY, 0.0, 1.0))
 
 
-def read_info(msg: Message, num_partitions: int) -> int:
-    """The partition id a node reports in answer to the server's query."""
+def read_info(msg: Message, num_partitions: int) -> tuple[int, int]:
+    """(partition id, number of partitions) a node reports in answer to the server's query: a share
+    of the run's ``num_partitions``, or (0, 1) for a node with its own data."""
     (info,) = _records(msg.content, (INFO, MetricRecord))
-    return _integer(info, PARTITION_ID, 0, num_partitions - 1)
+    num = _integer(info, NUM_PARTITIONS, 1, num_partitions)
+    if num not in (1, num_partitions):
+        raise RejectedReply(f"{NUM_PARTITIONS} {num} is neither the run's {num_partitions} nor 1 (own data)")
+    return _integer(info, PARTITION_ID, 0, num - 1), num
 
 
 def _records(content: RecordDict, *wanted: tuple[str, type]) -> list:

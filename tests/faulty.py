@@ -8,6 +8,7 @@ rest behave normally. The server must drop (or robustly absorb) what the bad one
 from __future__ import annotations
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
@@ -16,7 +17,10 @@ from fedkron.compression import decode, from_records, get_codec, to_records
 from fedkron.protocol import ARRAYS as ARRAYS_KEY
 from fedkron.protocol import MANIFEST as MANIFEST_KEY
 
-FAULTS = ("nan-scales", "truncated", "bad-manifest", "wrong-shape", "scale-100", "sign-flip", "raise")
+FAULTS = ("nan-scales", "truncated", "bad-manifest", "wrong-shape", "scale-100", "sign-flip", "raise",
+          # a reply's other fields (issue: one client could end the run)
+          "nan-partition", "huge-header", "claim-examples", "overflow", "zero-update")
+QUERY_FAULTS = ("no-info", "dup-partition", "float-partition")  # answers to the partition query
 
 
 def _reencode(reply: Message, change) -> None:
@@ -57,24 +61,42 @@ def corrupt(reply: Message, fault: str) -> Message:
         manifest: ConfigRecord = content[MANIFEST_KEY]
         for key in list(manifest.keys()):
             manifest[key] = "{not json"
+    elif fault == "nan-partition":
+        content["metrics"]["partition-id"] = float("nan")
+    elif fault == "claim-examples":
+        content["metrics"]["num-examples"] = 10**9
+    elif fault == "overflow":  # well-formed, finite in fp32, and enormous
+        _reencode(reply, lambda u: {k: torch.sign(v) * 3e30 for k, v in u.items()})
+    elif fault == "zero-update":
+        _reencode(reply, lambda u: {k: torch.zeros_like(v) for k, v in u.items()})
+    elif fault == "huge-header":  # the .npy bytes claim 10^12 values: np.load would try to allocate them
+        arr = arrays["codes"]
+        header = b"{'descr': '|u1', 'fortran_order': False, 'shape': (1000000000000,), }"
+        header += b" " * (63 - (len(header) + 10) % 64) + b"\n"
+        arrays["codes"] = Array(dtype=arr.dtype, shape=tuple(arr.shape), stype=arr.stype,
+                                data=b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
     else:
         raise ValueError(f"unknown fault {fault!r}; choose from {FAULTS}")
     return reply
 
 
-def make_faulty_app(fault: str | dict[int, str], partitions: tuple[int, ...] = ()) -> ClientApp:
+def make_faulty_app(fault: str | dict[int, str], partitions: tuple[int, ...] = (), only_in: str = "") -> ClientApp:
     """A ClientApp whose clients in ``partitions`` send ``fault`` (or raise, for ``"raise"``);
-    or, with a dict, a fault per partition id."""
+    or, with a dict, a fault per partition id. With ``only_in``, clients misbehave only in runs
+    whose results folder name contains it (a clean and an attacked run in one simulation)."""
     faults = dict(fault) if isinstance(fault, dict) else {p: fault for p in partitions}
-    unknown = sorted(set(faults.values()) - set(FAULTS))
+    unknown = sorted(set(faults.values()) - set(FAULTS) - set(QUERY_FAULTS))
     if unknown:
         raise ValueError(f"unknown fault {unknown[0]!r}; choose from {FAULTS}")
     app = ClientApp()
 
+    def attacking(msg: Message) -> bool:
+        return not only_in or only_in in str(msg.content["config"].get("out", ""))
+
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         pid = int(context.node_config.get("partition-id", -1))
-        kind = faults.get(pid)
+        kind = faults.get(pid) if attacking(msg) else None
         if kind == "raise":
             raise RuntimeError(f"injected failure on partition {pid}")
         reply = handle_train(msg, context)
@@ -86,6 +108,14 @@ def make_faulty_app(fault: str | dict[int, str], partitions: tuple[int, ...] = (
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        return handle_query(msg, context)
+        reply = handle_query(msg, context)
+        kind = faults.get(int(context.node_config.get("partition-id", -1)))
+        if kind == "no-info":
+            del reply.content["info"]
+        elif kind == "dup-partition":
+            reply.content["info"]["partition-id"] = 0
+        elif kind == "float-partition":
+            reply.content["info"]["partition-id"] = 1.5
+        return reply
 
     return app

@@ -214,8 +214,8 @@ def test_run_completes_when_a_supernode_dies_mid_run(federation, tmp_path):
     rows = _rows(out)
     assert rows[1]["accepted"] == 2
     assert rows[2]["accepted"] == 1 and rows[2]["failed"] == 1  # Flower's "node unavailable" reply
-    up2 = [r["partition_id"] for r in _ledger(out) if r["round"] == "2" and r["direction"] == "up"]
-    assert up2 == ["0"]
+    up2 = [(r["partition_id"], r["status"]) for r in _ledger(out) if r["round"] == "2" and r["direction"] == "up"]
+    assert sorted(up2) == [("0", "ok"), ("1", "failed")]  # the error reply is counted too
 
 
 @needs_flower
@@ -241,3 +241,35 @@ def test_a_supernode_that_joins_late_is_used_from_the_next_round(federation, tmp
              if r["direction"] == "up" and r["kind"] == "train" and r["status"] == "ok"}
     assert ("1", "0") in ok_up and ("1", "1") not in ok_up  # round 1: only the early node
     assert ("3", "1") in ok_up  # the late node trains from a later round on
+
+
+@needs_flower
+@pytest.mark.deploy
+def test_edge_nodes_with_their_own_data_train(tmp_path):
+    """The documented own-data path: two SuperNodes started with only their own data folder (no
+    partition), each a different slice of SST-2, two rounds: both are used, each in a slot of its own."""
+    from fedkron.data import get_splits
+    from fedkron.deploy.local import LocalFederation
+
+    train = get_splits("sst2")["train"]
+    sizes = (48, 80)
+    for i, n in enumerate(sizes):
+        folder = tmp_path / f"edge-{i}" / "sst2"
+        folder.mkdir(parents=True)
+        rows = train.select(range(1000 * i, 1000 * i + n))
+        body = "".join(f"{t}\t{y}\n" for t, y in zip(rows["text"], rows["label"]))
+        (folder / "train.tsv").write_text("sentence\tlabel\n" + body)
+        (folder / "dev.tsv").write_text("sentence\tlabel\n" + body[: body.index("\n", 200) + 1])
+    with LocalFederation(tmp_path / "fed") as fed:
+        fed.start_superlink()
+        keys = fed.make_keys(["e0", "e1"])
+        for i, key in enumerate(keys):
+            fed.start_supernode(f"e{i}", None, key=key, data_dir=str(tmp_path / f"edge-{i}"))
+        fed.wait_connected(["e0", "e1"])
+        out = tmp_path / "results"
+        summary = fed.run({**TINY, "task": "sst2", "out": str(out)}, timeout=300)
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+    rows = _rows(out)
+    assert all(rows[r]["accepted"] == 2 and rows[r]["rejected"] == 0 for r in (1, 2))
+    train_rows = [r for r in _ledger(out) if r["kind"] == "train"]
+    assert sorted({r["partition_id"] for r in train_rows}) == ["0", "1"]  # a slot each

@@ -116,10 +116,11 @@ def test_broadcast_round_trips_and_leaves_empty_strings_at_home(update):
 
 def test_info_and_evaluation_replies_are_checked(flower_identity):
     sent = Message(RecordDict(), dst_node_id=7, message_type="query")
-    assert read_info(Message(make_info(4), reply_to=sent), num_partitions=5) == 4
-    for bad in (5, -1, 1.5, math.nan):
+    assert read_info(Message(make_info(4, 5), reply_to=sent), num_partitions=5) == (4, 5)
+    assert read_info(Message(make_info(0, 1), reply_to=sent), num_partitions=5) == (0, 1)  # its own data
+    for bad in ((5, 5), (-1, 5), (1.5, 5), (math.nan, 5), (0, 3), (1, 1), (0, math.inf)):
         with pytest.raises(RejectedReply):
-            read_info(Message(make_info(bad), reply_to=sent), num_partitions=5)
+            read_info(Message(make_info(*bad), reply_to=sent), num_partitions=5)
     with pytest.raises(RejectedReply, match="lacks the 'info' record"):
         read_info(Message(RecordDict(), reply_to=sent), num_partitions=5)
     ev = Message(RecordDict(), dst_node_id=7, message_type="evaluate")

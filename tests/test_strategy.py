@@ -57,7 +57,7 @@ class Clients:
         if msg.metadata.message_type == "query":
             from fedkron.protocol import make_info
 
-            return Message(make_info(pid), reply_to=msg)
+            return Message(make_info(pid, int(context.node_config["num-partitions"])), reply_to=msg)
         b = read_broadcast(msg.content, RUN_KEYS)
         self.seen.append({"round": b.server_round, "pid": pid, "state": b.state})
         update = self.per_round[b.server_round][pid]
@@ -70,10 +70,12 @@ class Clients:
         return corrupt(reply, fault) if fault else reply
 
 
-def _run(cfg, clients, initial=None, rounds=None, ledger=None):
+def _run(cfg, clients, initial=None, rounds=None, ledger=None, sizes="known"):
+    """Run the wrapper over ``clients``; by default the server knows each partition's true size."""
     initial = initial or _initial()
     ledger = ledger if ledger is not None else Ledger()
-    strategy = FedKron(build_strategy(cfg), cfg, initial, ROLES, ledger=ledger)
+    sizes = dict(enumerate(clients.examples)) if sizes == "known" else sizes
+    strategy = FedKron(build_strategy(cfg), cfg, initial, ROLES, ledger=ledger, partition_sizes=sizes)
     grid = LedgerGrid(LoopbackGrid(cfg.clients, clients), ledger,
                       partition_of=lambda n: strategy.roster.partition_of.get(n, -1))
     result = run_rounds(strategy, grid, to_arrayrecord(initial), 1, rounds or cfg.rounds,
@@ -107,8 +109,9 @@ def test_fedmedian_and_trimmed_mean_are_flowers(flower_identity):
     ups = {1: _updates(4, 5)}
     ups[1][3] = {k: torch.full(SHAPES[k], 50.0) for k in SHAPES}  # an attacker
     initial = _initial()
-    _, med, _ = _run(_cfg(rounds=1, strategy="fedmedian"), Clients(ups, [1, 9, 1, 1]))
-    _, trim, _ = _run(_cfg(rounds=1, strategy="fedtrimmedavg", trim_fraction=0.25), Clients(ups, [1, 9, 1, 1]))
+    off = dict(norm_bound_factor=0)  # let the attacker through: the robust aggregator has to cope
+    _, med, _ = _run(_cfg(rounds=1, strategy="fedmedian", **off), Clients(ups, [1, 9, 1, 1]))
+    _, trim, _ = _run(_cfg(rounds=1, strategy="fedtrimmedavg", trim_fraction=0.25, **off), Clients(ups, [1, 9, 1, 1]))
     for k in SHAPES:
         local = np.stack([(initial[k] + u[k]).double().numpy() for u in ups[1]])
         np.testing.assert_allclose(med[k].numpy(), np.median(local, axis=0), rtol=1e-6, atol=1e-6)
@@ -158,7 +161,7 @@ def test_server_side_fixed_clipping_bounds_each_update(flower_identity):
     ups = {1: _updates(4, 7)}
     ups[1][0] = {k: 30 * v for k, v in ups[1][0].items()}
     clip = 0.2
-    strategy, final, _ = _run(_cfg(rounds=1, clip_norm=clip), Clients(ups, [1, 1, 1, 1]))
+    strategy, final, _ = _run(_cfg(rounds=1, clip_norm=clip, norm_bound_factor=0), Clients(ups, [1, 1, 1, 1]))
     clipped = []
     for u in ups[1]:
         norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in u.values()))
@@ -244,3 +247,33 @@ def test_settings_a_strategy_cannot_work_with_are_refused_before_the_run():
         _cfg(dp_noise=1.0)
     with pytest.raises(ConfigError, match="strategy 'fedsgd' is not one of"):
         _cfg(strategy="fedsgd")
+
+
+def test_a_client_cannot_claim_more_examples_than_it_holds(flower_identity):
+    ups = {1: _updates(4, 11)}
+    liar = Clients(ups, [10, 10, 10, 10**9])  # partition 3 holds 10 rows, claims a billion
+    _, final, _ = _run(_cfg(rounds=1), liar, sizes={0: 10, 1: 10, 2: 10, 3: 10})
+    for k in SHAPES:  # equal weights: what the partitions really hold
+        torch.testing.assert_close(final[k], _initial()[k] + sum(u[k] for u in ups[1]) / 4, rtol=1e-5, atol=1e-6)
+    # where the server cannot check (clients with their own data), no client gets more than the share
+    _, final, _ = _run(_cfg(rounds=1, max_weight_share=0.4), liar, sizes=None)
+    w = [10, 10, 10, 0.4 * 30 / (1 - 0.4)]  # water-filled: 20 = 0.4 of the new total 50
+    for k in SHAPES:
+        expected = _initial()[k].double() + sum(u[k].double() * wi for u, wi in zip(ups[1], w)) / sum(w)
+        torch.testing.assert_close(final[k], expected.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_one_huge_well_formed_update_is_rejected_by_the_default_norm_bound(flower_identity):
+    ups = {1: _updates(4, 12), 2: _updates(4, 13)}
+    ups[2][1] = {k: 3e30 * v for k, v in ups[2][1].items()}
+    strategy, final, ledger = _run(_cfg(rounds=2), Clients(ups, [1, 1, 1, 1]))
+    assert strategy.round_stats[2]["rejected"] == 1 and strategy.round_stats[2]["accepted"] == 3
+    assert all(torch.isfinite(v).all() and v.abs().max() < 10 for v in final.values())
+    assert [r.partition_id for r in ledger.rows if r.status == "rejected"] == [1]
+    # with the bound off, updates near float32's limit overflow the aggregate: it is refused
+    huge = {1: [{k: 3e38 * torch.sign(v) for k, v in u.items()} for u in _updates(4, 14)]}
+    cfg = _cfg(rounds=1, norm_bound_factor=0, strategy="fedavgm", server_lr=1.5, server_momentum=0.0)
+    strategy, off, _ = _run(cfg, Clients(huge, [1, 1, 1, 1]))
+    assert strategy.round_stats[1].get("aggregate_refused")
+    for k in SHAPES:
+        assert torch.equal(off[k], _initial()[k])

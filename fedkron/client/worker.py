@@ -146,5 +146,4 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
 
 
 def handle_query(msg: Message, context: Context) -> Message:
-    pid, _ = node_partition(context)
-    return Message(make_info(pid), reply_to=msg)
+    return Message(make_info(*node_partition(context)), reply_to=msg)

@@ -18,7 +18,7 @@ from fedkron.models.dual_encoder import DualEncoderForMultipleChoice
 
 # The RunConfig fields build_model reads: a process that caches a built model keys it by these
 # (tests check that build_model reads nothing else).
-MODEL_FIELDS = ("model", "task", "method", "rank", "alpha", "shape_policy", "seed", "mc_head")
+MODEL_FIELDS = ("model", "task", "method", "rank", "alpha", "targets", "shape_policy", "seed", "mc_head")
 
 # Model aliases that work offline. Anything else is a hub id or a local folder.
 TINY_BERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
@@ -50,7 +50,9 @@ def model_key(cfg: RunConfig) -> tuple:
 
 
 def adapter_config(cfg: RunConfig) -> AdapterConfig:
-    return AdapterConfig(method=cfg.method, rank=cfg.rank, alpha=cfg.alpha, shape_policy=cfg.shape_policy)
+    targets = "all-linear" if cfg.targets == "all-linear" else [t.strip() for t in cfg.targets.split(",") if t.strip()]
+    return AdapterConfig(method=cfg.method, rank=cfg.rank, alpha=cfg.alpha, shape_policy=cfg.shape_policy,
+                         target_modules=targets)
 
 
 def build_model(cfg: RunConfig, num_labels: int, multiple_choice: bool = False) -> nn.Module:

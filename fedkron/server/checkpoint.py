@@ -33,8 +33,14 @@ class Checkpoint:
     metrics: list[dict]
 
 
+# Settings that may change between a checkpoint and its resume (where the run lives, how far it goes).
+PER_FOLDER = ("out", "resume", "client-state-dir", "rounds", "overwrite")
+
+
 def save_checkpoint(out: Path, rnd: int, global_state, strategy_state: tuple[dict, dict], ledger: Ledger,
-                    metrics: list[dict]) -> Path:
+                    metrics: list[dict], config: dict) -> Path:
+    """Write round ``rnd``'s checkpoint; ``config`` (the run config record) is kept with it, so a
+    resume with other settings is refused instead of mixing two runs."""
     root = Path(out) / "checkpoint"
     folder = root / f"round-{rnd}"
     tmp = root / f".round-{rnd}.tmp"
@@ -45,7 +51,8 @@ def save_checkpoint(out: Path, rnd: int, global_state, strategy_state: tuple[dic
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "strategy.safetensors"))
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     ledger.write_csv(tmp / "ledger.csv")
-    (tmp / "state.json").write_text(json.dumps({"round": rnd, "metrics": metrics, "strategy": values}))
+    (tmp / "state.json").write_text(json.dumps({"round": rnd, "metrics": metrics, "strategy": values,
+                                                "config": config}))
     _fsync_dir(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -73,6 +80,32 @@ def require_rounds_left(out: Path, done: int, rounds: int) -> None:
     """A resumed run must have rounds left to run; a finished one is extended by raising ``rounds``."""
     if done >= rounds:
         raise ConfigError(f"--resume {out}: all {done} rounds are done; add --rounds N (N > {done}) to extend it")
+
+
+def resume_problems(cfg) -> list[str]:
+    """Why the run in ``cfg.out`` cannot be resumed with ``cfg`` (empty when it can)."""
+    out = Path(cfg.out)
+    if not (out / "config.json").is_file():
+        return [f"--resume {out}: no run there (no config.json)"]
+    metrics = out / "metrics.jsonl"
+    done = [json.loads(line)["round"] for line in metrics.read_text().splitlines() if line.strip()] \
+        if metrics.is_file() else []
+    latest = _latest(out)
+    if latest is None:
+        if any(r >= 1 for r in done):
+            return [f"--resume {out}: metrics.jsonl has rounds up to {max(done)} but checkpoint/ is missing, so the "
+                    "run cannot go on where it stopped; restore checkpoint/ or start again with --overwrite"]
+        return []  # stopped before round 1 ended: starting again loses nothing
+    saved = json.loads((out / "checkpoint" / latest["folder"] / "state.json").read_text()).get("config")
+    if saved is None:
+        return []  # a checkpoint written before configs were kept with it
+    now = cfg.to_record()
+    differ = [k for k in now if k not in PER_FOLDER and k in saved and saved[k] != now[k]]
+    if differ:
+        what = ", ".join(f"{k} {saved[k]!r} (now {now[k]!r})" for k in differ)
+        return [f"--resume {out}: the settings differ from the checkpoint's: {what}; restore config.json, "
+                "or start again with --overwrite"]
+    return []
 
 
 def load_checkpoint(out: Path) -> Checkpoint | None:

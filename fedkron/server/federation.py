@@ -59,7 +59,8 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
     model = build_model(cfg, task.num_labels, task.is_multiple_choice)
     initial = {k: v.clone() for k, v in adapter_state_dict(model).items()}
     ledger = ckpt.ledger if ckpt else Ledger()
-    strategy = FedKron(build_strategy(cfg), cfg, initial, adapter_factor_roles(model), ledger=ledger)
+    strategy = FedKron(build_strategy(cfg), cfg, initial, adapter_factor_roles(model), ledger=ledger,
+                       partition_sizes=partition_sizes(cfg))
     ledger_grid = LedgerGrid(grid, ledger, partition_of=lambda node: strategy.roster.partition_of.get(node, -1))
     if ckpt:  # safetensors loads keys sorted; keep the model's order (it is the order on the wire)
         initial = {k: ckpt.global_state[k] for k in initial}
@@ -104,7 +105,7 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
             progress(row)
         if server_round >= 1:
             save_checkpoint(results.path, server_round, state, strategy_state(strategy.strategy), ledger,
-                            results.rows)
+                            results.rows, cfg.to_record())
         return MetricRecord({k: v for k, v in (("accuracy", acc), ("loss", loss)) if v is not None})
 
     try:
@@ -119,6 +120,22 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
     finally:
         _finish(results, ledger, summary, cfg, time.perf_counter() - t_start)
     return summary
+
+
+def partition_sizes(cfg: RunConfig) -> dict[int, int] | None:
+    """Rows of each client's partition when this process can read the training data locally (the
+    packaged set, or a data folder), so no client can claim more examples than it holds."""
+    from fedkron.data import check_task_data, get_task, resolve_source
+
+    try:
+        if resolve_source(get_task(cfg.task), cfg.data_dir or None, "auto")[0] == "hub":
+            return None
+        check = check_task_data(cfg.task, cfg.data_dir or None, cfg.clients, cfg.partition, cfg.seed,
+                                alpha=cfg.dirichlet_alpha)
+    except Exception as err:  # a server without the data caps weights by share instead
+        log.info("the server cannot read the training data (%s); client weights are capped by share", err)
+        return None
+    return dict(enumerate(check.partition_sizes))
 
 
 def _finish(results: ResultsFolder, ledger: Ledger, summary: dict, cfg: RunConfig, seconds: float) -> None:

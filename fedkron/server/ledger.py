@@ -72,9 +72,16 @@ class Ledger:
             try:
                 figures = message_byte_figures(msg)
             except Exception:  # a reply whose payload does not even parse (PayloadError...): count what arrived
-                figures = {"payload": 0, "count_bytes": sum(r.count_bytes() for r in msg.content.array_records.values())}
-            figures["content_bytes"] = content_bytes(msg)
-        figures["serialized"] = message_to_proto(msg).ByteSize()
+                figures = {"payload": 0, "count_bytes": sum(len(a.data) for r in msg.content.array_records.values()
+                                                            for a in r.values())}
+            try:
+                figures["content_bytes"] = content_bytes(msg)
+            except Exception:
+                figures["content_bytes"] = figures["count_bytes"]
+        try:
+            figures["serialized"] = message_to_proto(msg).ByteSize()
+        except Exception:  # a reply that does not even serialize: count its records
+            figures["serialized"] = figures.get("content_bytes", 0)
         group = msg.metadata.group_id
         self.add(LedgerRow(round=int(group) if group.isdigit() else 0, direction=direction,
                            kind=msg.metadata.message_type, node_id=int(node), partition_id=int(partition_id),

@@ -3,7 +3,10 @@
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from pathlib import Path
+
 from fedkron.config import RunConfig
+from fedkron.preflight import clear_run, preflight
 from fedkron.server.federation import run_federation
 
 app = ServerApp()
@@ -12,7 +15,10 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Read ``[tool.flwr.app.config]`` (+ ``--run-config``) and run the federation."""
-    cfg = RunConfig.from_mapping(dict(context.run_config))
+    cfg = RunConfig.from_mapping(dict(context.run_config)).resolved()
+    preflight(cfg)
+    if cfg.overwrite and not cfg.resume:
+        clear_run(Path(cfg.out))
     run_federation(grid, cfg, progress=_print_progress, resume=cfg.resume)
 
 

@@ -67,14 +67,13 @@ def run_configs(base: RunConfig, specs: list[RunSpec], out: str | Path, lora_ran
     return configs
 
 
-_PER_FOLDER = ("out", "resume", "client-state-dir", "rounds")  # may differ from a saved run's config
 
 
 def resume_plan(cfg: RunConfig) -> str:
     """What a resumed compare does with the run folder ``cfg.out``: ``"done"`` (finished with these
     settings: keep it), ``"resume"`` (cut off after a checkpoint: go on from there) or ``"fresh"``.
     A folder holding a run with other settings is refused rather than mixed into the report."""
-    from fedkron.server.checkpoint import latest_round
+    from fedkron.server.checkpoint import PER_FOLDER, latest_round
 
     folder = Path(cfg.out)
     if not (folder / "config.json").is_file():
@@ -82,7 +81,7 @@ def resume_plan(cfg: RunConfig) -> str:
     # from_mapping: a key the saved run predates ran at its default; values coerced as on --resume
     saved = RunConfig.from_mapping(json.loads((folder / "config.json").read_text())).to_record()
     mine = cfg.to_record()
-    differ = sorted(k for k in mine if k not in _PER_FOLDER and saved[k] != mine[k])
+    differ = sorted(k for k in mine if k not in PER_FOLDER and saved[k] != mine[k])
     if differ or saved["rounds"] > cfg.rounds:
         what = ", ".join(f"{k} {saved[k]!r} (now {mine[k]!r})" for k in differ) or \
             f"rounds {saved['rounds']} (now {cfg.rounds})"
@@ -107,12 +106,21 @@ def run_compare(
 
     With ``resume``, runs already finished in ``out`` with the same settings are kept and a run
     cut off mid-way continues from its last checkpoint (see :func:`resume_plan`)."""
+    from fedkron.preflight import data_problems, holds_a_run, model_problems
     from fedkron.sim.report import write_report
     from fedkron.sim.simulate import run_sim
 
     run = run or run_sim
     configs = run_configs(base, specs, out, lora_rank)
     plans = [resume_plan(cfg) if resume else "fresh" for cfg in configs]  # every refusal before any run
+    problems = []
+    for cfg, plan in zip(configs, plans):
+        if plan == "fresh" and holds_a_run(Path(cfg.out)) and not cfg.overwrite:
+            problems.append(f"{cfg.out} holds a run; pass --overwrite to replace it, --resume to keep it")
+        if plan != "done":
+            problems += [p for p in model_problems(cfg) + data_problems(cfg) if p not in problems]
+    if problems:
+        raise ConfigError("cannot start the comparison:\n  - " + "\n  - ".join(problems))
     Path(out).mkdir(parents=True, exist_ok=True)
     for spec, cfg, plan in zip(specs, configs, plans):
         if plan == "done":

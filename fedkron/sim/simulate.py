@@ -15,6 +15,7 @@ from typing import Callable
 
 from fedkron import VERBOSE_ENV
 from fedkron.config import RunConfig
+from fedkron.preflight import clear_run, preflight
 
 log = logging.getLogger("fedkron")
 
@@ -50,7 +51,10 @@ def run_sim(cfg: RunConfig, progress: Callable[[dict], None] | None = None, clie
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         logging.getLogger("flwr").setLevel(logging.WARNING)
         logging.getLogger("flwr").addFilter(_DropDeprecation())
-    cfg = cfg.resolved()  # fail on bad config before Ray starts
+    cfg = cfg.resolved()  # fail on bad config, a missing model, bad data or a taken folder before Ray starts
+    preflight(cfg)
+    if cfg.overwrite and not cfg.resume:
+        clear_run(Path(cfg.out))
     if not cfg.client_state_dir:  # virtual clients keep error feedback on disk: survives a kill
         cfg = dataclasses.replace(cfg, client_state_dir=str(Path(cfg.out) / "client-state"))
 

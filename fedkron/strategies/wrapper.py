@@ -72,7 +72,7 @@ class _Given:
 
 class FedKron(Strategy):
     def __init__(self, strategy: Strategy, cfg: RunConfig, initial: dict[str, torch.Tensor],
-                 roles: dict[str, str], ledger=None):
+                 roles: dict[str, str], ledger=None, partition_sizes: dict[int, int] | None = None):
         self.strategy, self.cfg, self.roles = strategy, cfg, roles
         self.sent = sent_names(roles, cfg.aggregation)
         self.expected = {n: initial[n].shape for n in self.sent}
@@ -84,6 +84,8 @@ class FedKron(Strategy):
         self.measure_error = dense_elements({k: v.shape for k, v in initial.items()}, roles) <= MAX_DENSE_FOR_ERROR
         self.uniform_weights = cfg.dp_noise > 0  # Flower's DP accounting needs equal client weights
         self.clips = cfg.clip_norm > 0 or cfg.adaptive_clipping
+        self.partition_sizes = partition_sizes or {}  # what each partition holds, when the server knows
+        self._last_norms: list[float] = []  # accepted update norms of the last round
         self.round_stats: dict[int, dict] = {}
         self._asked: dict[int, int] = {}
         self._t0: dict[int, float] = {}
@@ -136,8 +138,8 @@ class FedKron(Strategy):
             try:
                 reply = read_reply(msg, self.expected, (self.cfg.quant,), self.cfg.clients,
                                    max_update_norm=self.cfg.max_update_norm or math.inf)
-                if reply.partition_id != pid:
-                    raise ValueError(f"reports partition {reply.partition_id}, but holds {pid}")
+                if reply.partition_id != self.roster.reported(node):
+                    raise ValueError(f"reports partition {reply.partition_id}, but holds {self.roster.reported(node)}")
                 if self.clips and not any(bool(v.any()) for v in reply.update.values()):
                     raise ValueError("an all-zero update cannot go through Flower's clipping (it divides by "
                                      "the update norm)")
@@ -149,13 +151,15 @@ class FedKron(Strategy):
                 continue
             valid.append(reply)
             pairs.append(msg)
+        valid, pairs, outliers = self._norm_outliers(server_round, valid, pairs)
+        rejected += outliers
         stats = self.round_stats[server_round] = {"failed": failed, "rejected": rejected, "accepted": len(valid)}
         if len(valid) < self.cfg.min_replies:
             raise RuntimeError(f"round {server_round}: only {len(valid)} valid replies ({rejected} rejected, "
                                f"{failed} failed); at least {self.cfg.min_replies} needed")
         order = sorted(range(len(valid)), key=lambda i: (valid[i].partition_id, valid[i].node_id))
         valid, pairs = [valid[i] for i in order], [pairs[i] for i in order]  # arrival order must not matter
-        weights = [1 if self.uniform_weights else r.num_examples for r in valid]
+        weights = [1 if self.uniform_weights else w for w in self._weights(valid)]
         for msg, reply, weight in zip(pairs, valid, weights):  # what a stock strategy expects
             local = {n: self.global_state[n].double() + reply.update[n].double() for n in self.sent}
             msg.content = RecordDict({"arrays": to_arrayrecord(local, np.float64), METRICS: MetricRecord(
@@ -166,18 +170,62 @@ class FedKron(Strategy):
         if self.measure_error:
             stats["aggregation_error"] = aggregation_error(self.global_state, [r.update for r in valid], weights,
                                                            self.roles)
-        if arrays is None:
+        new = None if arrays is None else {n: torch.from_numpy(np.asarray(arrays[n].numpy(), np.float32).copy())
+                                           for n in self.sent}
+        if new is None:
             log.warning("round %d: %s skipped aggregation; the global adapter is unchanged", server_round,
                         type(self.strategy).__name__)
+        elif not all(bool(torch.isfinite(v).all()) for v in new.values()):
+            stats["aggregate_refused"] = True
+            log.error("round %d: the aggregate has non-finite values (overflow); it is refused and the global "
+                      "adapter is unchanged", server_round)
         else:
-            self.global_state.update({n: torch.from_numpy(np.asarray(arrays[n].numpy(), np.float32).copy())
-                                      for n in self.sent})
+            self.global_state.update(new)
+        self._last_norms = [r.norm for r in valid]
         train_loss = sum(r.metrics[TRAIN_LOSS] * w for r, w in zip(valid, weights)) / sum(weights)
         stats.update(train_loss=train_loss, fit_seconds=time.perf_counter() - self._t0.pop(server_round),
                      **{k.replace("-", "_"): sum(r.metrics.get(k, 0.0) for r in valid) for k in TIMINGS})
         out = {TRAIN_LOSS: train_loss, "accepted": len(valid), "rejected": rejected, "failed": failed,
                NUM_EXAMPLES: sum(weights)}
         return to_arrayrecord(self.global_state), MetricRecord(out)
+
+    def _norm_outliers(self, server_round: int, valid: list, pairs: list) -> tuple[list, list, int]:
+        """Leave out updates whose norm exceeds ``norm_bound_factor`` × the median norm of this
+        round's replies and the last round's accepted ones (a robust reference one client cannot
+        move much), so a single well-formed but huge update cannot wreck the global adapter."""
+        factor = self.cfg.norm_bound_factor
+        if not factor or not valid:
+            return valid, pairs, 0
+        bound = factor * float(np.median([r.norm for r in valid] + self._last_norms))
+        keep = [i for i, r in enumerate(valid) if r.norm <= bound]
+        for i in set(range(len(valid))) - set(keep):
+            self._note(pairs[i], status="rejected")
+            log.warning("round %d: rejected reply from client %s (partition %s): update norm %.3g is more than "
+                        "%g × the median norm (bound %.3g)", server_round, valid[i].node_id,
+                        self.roster.partition_of.get(valid[i].node_id), valid[i].norm, factor, bound)
+        return [valid[i] for i in keep], [pairs[i] for i in keep], len(valid) - len(keep)
+
+    def _weights(self, valid: list) -> list[float]:
+        """Example counts, capped: at the size of the partition a node holds when the server knows
+        it, else so that no client gets more than ``max_weight_share`` of the round's total."""
+        weights, capped = [], []
+        for r in valid:
+            slot = self.roster.partition_of.get(r.node_id)
+            known = self.partition_sizes.get(slot) if r.node_id not in self.roster.own_data else None
+            weights.append(float(min(r.num_examples, known) if known else r.num_examples))
+            capped.append(known is None)
+        share = self.cfg.max_weight_share
+        if share < 1 and len(weights) > 1:
+            for _ in range(len(weights)):  # water-filling: cap, then recheck against the new total
+                limit = share * sum(weights)
+                over = [i for i, w in enumerate(weights) if capped[i] and w > limit * (1 + 1e-12)]
+                if not over:
+                    break
+                others = sum(w for i, w in enumerate(weights) if i not in over)
+                cap = share * others / (1 - share * len(over)) if share * len(over) < 1 else min(weights)
+                for i in over:
+                    weights[i] = cap
+        return weights
 
     # --- federated evaluation ---------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
