@@ -144,20 +144,24 @@ def summary_text(s: dict, out: str) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fedkron.sim.compare import parse_runs, run_compare
     from fedkron.server.progress import format_round
+    from fedkron.sim.compare import LoraSettings, parse_runs, run_compare
 
     specs = parse_runs(args.runs)
     base = config_from_args(args)
     out = args.out or f"results/compare-{base.task}"
     print(f"fedkron compare: {', '.join(s.label for s in specs)} on {base.task} ({base.model}) → {out}", flush=True)
-    report = run_compare(base, specs, out, lora_rank=args.lora_rank, resume=args.resume,
+    lora = LoraSettings(rank=args.lora_rank, lr=args.lora_lr, targets=args.lora_targets)
+    report = run_compare(base, specs, out, lora=lora, resume=args.resume, downlink=args.downlink,
+                         verbose=args.verbose,
                          progress=lambda label, row: print(f"[{label}] {format_round(row)}", flush=True))
     print(f"report: {report}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fedkron.sim.compare import DEFAULT_RUNS
+
     parser = argparse.ArgumentParser(prog="fedkron", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,10 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_sim.add_argument("--resume", metavar="DIR", help="continue the run in results folder DIR from its last completed round")
     p_sim.set_defaults(func=cmd_sim)
     p_cmp = sub.add_parser("compare", help="several methods/codecs on one task, seed and client schedule")
-    p_cmp.add_argument("--runs", default="kron-lora:nf4,lora:fp32",
-                       help="comma-separated method:codec list (default kron-lora:nf4,lora:fp32), e.g. "
-                            "kron-lora:nf4,kron-lora:int8,kron-lora:fp32,lora:fp32,lora:nf4,krona:nf4")
-    p_cmp.add_argument("--lora-rank", type=int, help="rank of the lora runs (default: --rank)")
+    p_cmp.add_argument("--runs", default=DEFAULT_RUNS,
+                       help=f"comma-separated method:codec[:aggregation] runs, the codec used both ways (default "
+                            f"{DEFAULT_RUNS}); presets: flowertune (LoRA-8 on query,value, fp32: Flower's recipe), "
+                            "ffa-lora[:codec] (LoRA with A frozen: exact); e.g. kron-lora:nf4:exact,lora:nf4,lora:fp32")
+    p_cmp.add_argument("--lora-rank", type=int, default=8, help="rank of the LoRA runs (default 8)")
+    p_cmp.add_argument("--lora-lr", type=float, help="learning rate of the LoRA runs (default: --lr)")
+    p_cmp.add_argument("--lora-targets", help="adapted layers of the LoRA runs, e.g. query,value (default: --targets)")
     p_cmp.add_argument("--resume", action="store_true",
                        help="continue the compare in --out: keep runs finished there with the same "
                             "settings, continue a run cut off mid-way from its last checkpoint")

@@ -79,7 +79,8 @@ class RunConfig:
     # Model and task
     model: str = knob("minilm-l6", "`minilm-l6` (offline, pretrained), `tiny-bert` (random 2-layer BERT for "
                       "tests), a hub id or a local folder", M)
-    task: str = knob("boolq", "the task; see Task defaults", M)
+    task: str = knob("sst2", "the task (`sst2` ships with fedkron; the others come from --data-dir or the hub); "
+                     "see Task defaults", M)
     data_dir: str = knob("", "a folder laid out like `shared/data` (default: packaged data, "
                          "`$FEDKRON_DATA_DIR`, then the hub)", M)
     max_length: int = knob(0, "tokens per example", M)
@@ -98,7 +99,8 @@ class RunConfig:
                              "rows) or `peft` (PEFT LoKr's `decompose_factor`)", A, SHAPE_POLICIES)
     # Communication
     quant: str = knob("nf4", "uplink codec (`--bits 4|8|16|32` picks nf4, int8, fp16, fp32)", C, CODECS)
-    downlink: str = knob("fp32", "codec of the server's broadcast", C, CODECS)
+    downlink: str = knob("nf4", "codec of the server's broadcast (the global state clients hold is its decoding; "
+                         "what it leaves out goes into the next one)", C, CODECS)
     block_size: int = knob(0, "quantisation block, a power of two ≥ 16 (0 = 64 for 4-bit, 256 for int8)", C)
     double_quant: bool = knob(True, "quantise the block scales of nf4/fp4 to 8 bits (QLoRA's double quantization: "
                               "4.54 → 4.19 bits per value, error ×1.0002)", C)

@@ -10,6 +10,7 @@ unpickled.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -17,7 +18,7 @@ from typing import Any, Mapping
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedkron.compression import Codec, Encoded, PayloadError, decode, from_records, to_records
+from fedkron.compression import Encoded, PayloadError, decode, from_records, to_records
 
 # Record keys of a message's content.
 ARRAYS, MANIFEST, CONFIG, METRICS, INFO = "arrays", "manifest", "config", "metrics", "info"
@@ -26,6 +27,7 @@ ROUND = "server-round"  # also what Flower's strategies write
 FROZEN_DIGEST = "frozen-digest"  # exact mode: fingerprint of the factors that never travel
 ROUND_LR = "round-lr"  # the local learning rate of this round (a schedule across rounds)
 PROXIMAL_MU = "proximal-mu"  # FedProx's proximal term weight (Flower's key)
+CONFIG_DIGEST = "config-digest"  # of the whole run config; only non-default settings travel
 # Metrics a client reports with its update.
 NUM_EXAMPLES, PARTITION_ID, NUM_PARTITIONS, TRAIN_LOSS = "num-examples", "partition-id", "num-partitions", "train-loss"
 TIMINGS = ("train-seconds", "client-seconds")
@@ -64,12 +66,22 @@ def frozen_digest(state: Mapping[str, torch.Tensor], sent: list[str]) -> str:
 # --- server → client ----------------------------------------------------------------------------
 
 
-def make_broadcast(state: Mapping[str, torch.Tensor], codec: Codec, config: Mapping[str, Any]) -> RecordDict:
-    """The global factors (``codec``) and the run config plus this round's server entries. Empty
-    strings stay home: a client reads a missing key as its default, and Flower's
-    ``ConfigRecord.count_bytes`` (``message_size_mod``) fails on an empty string."""
-    arrays, manifest = to_records(codec.encode(state))
-    entries = {k: v for k, v in config.items() if v != ""}
+def config_digest(config: Mapping[str, Any]) -> str:
+    """Fingerprint of a whole run config (sorted JSON)."""
+    return hashlib.sha256(json.dumps(dict(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_broadcast(encoded: Encoded, run_config: Mapping[str, Any], defaults: Mapping[str, Any],
+                   server: Mapping[str, Any]) -> RecordDict:
+    """The encoded global factors, the run config and this round's ``server`` entries.
+
+    Only settings that differ from ``defaults`` travel (both sides run the same fedkron, so they
+    agree on defaults), with a digest of the whole config that the client checks after filling in
+    its own defaults: about 1.5 kB less on every downlink message, and a client whose defaults
+    differ (another version) refuses instead of training with other settings."""
+    arrays, manifest = to_records(encoded)
+    entries = {k: v for k, v in run_config.items() if defaults.get(k, object()) != v}
+    entries.update({CONFIG_DIGEST: config_digest(run_config), **server})
     return RecordDict({ARRAYS: arrays, MANIFEST: manifest, CONFIG: ConfigRecord(entries)})
 
 
@@ -82,13 +94,17 @@ class Broadcast:
     frozen_digest: str | None
 
 
-def read_broadcast(content: RecordDict, run_keys: set[str]) -> Broadcast:
-    """Decode a broadcast; ``run_keys`` are the run-config keys (hyphenated) a client knows."""
-    config = dict(content[CONFIG])
-    server = {k: config.pop(k) for k in (ROUND, FROZEN_DIGEST, ROUND_LR) if k in config}
-    unknown = sorted(set(config) - run_keys)
+def read_broadcast(content: RecordDict, defaults: Mapping[str, Any]) -> Broadcast:
+    """Decode a broadcast; ``defaults`` is this client's run config at its defaults (hyphen keys)."""
+    sent = dict(content[CONFIG])
+    server = {k: sent.pop(k) for k in (ROUND, FROZEN_DIGEST, ROUND_LR, CONFIG_DIGEST) if k in sent}
+    unknown = sorted(set(sent) - set(defaults))
     if unknown:
         raise ValueError(f"the server sent settings this client does not know: {', '.join(unknown)} "
+                         "(server and clients must run the same fedkron version)")
+    config = {**defaults, **sent}
+    if server.get(CONFIG_DIGEST) != config_digest(config):
+        raise ValueError("the run config rebuilt from this client's defaults differs from the server's "
                          "(server and clients must run the same fedkron version)")
     encoded = from_records(content[ARRAYS], content[MANIFEST])
     lr = server.get(ROUND_LR)

@@ -42,13 +42,23 @@ class LoopbackGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
 
-    def push_messages(self, messages):
-        raise NotImplementedError("LoopbackGrid answers in send_and_receive")
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Deliver at once; the replies wait for ``pull_messages``."""
+        self._waiting = getattr(self, "_waiting", {})
+        ids = []
+        for reply in self._answer(messages):
+            self._waiting[reply.metadata.reply_to_message_id] = reply
+        for msg in self.sent[-len(list(messages)) if messages else 0:]:
+            ids.append(msg.metadata.message_id)
+        return ids
 
-    def pull_messages(self, message_ids):
-        raise NotImplementedError("LoopbackGrid answers in send_and_receive")
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._waiting.pop(i) for i in list(message_ids) if i in self._waiting]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        return self._answer(messages)
+
+    def _answer(self, messages: Iterable[Message]) -> list[Message]:
         replies = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())

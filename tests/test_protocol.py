@@ -101,17 +101,21 @@ def test_rejects_wrong_names_shapes_codec_and_non_finite_values(flower_identity,
         _read(inf_reply, codec="fp32")
 
 
-def test_broadcast_round_trips_and_leaves_empty_strings_at_home(update):
-    config = {"task": "sst2", "data-dir": "", "rank": 4, ROUND: 3, "round-lr": 0.001}
-    content = make_broadcast(update, get_codec("fp32"), config)
-    assert "data-dir" not in content[CONFIG]  # the client reads its default ("")
-    got = read_broadcast(content, run_keys={"task", "data-dir", "rank"})
+def test_broadcast_sends_only_what_differs_from_the_defaults_and_checks_the_rest(update):
+    defaults = {"task": "boolq", "data-dir": "", "rank": 8, "lr": 0.002}
+    run = {**defaults, "task": "sst2", "rank": 4}
+    content = make_broadcast(get_codec("fp32").encode(update), run, defaults, {ROUND: 3, "round-lr": 0.001})
+    assert set(content[CONFIG]) == {"task", "rank", ROUND, "round-lr", "config-digest"}
+    got = read_broadcast(content, defaults)
     assert isinstance(got, Broadcast) and got.server_round == 3 and got.round_lr == 0.001
-    assert got.config == {"task": "sst2", "rank": 4} and got.frozen_digest is None
+    assert got.config == run and got.frozen_digest is None
     for k in update:
         assert torch.equal(got.state[k], update[k])
+    with pytest.raises(ValueError, match="differs from the server's"):  # a client with other defaults
+        read_broadcast(content, {**defaults, "lr": 0.01})
     with pytest.raises(ValueError, match="does not know: bogus"):
-        read_broadcast(make_broadcast(update, get_codec("fp32"), {**config, "bogus": 1}), run_keys={"task", "rank"})
+        read_broadcast(make_broadcast(get_codec("fp32").encode(update), {**run, "bogus": 1}, defaults, {ROUND: 1}),
+                       defaults)
 
 
 def test_info_and_evaluation_replies_are_checked(flower_identity):

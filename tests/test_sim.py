@@ -116,7 +116,8 @@ def test_compare_report_reads_the_ledgers(runs):
         assert int(rows[name]["bytes_down"]) == ledger.total("down")
         assert float(rows[name]["mb_up_total"]) == pytest.approx(ledger.total("up") / 1e6)
     text = runs["report"].read_text()
-    assert "| kron-lora-nf4 | kron-lora | nf4 | per-factor |" in text and "| kron-lora-fp32 | kron-lora | fp32 | per-factor |" in text
+    assert "| kron-lora-nf4 | kron-lora | all-linear | nf4 / nf4 | per-factor |" in text
+    assert "| kron-lora-fp32 | kron-lora | all-linear | fp32 / fp32 | per-factor |" in text
     for png in ("accuracy_vs_mb.png", "accuracy_per_round.png", "bytes_per_round.png"):
         assert (runs["root"] / png).stat().st_size > 1000
 

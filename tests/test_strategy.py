@@ -20,13 +20,12 @@ from fedkron.protocol import make_reply, read_broadcast
 from fedkron.server.ledger import Ledger, LedgerGrid
 from fedkron.server.rounds import run_rounds
 from fedkron.strategies.registry import build_strategy
-from fedkron.strategies.state import load_strategy_state, strategy_state
 from fedkron.strategies.wrapper import FedKron, from_arrayrecord, to_arrayrecord
 from loopback import LoopbackGrid
 
 ROLES = {"l.A": "A", "l.B1": "B1", "l.B2": "B2", "head.weight": "full"}
 SHAPES = {"l.A": (2, 2), "l.B1": (3, 2), "l.B2": (2, 3), "head.weight": (4,)}
-RUN_KEYS = set(RunConfig().to_record())
+DEFAULTS = RunConfig().to_record()
 
 
 def _initial(seed=0):
@@ -58,7 +57,7 @@ class Clients:
             from fedkron.protocol import make_info
 
             return Message(make_info(pid, int(context.node_config["num-partitions"])), reply_to=msg)
-        b = read_broadcast(msg.content, RUN_KEYS)
+        b = read_broadcast(msg.content, DEFAULTS)
         self.seen.append({"round": b.server_round, "pid": pid, "state": b.state})
         update = self.per_round[b.server_round][pid]
         reply = Message(make_reply(get_codec("fp32").encode(update),
@@ -147,7 +146,7 @@ def test_fedprox_sends_its_proximal_term_to_the_clients(flower_identity):
     sent = [r for r in ledger.rows if r.kind == "train" and r.direction == "down"]
     assert len(sent) == 4
     cfg = RunConfig(**{k.replace("-", "_"): v for k, v in
-                       read_broadcast(_broadcast_of(strategy), RUN_KEYS).config.items()})
+                       read_broadcast(_broadcast_of(strategy), DEFAULTS).config.items()})
     assert cfg.proximal_mu == 0.3 and cfg.strategy == "fedprox"
 
 
@@ -220,22 +219,61 @@ def test_a_reply_that_claims_another_partition_is_rejected(flower_identity):
 
 
 @pytest.mark.parametrize("name, kw", [("fedavgm", {"server_lr": 0.7}), ("fedadam", {}), ("fedyogi", {}),
-                                      ("fedadagrad", {}), ("fedavg", {"adaptive_clipping": True})])
+                                      ("fedadagrad", {}), ("fedavg", {"adaptive_clipping": True}),
+                                      ("fedavgm", {"downlink": "nf4"}), ("fedavg", {"downlink": "int8"})])
 def test_strategy_state_survives_a_checkpoint(flower_identity, name, kw):
-    """Three rounds in one go equal two rounds, a save, a fresh strategy loaded, and round three."""
+    """Three rounds in one go equal two rounds, a save, a fresh strategy loaded, and round three
+    (the inner strategy's server state and a quantized broadcast's error feedback included)."""
     ups = {r: _updates(4, r) for r in (1, 2, 3)}
     cfg = _cfg(rounds=3, strategy=name, **kw)
     _, straight, _ = _run(cfg, Clients(ups, [1, 2, 3, 4]))
 
     first, mid, _ = _run(cfg, Clients(ups, [1, 2, 3, 4]), rounds=2)
-    tensors, values = strategy_state(first.strategy)
-    fresh = FedKron(build_strategy(cfg), cfg, mid, ROLES)
-    load_strategy_state(fresh.strategy, tensors, values)
+    tensors, values = first.state_dict()
+    fresh = FedKron(build_strategy(cfg), cfg, _initial(), ROLES, partition_sizes=dict(enumerate([1, 2, 3, 4])))
+    fresh.load_state_dict(dict(sorted(mid.items())), dict(sorted(tensors.items())), values)  # as safetensors loads
     grid = LoopbackGrid(4, Clients(ups, [1, 2, 3, 4]))
-    result = run_rounds(fresh, grid, to_arrayrecord(mid), 3, 3, lambda r, a: None, timeout=60)
+    result = run_rounds(fresh, grid, to_arrayrecord(fresh.global_state), 3, 3, lambda r, a: None, timeout=60)
     resumed = from_arrayrecord(result.arrays)
     for k in SHAPES:
-        torch.testing.assert_close(resumed[k], straight[k], rtol=1e-6, atol=1e-7)
+        assert torch.equal(resumed[k], straight[k]), k
+
+
+@pytest.mark.parametrize("codec", ["nf4", "int8", "fp16"])
+def test_a_quantized_broadcast_is_the_global_state_bit_for_bit(flower_identity, codec):
+    """What every client decodes is exactly the server's global state, also for a client that sat
+    out for rounds; the server's error feedback keeps the broadcasts' running sum on the aggregates'."""
+    ups = {r: _updates(4, 20 + r) for r in range(1, 5)}
+    clients = Clients(ups, [1, 1, 1, 1])
+    cfg = _cfg(rounds=4, downlink=codec, fraction=0.5)
+    strategy = FedKron(build_strategy(cfg), cfg, _initial(), ROLES, partition_sizes=dict(enumerate([1, 1, 1, 1])))
+    held = {}
+
+    def remember(server_round, arrays):
+        held[server_round] = from_arrayrecord(arrays)
+
+    run_rounds(strategy, LoopbackGrid(4, clients), to_arrayrecord(strategy.global_state), 1, 4, remember, timeout=60)
+    last_seen = {}
+    for seen in clients.seen:
+        for k in SHAPES:
+            assert torch.equal(seen["state"][k], held[seen["round"] - 1][k]), (codec, seen["round"], k)
+        last_seen[seen["pid"]] = seen["round"]
+    assert any(r - 1 > 1 for r in last_seen.values())  # someone came back after sitting out
+    assert any(not torch.equal(held[0][k], _initial()[k]) for k in SHAPES)  # lossy: the initial state is its decoding
+
+
+def test_downlink_error_feedback_keeps_the_sum_of_broadcasts_on_the_sum_of_states():
+    from fedkron.compression import get_codec
+    from fedkron.strategies.downlink import Downlink
+
+    g = torch.Generator().manual_seed(4)
+    states = [{"w": torch.randn(300, generator=g)} for _ in range(20)]
+    with_ef, without = Downlink(get_codec("nf4"), True), Downlink(get_codec("nf4"), False)
+    drift_ef = drift = torch.zeros(300)
+    for st in states:
+        drift_ef = drift_ef + with_ef.publish(st)["w"] - st["w"]
+        drift = drift + without.publish(st)["w"] - st["w"]
+    assert float(drift_ef.norm()) < 0.3 * float(drift.norm())  # bounded by one residual, not 20 errors
 
 
 def test_settings_a_strategy_cannot_work_with_are_refused_before_the_run():

@@ -24,7 +24,7 @@ from fedkron.protocol import (NUM_EXAMPLES, PARTITION_ID, TRAIN_LOSS, Broadcast,
 from fedkron.task import client_train_data, evaluate, train_local
 
 log = logging.getLogger("fedkron")
-RUN_KEYS = set(RunConfig().to_record())
+DEFAULTS = RunConfig().to_record()
 
 _MODELS: dict[tuple, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
 
@@ -91,7 +91,7 @@ def node_partition(context: Context) -> tuple[int, int]:
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, Broadcast, int, int]:
     """The run config the server broadcast (a node's own ``data-dir`` takes precedence), the
     decoded broadcast and this node's partition."""
-    broadcast = read_broadcast(msg.content, RUN_KEYS)
+    broadcast = read_broadcast(msg.content, DEFAULTS)
     values = dict(broadcast.config)
     if context.node_config.get("data-dir"):
         values["data-dir"] = str(context.node_config["data-dir"])

@@ -21,10 +21,10 @@ from fedkron.config import DEFAULT_ROUND_TIMEOUT, RunConfig, codec_bits
 from fedkron.models import build_model
 from fedkron.server.checkpoint import load_checkpoint, require_rounds_left, save_checkpoint
 from fedkron.server.ledger import MB, Ledger, LedgerGrid
+from fedkron.server.progress import ReplyTicker
 from fedkron.server.results import ResultsFolder
 from fedkron.server.rounds import run_rounds
 from fedkron.strategies.registry import build_strategy
-from fedkron.strategies.state import load_strategy_state, strategy_state
 from fedkron.strategies.wrapper import FedKron, from_arrayrecord, to_arrayrecord
 from fedkron.task import eval_data, evaluate
 
@@ -61,10 +61,11 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
     ledger = ckpt.ledger if ckpt else Ledger()
     strategy = FedKron(build_strategy(cfg), cfg, initial, adapter_factor_roles(model), ledger=ledger,
                        partition_sizes=partition_sizes(cfg))
-    ledger_grid = LedgerGrid(grid, ledger, partition_of=lambda node: strategy.roster.partition_of.get(node, -1))
-    if ckpt:  # safetensors loads keys sorted; keep the model's order (it is the order on the wire)
-        initial = {k: ckpt.global_state[k] for k in initial}
-        load_strategy_state(strategy.strategy, ckpt.strategy_tensors, ckpt.strategy_values)
+    ticker = ReplyTicker() if progress else None
+    ledger_grid = LedgerGrid(grid, ledger, partition_of=lambda node: strategy.roster.partition_of.get(node, -1),
+                             on_reply=ticker)
+    if ckpt:  # safetensors loads keys sorted; the wrapper keeps the model's order (the order on the wire)
+        strategy.load_state_dict(ckpt.global_state, ckpt.strategy_tensors, ckpt.strategy_values)
         log.info("resuming %s after round %d", cfg.out, ckpt.round)
     summary: dict = {
         "method": cfg.method, "codec": cfg.quant, "bits": codec_bits(cfg.quant), "downlink": cfg.downlink,
@@ -100,18 +101,20 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
             **{k: stats.get(k, 0 if k in ("accepted", "rejected", "failed") else None) for k in ROUND_STATS},
         }
         last_round_end[0] = now
+        if ticker:
+            ticker.round, ticker.last = server_round + 1, 0.0
         results.append_metrics(row)
         if progress:
             progress(row)
         if server_round >= 1:
-            save_checkpoint(results.path, server_round, state, strategy_state(strategy.strategy), ledger,
-                            results.rows, cfg.to_record())
+            save_checkpoint(results.path, server_round, state, strategy.state_dict(), ledger, results.rows,
+                            cfg.to_record())
         return MetricRecord({k: v for k, v in (("accuracy", acc), ("loss", loss)) if v is not None})
 
     try:
-        result = run_rounds(strategy, ledger_grid, to_arrayrecord(initial), (ckpt.round + 1) if ckpt else 1,
+        run_rounds(strategy, ledger_grid, to_arrayrecord(strategy.global_state), (ckpt.round + 1) if ckpt else 1,
                             cfg.rounds, evaluate_round, cfg.round_timeout or DEFAULT_ROUND_TIMEOUT)
-        load_adapter_state_dict(model, from_arrayrecord(result.arrays) if len(result.arrays) else initial)
+        load_adapter_state_dict(model, strategy.global_state)
         save_adapter(model, results.path / "adapter")
         summary["status"] = "completed"
     except BaseException as err:

@@ -10,6 +10,7 @@ be traced back to individual messages.
 from __future__ import annotations
 
 import csv
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
@@ -151,8 +152,12 @@ class LedgerGrid(Grid):
     size of what was sent.
     """
 
-    def __init__(self, grid: Grid, ledger: Ledger, partition_of: Callable[[int], int] = lambda node: -1):
+    def __init__(self, grid: Grid, ledger: Ledger, partition_of: Callable[[int], int] = lambda node: -1,
+                 on_reply: Callable[[str, int, int, float], None] | None = None, pull_interval: float = 0.5):
+        """``on_reply(kind, replies so far, messages sent, seconds)`` is told of each reply as it
+        arrives (progress inside a round)."""
         self.grid, self.ledger, self.partition_of = grid, ledger, partition_of
+        self.on_reply, self.pull_interval = on_reply, pull_interval
 
     def _sent(self, messages: list[Message]) -> None:
         for m in messages:
@@ -164,10 +169,24 @@ class LedgerGrid(Grid):
         return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        """Flower's push-then-pull loop (as its own Grids do it), counting each message and telling
+        ``on_reply`` of each reply as it comes."""
         messages = list(messages)
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        if not messages:
+            return []
+        t0 = time.monotonic()
+        pending = set(self.grid.push_messages(messages))
         self._sent(messages)
-        return self._received(replies)
+        kind, total, replies = messages[0].metadata.message_type, len(pending), []
+        while pending and (timeout is None or time.monotonic() - t0 < timeout):
+            got = list(self.grid.pull_messages(pending))
+            pending -= {m.metadata.reply_to_message_id for m in got}
+            replies += self._received(got)
+            if got and self.on_reply:
+                self.on_reply(kind, len(replies), total, time.monotonic() - t0)
+            if pending:
+                time.sleep(self.pull_interval)
+        return replies
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)

@@ -14,14 +14,19 @@ from typing import Callable
 
 from fedkron.config import AGGREGATIONS, CODECS, METHODS, ConfigError, RunConfig
 
-DEFAULT_RUNS = "kron-lora:nf4,lora:fp32"
+DEFAULT_RUNS = "kron-lora:nf4,lora:fp32,flowertune"
+# Runs known by a name: the baselines a reader asks for.
+PRESETS = {
+    "flowertune": dict(method="lora", quant="fp32", targets="query,value", aggregation="per-factor"),  # Flower's recipe
+    "ffa-lora": dict(method="lora", aggregation="exact"),  # LoRA with A frozen at its seeded init (exact)
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    method: str
-    codec: str
-    aggregation: str | None = None  # None: the base config's
+    method: str  # an adapter method or a preset name
+    codec: str | None = None  # both ways unless --downlink says otherwise; None: the preset's or fp32
+    aggregation: str | None = None  # None: kron-lora takes the base config's, the others per-factor
 
     @property
     def label(self) -> str:
@@ -31,42 +36,64 @@ class RunSpec:
     def folder(self) -> str:
         return "-".join(filter(None, (self.method, self.codec, self.aggregation)))
 
+    def settings(self, base: RunConfig) -> dict:
+        """The RunConfig fields this run sets (method, codec, aggregation, targets)."""
+        out = dict(PRESETS.get(self.method, {"method": self.method}))
+        out.setdefault("quant", self.codec or "fp32")
+        if self.codec:
+            out["quant"] = self.codec
+        if self.aggregation:
+            out["aggregation"] = self.aggregation
+        out.setdefault("aggregation", base.aggregation if out["method"] == "kron-lora" else "per-factor")
+        return out
+
 
 def parse_runs(text: str) -> list[RunSpec]:
-    """``"kron-lora:nf4:exact,lora:fp32"`` (method:codec[:aggregation]) → run specs; every
-    problem named at once."""
+    """``"kron-lora:nf4:exact,lora:fp32,flowertune"`` (method:codec[:aggregation], or a preset:
+    flowertune, ffa-lora[:codec]) → run specs; every problem named at once."""
     specs, problems = [], []
     for item in [t.strip() for t in text.split(",") if t.strip()]:
         method, codec, aggregation = (item.split(":") + ["", ""])[:3]
-        codec = codec or "fp32"
-        if method not in METHODS:
-            problems.append(f"{item!r}: method {method!r} is not one of {', '.join(METHODS)}")
-        if codec not in CODECS:
+        if method not in METHODS and method not in PRESETS:
+            problems.append(f"{item!r}: method {method!r} is not one of {', '.join(METHODS + tuple(PRESETS))}")
+        if codec and codec not in CODECS:
             problems.append(f"{item!r}: codec {codec!r} is not one of {', '.join(CODECS)}")
         if aggregation and aggregation not in AGGREGATIONS:
             problems.append(f"{item!r}: aggregation {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
-        specs.append(RunSpec(method, codec, aggregation or None))
+        specs.append(RunSpec(method, codec or None, aggregation or None))
     if not specs:
         problems.append("--runs lists no run (e.g. kron-lora:nf4,lora:fp32)")
-    if len(set(specs)) != len(specs):
+    if len({s.folder for s in specs}) != len(specs):
         problems.append("--runs lists a run twice")
     if problems:
         raise ConfigError("invalid --runs:\n  - " + "\n  - ".join(problems))
     return specs
 
 
-def run_configs(base: RunConfig, specs: list[RunSpec], out: str | Path, lora_rank: int | None = None) -> list[RunConfig]:
-    """One validated config per run, identical but for method, codec, rank and folder."""
+@dataclasses.dataclass(frozen=True)
+class LoraSettings:
+    """How the LoRA baselines run: LoRA-8 by default, at their own learning rate if given."""
+
+    rank: int = 8
+    lr: float | None = None
+    targets: str | None = None  # None: the base config's (flowertune sets its own)
+
+
+def run_configs(base: RunConfig, specs: list[RunSpec], out: str | Path, lora: LoraSettings = LoraSettings(),
+                downlink: str | None = None) -> list[RunConfig]:
+    """One validated config per run: the base config with the run's method, codecs (the run's codec
+    both ways, unless ``downlink`` is given), aggregation, LoRA's rank / lr / targets and folder."""
     configs = []
     for spec in specs:
-        rank = lora_rank if (spec.method == "lora" and lora_rank) else base.rank
-        cfg = dataclasses.replace(base, method=spec.method, quant=spec.codec, rank=rank,
-                                  aggregation=spec.aggregation or base.aggregation,
-                                  out=str(Path(out) / spec.folder))
+        settings = spec.settings(base)
+        if settings["method"] == "lora":
+            settings.update(rank=lora.rank, **({"lr": lora.lr} if lora.lr else {}))
+            if lora.targets and "targets" not in settings:
+                settings["targets"] = lora.targets
+        settings["downlink"] = downlink or settings["quant"]
+        cfg = dataclasses.replace(base, **settings, out=str(Path(out) / spec.folder))
         configs.append(cfg.resolved())
     return configs
-
-
 
 
 def resume_plan(cfg: RunConfig) -> str:
@@ -97,21 +124,23 @@ def run_compare(
     base: RunConfig,
     specs: list[RunSpec],
     out: str | Path,
-    lora_rank: int | None = None,
+    lora: LoraSettings = LoraSettings(),
     progress: Callable[[str, dict], None] | None = None,
     run: Callable[..., dict] | None = None,
     resume: bool = False,
+    downlink: str | None = None,
+    verbose: bool = False,
 ) -> Path:
-    """Run every spec (validated first, before any Ray start) and write the report into ``out``.
+    """Run every spec (all checked first, before any Ray start) and write the report into ``out``.
 
-    With ``resume``, runs already finished in ``out`` with the same settings are kept and a run
-    cut off mid-way continues from its last checkpoint (see :func:`resume_plan`)."""
+    The runs share one Ray start (``run``, for tests: a function called per run instead). With
+    ``resume``, runs already finished in ``out`` with the same settings are kept and a run cut off
+    mid-way continues from its last checkpoint (see :func:`resume_plan`)."""
     from fedkron.preflight import data_problems, holds_a_run, model_problems
     from fedkron.sim.report import write_report
-    from fedkron.sim.simulate import run_sim
+    from fedkron.sim.simulate import prepared, quiet, run_many
 
-    run = run or run_sim
-    configs = run_configs(base, specs, out, lora_rank)
+    configs = run_configs(base, specs, out, lora, downlink)
     plans = [resume_plan(cfg) if resume else "fresh" for cfg in configs]  # every refusal before any run
     problems = []
     for cfg, plan in zip(configs, plans):
@@ -122,17 +151,24 @@ def run_compare(
     if problems:
         raise ConfigError("cannot start the comparison:\n  - " + "\n  - ".join(problems))
     Path(out).mkdir(parents=True, exist_ok=True)
+    todo = []
     for spec, cfg, plan in zip(specs, configs, plans):
         if plan == "done":
             print(f"run {spec.label}: finished earlier in {cfg.out}, kept", flush=True)
             continue
-        cfg = dataclasses.replace(cfg, resume=plan == "resume")
+        todo.append((spec, dataclasses.replace(cfg, resume=plan == "resume", overwrite=plan == "fresh")))
+    reporters = [(lambda row, label=spec.label: progress(label, row)) if progress else None for spec, _ in todo]
+    if run is not None:
+        for (spec, cfg), report in zip(todo, reporters):
+            try:
+                run(cfg, progress=report)
+            except Exception as err:  # one failed run must not lose the others
+                print(f"run {spec.label} failed: {type(err).__name__}: {err}")
+    elif todo:
+        quiet(verbose)
         t0 = time.perf_counter()
-        cb = (lambda row, label=spec.label: progress(label, row)) if progress else None
-        try:
-            run(cfg, progress=cb)
-        except Exception as err:  # one failed run must not lose the others
-            print(f"run {spec.label} failed: {type(err).__name__}: {err}")
-        else:
-            print(f"run {spec.label} finished in {time.perf_counter() - t0:.0f} s")
+        summaries = run_many([prepared(cfg, checked=True) for _, cfg in todo], reporters, verbose=verbose)
+        for (spec, _), summary in zip(todo, summaries):
+            print(f"run {spec.label}: {summary['status']}", flush=True)
+        print(f"{len(todo)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
     return write_report(out, [Path(c.out) for c in configs])

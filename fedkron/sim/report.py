@@ -1,4 +1,10 @@
-"""The comparison report: a table and plots read from run folders (ledger + metrics), nothing else."""
+"""The comparison report: tables and plots read from run folders (config, ledger, metrics), nothing else.
+
+Every LoRA run in a comparison is a baseline (LoRA-8 fp32, the FlowerTune recipe, LoRA at the same
+codec, FFA-LoRA), and every other run is stated against each of them: total bytes (up + down),
+uplink bytes, and the bytes each spent to first reach a target accuracy (default: the best LoRA
+fp32 baseline's best accuracy minus 1 point).
+"""
 
 from __future__ import annotations
 
@@ -8,81 +14,144 @@ from pathlib import Path
 
 from fedkron.server.ledger import MB, Ledger
 
-BASELINE = ("lora", "fp32", "per-factor")
 COLUMNS = [
-    ("run", "run"), ("method", "method"), ("codec", "codec"), ("aggregation", "aggregation"),
-    ("trainable_params", "trainable params"),
-    ("mb_up_per_client_round", "up MB / client-round"), ("mb_down_per_client_round", "down MB / client-round"),
-    ("mb_up_total", "up MB total"), ("mb_down_total", "down MB total"),
-    ("final_accuracy", "final acc"), ("best_accuracy", "best acc"), ("majority_baseline", "majority"),
-    ("uplink_saving_vs_lora_fp32", "uplink saving ×"), ("total_saving_vs_lora_fp32", "total saving ×"),
-    ("seconds", "wall s"), ("status", "status"),
+    ("run", "run"), ("method", "method"), ("targets", "targets"), ("codec", "up / down codec"),
+    ("aggregation", "aggregation"), ("lr", "lr"), ("trainable_params", "values sent"),
+    ("mb_up_total", "up MB"), ("mb_down_total", "down MB"), ("mb_total", "total MB"),
+    ("final_accuracy", "final acc"), ("last3_accuracy", "last-3 acc"), ("best_accuracy", "best acc"),
+    ("mb_to_target", "MB to target"), ("note", "note"),
 ]
+SETTINGS = ("model", "task", "clients", "fraction", "rounds", "local-steps", "batch-size", "partition",
+            "dirichlet-alpha", "seed", "eval-samples", "local-loss", "strategy")
 
 
 def read_run(folder: Path) -> dict:
     """One report row from a run folder: bytes from the ledger, accuracy from metrics.jsonl."""
     summary = json.loads((folder / "summary.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
     ledger = Ledger.read_csv(folder / "ledger.csv")
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
-    trained = [m for m in metrics if m["round"] >= 1]
-    ups = max(ledger.count("up"), 1)
-    downs = max(ledger.count("down"), 1)
+    trained = [m for m in metrics if m["round"] >= 1 and m.get("accuracy") is not None]
+    accs = [m["accuracy"] for m in trained]
+    up, down = ledger.total("up"), ledger.total("down")
+    aggregation = {"fedavg": "per-factor"}.get(config.get("aggregation"), config.get("aggregation", "per-factor"))
+    majority = summary.get("majority_baseline")
     return {
-        "run": folder.name, "method": summary["method"], "codec": summary["codec"],
-        "aggregation": {"fedavg": "per-factor"}.get(summary.get("aggregation"), summary.get("aggregation", "per-factor")),
-        "trainable_params": summary["trainable_params"],
-        "bytes_up": ledger.total("up"), "bytes_down": ledger.total("down"),
-        "mb_up_total": ledger.total("up") / MB, "mb_down_total": ledger.total("down") / MB,
-        "mb_up_per_client_round": ledger.total("up") / ups / MB,
-        "mb_down_per_client_round": ledger.total("down") / downs / MB,
+        "run": folder.name, "method": summary["method"], "targets": config.get("targets", "all-linear"),
+        "codec": f"{config.get('quant')} / {config.get('downlink', 'fp32')}", "aggregation": aggregation,
+        "lr": config.get("lr"), "trainable_params": summary["trainable_params"], "config": config,
+        "bytes_up": up, "bytes_down": down, "bytes_total": up + down,
+        "mb_up_total": up / MB, "mb_down_total": down / MB, "mb_total": (up + down) / MB,
+        "mb_up_per_client_round": up / max(ledger.count("up"), 1) / MB,
+        "mb_down_per_client_round": down / max(ledger.count("down"), 1) / MB,
         "payload_up": ledger.total("up", "payload"), "count_bytes_up": ledger.total("up", "count_bytes"),
-        "final_accuracy": trained[-1]["accuracy"] if trained else None,
-        "best_accuracy": max(m["accuracy"] for m in trained) if trained else None,
-        "majority_baseline": summary["majority_baseline"], "seconds": summary["seconds"],
-        "status": summary["status"], "metrics": metrics,
+        "final_accuracy": accs[-1] if accs else None, "best_accuracy": max(accs) if accs else None,
+        "last3_accuracy": sum(accs[-3:]) / len(accs[-3:]) if accs else None,
+        "majority_baseline": majority, "seconds": summary["seconds"], "status": summary["status"],
+        "eval_note": summary.get("eval_note", ""),
+        "note": ("never above the majority class" if accs and majority is not None and max(accs) <= majority + 0.005
+                 else "" if summary["status"] == "completed" else summary["status"]),
+        "metrics": metrics,
     }
 
 
-def write_report(out: str | Path, folders: list[Path]) -> Path:
-    """``report.md``, ``results.csv`` and three plots in ``out``; prints the table."""
+def is_baseline(row: dict) -> bool:
+    return row["method"] == "lora"
+
+
+def bytes_to(row: dict, target: float) -> int | None:
+    """Bytes both ways (all messages so far) when the run's accuracy first reached ``target``."""
+    for m in row["metrics"]:
+        if m.get("accuracy") is not None and m["round"] >= 1 and m["accuracy"] >= target:
+            return m["bytes_up_total"] + m["bytes_down_total"]
+    return None
+
+
+def default_target(rows: list[dict]) -> float | None:
+    """The LoRA fp32 baseline's best accuracy minus 1 point (the all-linear one first)."""
+    lora = [r for r in rows if is_baseline(r) and r["codec"].startswith("fp32") and r["best_accuracy"] is not None]
+    lora.sort(key=lambda r: (r["targets"] != "all-linear", r["aggregation"] != "per-factor"))
+    return lora[0]["best_accuracy"] - 0.01 if lora else None
+
+
+def write_report(out: str | Path, folders: list[Path], target: float | None = None) -> Path:
+    """``report.md``, ``results.csv`` and three plots in ``out``; prints the tables."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)  # also for a report over runs made elsewhere
     rows = [read_run(f) for f in folders if (f / "summary.json").is_file()]
-    base = next((r for r in rows if (r["method"], r["codec"], r["aggregation"]) == BASELINE), None)
+    target = default_target(rows) if target is None else target
     for r in rows:
-        r["uplink_saving_vs_lora_fp32"] = base["bytes_up"] / r["bytes_up"] if base and r["bytes_up"] else None
-        total = r["bytes_up"] + r["bytes_down"]
-        r["total_saving_vs_lora_fp32"] = (base["bytes_up"] + base["bytes_down"]) / total if base and total else None
+        spent = bytes_to(r, target) if target is not None else None
+        r["bytes_to_target"], r["mb_to_target"] = spent, None if spent is None else spent / MB
+    baselines = [r for r in rows if is_baseline(r)]
+    savings = savings_table(rows, baselines)
     with (out / "results.csv").open("w", newline="") as fh:
-        keys = [k for k, _ in COLUMNS] + ["bytes_up", "bytes_down", "payload_up", "count_bytes_up"]
+        keys = [k for k, _ in COLUMNS] + ["bytes_up", "bytes_down", "bytes_total", "bytes_to_target", "payload_up",
+                                          "count_bytes_up", "mb_up_per_client_round", "mb_down_per_client_round",
+                                          "majority_baseline", "seconds", "status"]
+        keys += [f"{kind}_saving_vs_{b['run']}" for b in baselines for kind in ("total", "uplink", "to_target")]
         writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    settings = settings_text(rows, target)
     table = markdown_table(rows)
-    note = ("Bytes are serialized Flower message sizes from each run's ledger.csv (both directions, "
-            "every message). Savings are relative to the LoRA fp32 run" + ("" if base else " (none in this comparison)") + ".")
-    (out / "report.md").write_text(f"# fedkron comparison\n\n{table}\n\n{note}\n\n"
-                                   "![accuracy vs MB](accuracy_vs_mb.png)\n\n![accuracy per round](accuracy_per_round.png)\n\n"
-                                   "![bytes per round](bytes_per_round.png)\n")
-    _plots(out, rows)
-    print(table)
+    (out / "report.md").write_text(
+        f"# fedkron comparison\n\n{settings}\n\n{table}\n\n## Savings against each baseline\n\n{savings}\n\n"
+        "Bytes are serialized Flower message sizes from each run's ledger.csv (both directions, every "
+        "message). Each cell: total (up + down) × / uplink × / bytes to reach the target accuracy ×.\n\n"
+        "![accuracy vs MB](accuracy_vs_mb.png)\n\n![accuracy per round](accuracy_per_round.png)\n\n"
+        "![bytes per round](bytes_per_round.png)\n")
+    from fedkron.sim.plots import comparison_plots
+
+    comparison_plots(out, rows)
+    print(f"{settings}\n\n{table}\n\n{savings}")
     return out / "report.md"
 
 
+def settings_text(rows: list[dict], target: float | None) -> str:
+    if not rows:
+        return "No finished run."
+    cfg = rows[0]["config"]
+    shared = ", ".join(f"{k} {cfg.get(k)}" for k in SETTINGS if k in cfg)
+    tgt = "none (no LoRA fp32 baseline)" if target is None else f"{100 * target:.1f}%"
+    majority = rows[0]["majority_baseline"]
+    return (f"Settings: {shared}; accuracy {rows[0]['eval_note']}. Majority class "
+            f"{'–' if majority is None else f'{100 * majority:.1f}%'}; target accuracy {tgt} "
+            "(the LoRA fp32 baseline's best − 1 point unless given).")
+
+
+def savings_table(rows: list[dict], baselines: list[dict]) -> str:
+    if not baselines:
+        return "No LoRA baseline in this comparison."
+    head = "| run | " + " | ".join(f"vs {b['run']}" for b in baselines) + " |"
+    lines = [head, "|" + "---|" * (len(baselines) + 1)]
+    for r in rows:
+        cells = []
+        for b in baselines:
+            if b is r:
+                cells.append("reference")
+                continue
+            total, up = b["bytes_total"] / r["bytes_total"], b["bytes_up"] / r["bytes_up"]
+            r[f"total_saving_vs_{b['run']}"], r[f"uplink_saving_vs_{b['run']}"] = total, up
+            reach = (b["bytes_to_target"] / r["bytes_to_target"]
+                     if r["bytes_to_target"] and b["bytes_to_target"] else None)
+            r[f"to_target_saving_vs_{b['run']}"] = reach
+            cells.append(f"{total:.1f}× / {up:.1f}× / " + (f"{reach:.1f}×" if reach else "–"))
+        lines.append(f"| {r['run']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _fmt(key: str, value) -> str:
-    if value is None:
+    if value is None or value == "":
         return "–"
-    if key.endswith("accuracy") or key == "majority_baseline":
+    if key.endswith("accuracy"):
         return f"{100 * value:.1f}%"
     if key.startswith("mb_"):
-        return f"{value:.4f}"
-    if "saving" in key:
-        return f"{value:.1f}"
-    if key == "seconds":
-        return f"{value:.0f}"
+        return f"{value:.3f}"
     if key == "trainable_params":
         return f"{value:,}"
+    if key == "lr":
+        return f"{value:g}"
     return str(value)
 
 
@@ -91,40 +160,3 @@ def markdown_table(rows: list[dict]) -> str:
     sep = "|" + "---|" * len(COLUMNS)
     body = ["| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
     return "\n".join([head, sep, *body])
-
-
-def _plots(out: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def figure(name: str, draw, legend_size: float | None = None, **axes) -> None:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in rows:
-            draw(ax, r)
-        ax.set(**axes)
-        ax.legend(fontsize=legend_size)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-
-    def acc_vs_mb(ax, r):
-        ms = r["metrics"]
-        ax.plot([(m["bytes_up_total"] + m["bytes_down_total"]) / MB for m in ms],
-                [100 * m["accuracy"] for m in ms], marker="o", label=r["run"])
-
-    def acc_per_round(ax, r):
-        ax.plot([m["round"] for m in r["metrics"]], [100 * m["accuracy"] for m in r["metrics"]], marker="o", label=r["run"])
-
-    def bytes_per_round(ax, r):
-        ms = [m for m in r["metrics"] if m["round"] >= 1]
-        ax.plot([m["round"] for m in ms], [m["bytes_up"] / MB for m in ms], marker="o", label=f"{r['run']} up")
-        ax.plot([m["round"] for m in ms], [m["bytes_down"] / MB for m in ms], ls="--", label=f"{r['run']} down")
-
-    figure("accuracy_vs_mb.png", acc_vs_mb, xscale="symlog", xlabel="cumulative MB communicated (up + down)",
-           ylabel="held-out accuracy (%)", title="Accuracy vs communication")
-    figure("accuracy_per_round.png", acc_per_round, xlabel="round", ylabel="held-out accuracy (%)",
-           title="Accuracy per round")
-    figure("bytes_per_round.png", bytes_per_round, legend_size=7, yscale="log", xlabel="round",
-           ylabel="MB per round", title="Bytes per round")

@@ -2,7 +2,9 @@
 
 The ServerApp is a closure over the validated :class:`RunConfig` (``run_simulation`` gives the
 ServerApp an empty run config); clients get the config from the server's messages, exactly as in
-deployment, so the same ClientApp runs unchanged on Ray and on real SuperNodes.
+deployment, so the same ClientApp runs unchanged on Ray and on real SuperNodes. Several
+federations (a ``fedkron compare``) share one Ray start and the same simulated SuperNodes: the
+actors keep their tokenized data between runs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fedkron.config import RunConfig
 from fedkron.preflight import clear_run, preflight
 
 log = logging.getLogger("fedkron")
+Progress = Callable[[dict], None]
 
 
 class _DropDeprecation(logging.Filter):
@@ -29,35 +32,47 @@ class _DropDeprecation(logging.Filter):
 
 def backend_config(cfg: RunConfig) -> dict:
     """Ray resources: one CPU per virtual client (2 actors on 2 cores)."""
-    cpus = 1.0
     return {
-        "client_resources": {"num_cpus": cpus, "num_gpus": 0.0},
+        "client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
         "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
                       "logging_level": logging.ERROR, "log_to_driver": True},
     }
 
 
-def run_sim(cfg: RunConfig, progress: Callable[[dict], None] | None = None, client_app=None,
-            verbose: bool = False) -> dict:
-    """Run one simulated federation; returns the run's summary (also in ``cfg.out``)."""
+def quiet(verbose: bool) -> None:
+    """Environment for this process and the Ray actors it starts: third-party notices off unless
+    ``verbose``."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
-    else:  # inherited by the Ray actors: keep their output to what matters
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning")
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        logging.getLogger("flwr").setLevel(logging.WARNING)
-        logging.getLogger("flwr").addFilter(_DropDeprecation())
-    cfg = cfg.resolved()  # fail on bad config, a missing model, bad data or a taken folder before Ray starts
-    preflight(cfg)
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    logging.getLogger("flwr").addFilter(_DropDeprecation())
+
+
+def prepared(cfg: RunConfig, checked: bool = False) -> RunConfig:
+    """``cfg`` resolved and checked (unless ``checked``), an old run cleared on ``--overwrite``,
+    with the folder where virtual clients keep their error feedback (on disk: survives a kill)."""
+    cfg = cfg.resolved()
+    if not checked:
+        preflight(cfg)
     if cfg.overwrite and not cfg.resume:
         clear_run(Path(cfg.out))
-    if not cfg.client_state_dir:  # virtual clients keep error feedback on disk: survives a kill
+    if not cfg.client_state_dir:
         cfg = dataclasses.replace(cfg, client_state_dir=str(Path(cfg.out) / "client-state"))
+    return cfg
 
+
+def run_many(cfgs: list[RunConfig], progress: list[Progress | None] | None = None, client_app=None,
+             verbose: bool = False) -> list[dict]:
+    """Run several prepared federations one after the other on one Ray start; a run that fails is
+    reported in its summary (``status``) and the others go on."""
+    quiet(verbose)
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -65,20 +80,32 @@ def run_sim(cfg: RunConfig, progress: Callable[[dict], None] | None = None, clie
     from fedkron.client.client_app import app as default_client_app
     from fedkron.server.federation import run_federation
 
-    outcome: dict = {}
+    progress = progress or [None] * len(cfgs)
+    summaries: list[dict] = []
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        outcome["summary"] = run_federation(grid, cfg, progress=progress, resume=cfg.resume)
+        for cfg, report in zip(cfgs, progress):
+            try:
+                summaries.append(run_federation(grid, cfg, progress=report, resume=cfg.resume))
+            except Exception as err:  # the summary in the run's folder says so too
+                log.error("run %s failed: %s: %s", cfg.out, type(err).__name__, err)
+                summaries.append({"status": f"failed: {type(err).__name__}: {err}", "out": cfg.out})
 
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app or default_client_app,
-        num_supernodes=cfg.clients,
-        backend_config=backend_config(cfg),
-        verbose_logging=False,
-    )
-    if "summary" not in outcome:
-        raise RuntimeError(f"the simulation ended without a result; see the log above and {cfg.out}")
-    return outcome["summary"]
+    run_simulation(server_app=server_app, client_app=client_app or default_client_app,
+                   num_supernodes=max(c.clients for c in cfgs), backend_config=backend_config(cfgs[0]),
+                   verbose_logging=False)
+    if len(summaries) < len(cfgs):
+        raise RuntimeError(f"the simulation ended after {len(summaries)} of {len(cfgs)} runs; see the log above")
+    return summaries
+
+
+def run_sim(cfg: RunConfig, progress: Progress | None = None, client_app=None, verbose: bool = False) -> dict:
+    """Run one simulated federation; returns the run's summary (also in ``cfg.out``). Every problem
+    that can be known before Ray starts (config, model, data, results folder) stops it here."""
+    quiet(verbose)
+    (summary,) = run_many([prepared(cfg)], [progress], client_app=client_app, verbose=verbose)
+    if summary["status"].startswith("failed"):
+        raise RuntimeError(f"{cfg.out}: {summary['status']}")
+    return summary

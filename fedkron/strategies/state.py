@@ -76,3 +76,11 @@ def load_strategy_state(strategy, tensors: dict[str, torch.Tensor], values: dict
             s.accountant.load_state_dict(value)
         elif name in FLOATS:
             setattr(s, name, float(value))
+
+
+def set_current_arrays(strategy, arrays: ArrayRecord) -> None:
+    """Tell a strategy that keeps its own copy of the global arrays (FedAvgM) what clients were
+    actually sent (the decoded broadcast), so its pseudo-gradient is measured from there."""
+    for s in chain(strategy):
+        if type(s).__name__ == "FedAvgM" and getattr(s, "current_arrays", None) is not None:
+            s.current_arrays = arrays

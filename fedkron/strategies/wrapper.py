@@ -26,10 +26,13 @@ from fedkron.compression import get_codec
 from fedkron.config import RunConfig
 from fedkron.protocol import (FROZEN_DIGEST, METRICS, NUM_EXAMPLES, ROUND, ROUND_LR, TIMINGS, TRAIN_LOSS,
                               frozen_digest, make_broadcast, read_eval_reply, read_reply, sent_names)
+from fedkron.strategies.downlink import Downlink
 from fedkron.strategies.exactness import aggregation_error, dense_elements
 from fedkron.strategies.roster import Roster
+from fedkron.strategies.state import load_strategy_state, set_current_arrays, strategy_state
 
 log = logging.getLogger("fedkron")
+DEFAULTS = RunConfig().to_record()  # what a client assumes for every setting the broadcast leaves out
 MAX_DENSE_FOR_ERROR = 50_000_000  # measuring the aggregation error forms every client's dense ΔW
 EVAL_STREAM = 7_777_777  # a seed offset: evaluation samples its clients apart from training
 
@@ -77,7 +80,8 @@ class FedKron(Strategy):
         self.sent = sent_names(roles, cfg.aggregation)
         self.expected = {n: initial[n].shape for n in self.sent}
         self.global_state = {k: v.detach().clone() for k, v in initial.items()}
-        self.downlink = get_codec(cfg.downlink, **cfg.codec_options(cfg.downlink))
+        self.downlink = Downlink(get_codec(cfg.downlink, **cfg.codec_options(cfg.downlink)), cfg.error_feedback)
+        self.global_state.update(self.downlink.publish({n: initial[n] for n in self.sent}))  # what clients hold
         self.ledger = ledger  # told what reading a reply reveals (rejected, a node's partition)
         self.roster = Roster(cfg.clients, cfg.seed, wait_for=cfg.clients, min_live=cfg.min_replies,
                              on_answer=lambda msg, pid: self._note(msg, partition_id=pid))
@@ -96,12 +100,15 @@ class FedKron(Strategy):
 
     # --- downlink ---------------------------------------------------------------------------
     def _broadcast(self, server_round: int, config: ConfigRecord) -> RecordDict:
-        entries = {**self.cfg.to_record(), **dict(config), ROUND: server_round}
+        """This round's broadcast; ``config`` holds the inner strategy's entries (e.g. FedProx's mu)."""
+        run = self.cfg.to_record()
+        server = {k: v for k, v in dict(config).items() if k not in run}
+        server[ROUND] = server_round
         if self.cfg.aggregation == "exact":
-            entries[FROZEN_DIGEST] = frozen_digest(self.global_state, self.sent)
+            server[FROZEN_DIGEST] = frozen_digest(self.global_state, self.sent)
         if self.cfg.lr_schedule != "constant":
-            entries[ROUND_LR] = self.cfg.round_lr(server_round)
-        return make_broadcast({n: self.global_state[n] for n in self.sent}, self.downlink, entries)
+            server[ROUND_LR] = self.cfg.round_lr(server_round)
+        return make_broadcast(self.downlink.encoded, run, DEFAULTS, server)
 
     def _messages(self, content: RecordDict, nodes: Iterable[int], kind: str, server_round: int) -> list[Message]:
         return [Message(content, dst_node_id=n, message_type=kind, group_id=str(server_round)) for n in nodes]
@@ -180,7 +187,8 @@ class FedKron(Strategy):
             log.error("round %d: the aggregate has non-finite values (overflow); it is refused and the global "
                       "adapter is unchanged", server_round)
         else:
-            self.global_state.update(new)
+            self.global_state.update(self.downlink.publish(new))
+            set_current_arrays(self.strategy, to_arrayrecord({n: self.global_state[n] for n in self.sent}, np.float64))
         self._last_norms = [r.norm for r in valid]
         train_loss = sum(r.metrics[TRAIN_LOSS] * w for r, w in zip(valid, weights)) / sum(weights)
         stats.update(train_loss=train_loss, fit_seconds=time.perf_counter() - self._t0.pop(server_round),
@@ -262,6 +270,26 @@ class FedKron(Strategy):
                      fed_accuracy=sum(r[0] * r[2] for r in rows) / n, fed_clients=len(rows), fed_left_out=bad)
         return MetricRecord({"eval-loss": stats["fed_loss"], "eval-accuracy": stats["fed_accuracy"],
                              NUM_EXAMPLES: n})
+
+    # --- checkpoint -------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The inner strategy's server state and the broadcast's, for a checkpoint."""
+        tensors, values = strategy_state(self.strategy)
+        tensors.update({f"downlink/{k}": v for k, v in self.downlink.state_dict().items()})
+        return tensors, values
+
+    def load_state_dict(self, global_state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+                        values: dict) -> None:
+        """Continue from a checkpoint: the global state clients held, the pending broadcast, the
+        inner strategy's state."""
+        mine = {k[len("downlink/"):]: v for k, v in tensors.items() if k.startswith("downlink/")}
+        load_strategy_state(self.strategy, {k: v for k, v in tensors.items() if not k.startswith("downlink/")},
+                            values)
+        self.global_state = {k: global_state[k].clone() for k in self.global_state}
+        if mine:
+            self.global_state.update(self.downlink.load_state_dict(mine, self.sent))
+        else:  # a checkpoint written before the broadcast was kept: publish the state it holds
+            self.global_state.update(self.downlink.publish({n: self.global_state[n] for n in self.sent}))
 
     def summary(self) -> None:
         log.info("FedKron: %s over %s; uplink %s, downlink %s, %d of %d clients a round", self.cfg.aggregation,
