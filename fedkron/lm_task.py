@@ -38,7 +38,8 @@ def continuation_logprobs(model: nn.Module, input_ids, attention_mask, mask) -> 
     picked = logits[target_mask].float().log_softmax(-1)
     token_lp = picked.gather(-1, input_ids[:, 1:][target_mask].unsqueeze(-1)).squeeze(-1)
     rows = torch.arange(len(input_ids), device=input_ids.device).unsqueeze(1).expand_as(target_mask)[target_mask]
-    return torch.zeros(len(input_ids), dtype=torch.float64, device=input_ids.device).index_add_(0, rows, token_lp.double())
+    sums = torch.zeros(len(input_ids), dtype=torch.float64, device=input_ids.device)
+    return sums.index_add_(0, rows, token_lp.double())
 
 
 @torch.no_grad()
@@ -52,7 +53,8 @@ def mc_loglikelihoods(model: nn.Module, encoded: dict[str, torch.Tensor], batch_
     try:
         for start in range(0, total, batch_size):
             keys = ("input_ids", "attention_mask", "continuation_mask")
-            batch = {k: v.to(device) for k, v in _trim({k: encoded[k][start : start + batch_size] for k in keys}).items()}
+            batch = _trim({k: encoded[k][start : start + batch_size] for k in keys})
+            batch = {k: v.to(device) for k, v in batch.items()}
             lls[start : start + len(batch["input_ids"])] = continuation_logprobs(
                 model, batch["input_ids"], batch["attention_mask"], batch["continuation_mask"]
             ).cpu()
@@ -67,7 +69,8 @@ def mc_metrics(lls: torch.Tensor, encoded: dict[str, torch.Tensor]) -> dict[str,
     is_gold = choices == gold[rows]
     tokens = encoded["continuation_mask"].sum(1)
     out = {"num_rows": len(gold), "loss": float(-lls[is_gold].sum() / tokens[is_gold].sum())}
-    for name, score in (("acc", lls), ("acc_norm", lls / encoded["choice_chars"]), ("acc_bytes", lls / encoded["choice_bytes"])):
+    scores = {"acc": lls, "acc_norm": lls / encoded["choice_chars"], "acc_bytes": lls / encoded["choice_bytes"]}
+    for name, score in scores.items():
         correct = [int(torch.argmax(score[rows == r])) == int(gold[r]) for r in range(len(gold))]
         out[name] = sum(correct) / len(gold)
     return out
@@ -152,7 +155,9 @@ def eval_causal_lm(model: nn.Module, encoded: dict[str, torch.Tensor], batch_siz
 
 
 @torch.no_grad()
-def sample_generations(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:
+def sample_generations(
+    model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 8
+) -> list[str]:
     """Greedy (deterministic) continuations of formatted prompts, without the prompt and special tokens.
 
     Batches are left-padded for generation; the tokenizer's padding side is restored afterwards."""

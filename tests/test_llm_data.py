@@ -42,7 +42,8 @@ def test_lm_eval_templates():
     hella = mc_requests({"context": "Cooking: He cuts", "choices": ["the onion.", "a car."], "label": 0}, "hellaswag")
     assert hella[0] == ["Cooking: He cuts"] * 2 and hella[1] == [" the onion.", " a car."]
     pair = {"text": "is the sky blue", "text_pair": "The sky is blue.", "label": 1}
-    assert mc_requests(pair, "boolq") == (["The sky is blue.\nQuestion: is the sky blue?\nAnswer:"] * 2, [" no", " yes"], ["no", "yes"])
+    prompt = "The sky is blue.\nQuestion: is the sky blue?\nAnswer:"
+    assert mc_requests(pair, "boolq") == ([prompt] * 2, [" no", " yes"], ["no", "yes"])
     no_passage = mc_requests({"context": "is it true?", "choices": ["no", "yes"], "label": 1}, "boolq")
     assert no_passage[0][0] == "Question: is it true?\nAnswer:"  # one '?' even when the question has one
     wino = {"sentence": "Anna beat Bo so _ smiled.", "options": ["Anna", "Bo"], "label": 0}
@@ -166,7 +167,7 @@ def test_llm_adapters_files_match_the_raw_data(shared_data):
     raw = [json.loads(line) for line in (shared_data / "winogrande" / "dev.jsonl").open()]
     labels = (shared_data / "winogrande" / "dev-labels.lst").read_text().split()
     assert [(r["sentence"], r["options"], r["label"]) for r in wino] == [
-        (r["sentence"], [r["option1"], r["option2"]], int(label) - 1) for r, label in zip(raw, labels)
+        (r["sentence"], [r["option1"], r["option2"]], int(label) - 1) for r, label in zip(raw, labels, strict=True)
     ]
     arc = load_llm_adapters("arc-challenge", "train", folder)
     assert len(arc) == 1119 and sorted({len(r["choices"]) for r in arc}) == [3, 4, 5]

@@ -51,7 +51,7 @@ def encode_pairs(
     whole = tokenizer([c + t for c, t in moved], add_special_tokens=False)["input_ids"]
     heads = tokenizer([c for c, _ in moved], add_special_tokens=False)["input_ids"]
     out = []
-    for (ctx, _), ids, head in zip(moved, whole, heads):
+    for (ctx, _), ids, head in zip(moved, whole, heads, strict=True):
         if not ctx:
             out.append(([_prefix_token(tokenizer)], list(ids)))
             continue
@@ -96,7 +96,9 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id
 
 
-def encode_mc_for_lm(rows: list[dict], tokenizer, max_length: int, task: str | None = None) -> dict[str, torch.Tensor]:
+def encode_mc_for_lm(
+    rows: list[dict], tokenizer, max_length: int, task: str | None = None
+) -> dict[str, torch.Tensor]:
     """One sequence per (row, choice), for `fedkron.lm_task.score_mc`.
 
     Keys: ``input_ids``, ``attention_mask`` (M, L); ``continuation_mask`` (M, L) bool, True on the
@@ -115,8 +117,9 @@ def encode_mc_for_lm(rows: list[dict], tokenizer, max_length: int, task: str | N
         contexts += ctxs
         continuations += conts
         meta += [(r, c, len(s), len(s.encode("utf-8"))) for c, s in enumerate(strings)]
-    ids, attention, continuation = pack(encode_pairs(tokenizer, contexts, continuations), max_length, _pad_id(tokenizer), False)
-    rows_idx, choice_idx, chars, nbytes = zip(*meta)
+    pairs = encode_pairs(tokenizer, contexts, continuations)
+    ids, attention, continuation = pack(pairs, max_length, _pad_id(tokenizer), cut_continuation=False)
+    rows_idx, choice_idx, chars, nbytes = zip(*meta, strict=True)
     return {
         "input_ids": ids,
         "attention_mask": attention,
@@ -130,12 +133,14 @@ def encode_mc_for_lm(rows: list[dict], tokenizer, max_length: int, task: str | N
 
 
 def _training_tensors(pairs, tokenizer, max_length: int) -> dict[str, torch.Tensor]:
-    ids, attention, continuation = pack(pairs, max_length, _pad_id(tokenizer), True)
+    ids, attention, continuation = pack(pairs, max_length, _pad_id(tokenizer), cut_continuation=True)
     labels = ids.masked_fill(~continuation, IGNORE)
     return {"input_ids": ids, "attention_mask": attention, "labels": labels}
 
 
-def encode_mc_for_training(rows: list[dict], tokenizer, max_length: int, task: str | None = None) -> dict[str, torch.Tensor]:
+def encode_mc_for_training(
+    rows: list[dict], tokenizer, max_length: int, task: str | None = None
+) -> dict[str, torch.Tensor]:
     """The prompt + the gold choice only: ``input_ids``, ``attention_mask``, ``labels`` (N, L) with
     ``labels`` = -100 on prompt and padding tokens, so the causal-LM loss is the gold answer's."""
     if not rows:

@@ -81,7 +81,8 @@ def mc_requests(row: dict, task: str | None = None) -> tuple[list[str], list[str
     lm-eval's ``acc_norm`` divides by (their length in characters, without the delimiter).
     """
     if task is not None and task not in PROMPTS:
-        raise PromptError(f"no multiple-choice prompt for task {task!r}; known: {', '.join(sorted(PROMPTS))} (or None)")
+        known = ", ".join(sorted(PROMPTS))
+        raise PromptError(f"no multiple-choice prompt for task {task!r}; known: {known} (or None)")
     if task != "boolq" and task != "winogrande" and not {"context", "choices"} <= set(row):
         raise PromptError(f"multiple-choice row needs 'context' and 'choices'; it has {sorted(row)}")
     return PROMPTS.get(task, _question_answer)(row)
@@ -107,7 +108,9 @@ def _messages(row: dict) -> list[dict]:
             raise PromptError("a 'messages' row must end with an assistant turn (the response that is trained)")
         return messages
     if "instruction" not in row or "output" not in row:
-        raise PromptError(f"instruction row needs 'instruction' and 'output' (Alpaca) or 'messages'; it has {sorted(row)}")
+        raise PromptError(
+            f"instruction row needs 'instruction' and 'output' (Alpaca) or 'messages'; it has {sorted(row)}"
+        )
     user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
     return [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
 
@@ -126,7 +129,9 @@ def format_instruction(row: dict, tokenizer, use_chat_template: bool | None = No
         prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template(messages, tokenize=False)
         if not full.startswith(prompt):
-            raise PromptError(f"chat template of {tokenizer.name_or_path!r} does not render the prompt as a prefix of the dialogue")
+            raise PromptError(
+                f"chat template of {tokenizer.name_or_path!r} does not render the prompt as a prefix of the dialogue"
+            )
         return prompt, full[len(prompt) :]
     if "messages" in row:
         if len(messages) != 2 or messages[0].get("role") != "user":
@@ -143,7 +148,10 @@ def read_instruction_file(path: str | Path) -> list[dict]:
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+        if text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as err:
         raise PromptError(f"{path}: not JSON or JSON lines ({err})") from err
     for i, row in enumerate(rows):
@@ -190,7 +198,7 @@ def llm_adapters_to_mc(record: dict) -> dict:
         cuts.append(at)
         end = at
     cuts.reverse()
-    choices = [body[c + len(m) : e].strip() for c, m, e in zip(cuts, markers, cuts[1:] + [len(body)])]
+    choices = [body[c + len(m) : e].strip() for c, m, e in zip(cuts, markers, cuts[1:] + [len(body)], strict=True)]
     question = body[: cuts[0]].strip()
     row = {"context": question, "choices": choices, "label": keys.index(answer)}
     if keys[0].startswith("option") and "_" in question:  # WinoGrande: fill in the blank

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 BASE_QUANTS = ("none", "nf4", "int8")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
@@ -33,7 +35,9 @@ def _first_line(err: BaseException) -> str:
 
 def _check_folder(model: str, path: Path) -> None:
     if not path.is_dir():
-        raise ModelLoadError(f"model folder {model!r} does not exist (expected a folder with config.json, weights and tokenizer files)")
+        raise ModelLoadError(
+            f"model folder {model!r} does not exist (expected a folder with config.json, weights and tokenizer files)"
+        )
     files = {p.name for p in path.iterdir()}
     if "config.json" not in files:
         raise ModelLoadError(f"model folder {model!r} has no config.json")
@@ -147,7 +151,11 @@ def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
     """Recompute activations in backward (less memory, ~30 % more time). ``enable_input_require_grads``
     makes the embeddings' output require grad, so checkpointed blocks of a frozen base still backprop
     into the adapters inside them."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name; the old one warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.enable_input_require_grads()
     model.config.use_cache = False
     return model
@@ -217,7 +225,9 @@ def load_seq2seq_lm(
     return _load(AutoModelForSeq2SeqLM, model, base_quant, dtype, device, gradient_checkpointing, local_files_only)
 
 
-def lm_adapter_config(method: str = "kron-lora", rank: int = 8, alpha: float = 16.0, targets: list[str] | str | None = None, **extra):
+def lm_adapter_config(
+    method: str = "kron-lora", rank: int = 8, alpha: float = 16.0, targets: list[str] | str | None = None, **extra
+):
     """AdapterConfig for a language model: all linear projections of the blocks by default (never
     lm_head / embeddings), or the given module-name suffixes (e.g. ``["q_proj", "v_proj"]``); no task
     head is trained in full (``modules_to_save=None``)."""

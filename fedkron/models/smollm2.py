@@ -107,8 +107,16 @@ def _convert_smollm2(out: Path) -> dict:
     if importlib.util.find_spec("gguf") is None:
         raise ModelLoadError(f"model {SMOLLM2!r}: reading {source.name} needs the PyPI package gguf (pip install gguf)")
     folder, name = str(source.parent), source.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    quiet = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own tqdm bar ignores transformers' switch
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    finally:
+        if quiet is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = quiet
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the dequantized weights are plain fp32
