@@ -10,6 +10,7 @@ The forward only ever calls ``base_layer(x)``, so a bitsandbytes 4-bit base work
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -20,13 +21,28 @@ from .shapes import KronShape
 
 
 def base_layer_sizes(base: nn.Module) -> tuple[int, int]:
-    """(d_out, d_in) of a Linear / bitsandbytes Linear / GPT-2 Conv1D (weight stored d_in × d_out)."""
+    """(d_out, d_in) of a Linear / GPT-2 Conv1D (weight stored d_in × d_out) / bitsandbytes
+    Linear4bit or Linear8bitLt (nn.Linear subclasses whose packed weight has another shape: their
+    ``out_features`` / ``in_features`` are the true sizes)."""
     if isinstance(base, Conv1D):
         d_in, d_out = base.weight.shape
         return int(d_out), int(d_in)
     if isinstance(base, nn.Linear):
         return int(base.out_features), int(base.in_features)
     raise TypeError(f"cannot adapt {type(base).__name__}: only nn.Linear and transformers Conv1D")
+
+
+def quantized_kind(base: nn.Module) -> str | None:
+    """"Linear4bit" / "Linear8bitLt" for a bitsandbytes base (whatever its storage dtype: 4-bit
+    weights may be packed into a float ``quant_storage``), else None."""
+    bnb = sys.modules.get("bitsandbytes")  # a bitsandbytes layer exists only once bitsandbytes is imported
+    if bnb is None:
+        return None
+    if isinstance(base, bnb.nn.Linear4bit) or isinstance(base.weight, bnb.nn.Params4bit):
+        return "Linear4bit"
+    if isinstance(base, bnb.nn.Linear8bitLt) or isinstance(base.weight, bnb.nn.Int8Params):
+        return "Linear8bitLt"
+    return None
 
 
 def _factor_dtype(base: nn.Module) -> torch.dtype:
@@ -94,6 +110,13 @@ class AdapterLayer(nn.Module):
 
     def weight_for_merge(self) -> nn.Parameter:
         weight = self.base_layer.weight
+        kind = quantized_kind(self.base_layer)
+        if kind is not None:
+            raise TypeError(
+                f"cannot merge into a {kind} ({self.d_out}×{self.d_in}, quantized base with {weight.dtype} "
+                f"{type(weight).__name__} weight): keep the adapter unmerged, or load the base unquantized "
+                "(base_quant='none') to merge"
+            )
         if not weight.dtype.is_floating_point:
             raise TypeError(
                 f"cannot merge into a {type(self.base_layer).__name__} with {weight.dtype} / "

@@ -1,0 +1,131 @@
+"""Causal-LM train/eval helpers: LM-scored multiple choice against a hand computation, the masked loss,
+a training step, perplexity, greedy samples."""
+
+import math
+
+import pytest
+import torch
+from llm_fixtures import bpe_tokenizer, tiny_gpt2, tiny_llama
+
+from fedkron.adapters import adapter_state_dict, inject
+from fedkron.data.lm_encode import encode_instructions, encode_mc_for_lm, encode_mc_for_training
+from fedkron.lm_task import (
+    causal_lm_loss,
+    eval_causal_lm,
+    mc_loglikelihoods,
+    mc_metrics,
+    sample_generations,
+    score_mc,
+    train_causal_lm,
+)
+from fedkron.models.causal_lm import lm_adapter_config, prepare_tokenizer
+
+ROWS = [
+    {"context": "What is the capital of France?", "choices": ["Paris", "London café"], "label": 0},
+    {"context": "Name a colour", "choices": ["blue", "red", "green"], "label": 2},
+    {"context": "", "choices": ["The cat sat on the mat.", "Birds fly"], "label": 1},
+]
+
+
+@pytest.fixture
+def tok():
+    return prepare_tokenizer(bpe_tokenizer())
+
+
+def hand_loglikelihood(model, tok, context: str, continuation: str, with_count: bool = False):
+    """Plain forward on the unpadded sequence, log-softmax, sum over the continuation tokens."""
+    ctx = tok(context, add_special_tokens=False)["input_ids"] if context else [tok.eos_token_id]
+    whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+    cont = whole[len(ctx):] if context else whole
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logp = model(input_ids=ids).logits[0].double().log_softmax(-1)
+    total = sum(float(logp[len(ctx) + j - 1, t]) for j, t in enumerate(cont))
+    return (total, len(cont)) if with_count else total
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2])
+def test_mc_loglikelihoods_equal_a_hand_computation(build, tok):
+    model = build(len(tok))
+    enc = encode_mc_for_lm(ROWS, tok, 64, task="piqa")
+    lls = mc_loglikelihoods(model, enc, batch_size=3)  # batches mix lengths: padding must not leak in
+    expected = [
+        hand_loglikelihood(model, tok, f"Question: {r['context']}\nAnswer:", " " + c) for r in ROWS for c in r["choices"]
+    ]
+    torch.testing.assert_close(lls, torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-4)
+    scores = score_mc(model, enc, batch_size=2)
+    gold_ll = [expected[0], expected[4], expected[6]]
+    gold_tokens = enc["continuation_mask"].sum(1)[[0, 4, 6]].sum()
+    assert scores["loss"] == pytest.approx(-sum(gold_ll) / float(gold_tokens), rel=1e-5)
+    by_row = [expected[0:2], expected[2:5], expected[5:7]]
+    acc = sum(max(range(len(v)), key=v.__getitem__) == r["label"] for v, r in zip(by_row, ROWS, strict=True)) / 3
+    assert scores["acc"] == pytest.approx(acc) and scores["num_rows"] == 3
+
+
+def test_acc_norm_divides_by_characters_and_acc_bytes_by_utf8_bytes():
+    # choices "ab" (2 chars, 2 bytes), "éé" (2 chars, 4 bytes), "abcd" (4 chars, 4 bytes)
+    encoded = {
+        "row_index": torch.tensor([0, 0, 0]), "choice_index": torch.tensor([0, 1, 2]), "gold": torch.tensor([2]),
+        "choice_chars": torch.tensor([2.0, 2.0, 4.0], dtype=torch.float64),
+        "choice_bytes": torch.tensor([2.0, 4.0, 4.0], dtype=torch.float64),
+        "continuation_mask": torch.tensor([[0, 1, 1, 0], [0, 1, 1, 0], [0, 1, 1, 1]], dtype=torch.bool),
+    }
+    lls = torch.tensor([-2.0, -1.8, -3.0], dtype=torch.float64)  # per char -1, -0.9, -0.75; byte -1, -0.45, -0.75
+    out = mc_metrics(lls, encoded)
+    assert (out["acc"], out["acc_norm"], out["acc_bytes"]) == (0.0, 1.0, 0.0)
+    assert out["loss"] == pytest.approx(3.0 / 3)
+    out = mc_metrics(lls, dict(encoded, gold=torch.tensor([1])))
+    assert (out["acc"], out["acc_norm"], out["acc_bytes"]) == (1.0, 0.0, 1.0)
+
+
+def test_masked_loss_is_the_answer_tokens_mean_nll(tok):
+    model = tiny_llama(len(tok))
+    enc = encode_mc_for_training(ROWS, tok, 64, task="piqa")
+    loss = causal_lm_loss(model, enc)
+    hf = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=enc["labels"]).loss
+    torch.testing.assert_close(loss, hf)
+    pairs = [(f"Question: {r['context']}\nAnswer:", " " + r["choices"][r["label"]]) for r in ROWS]
+    nll_and_tokens = [hand_loglikelihood(model, tok, ctx, cont, with_count=True) for ctx, cont in pairs]
+    nll = -sum(ll for ll, _ in nll_and_tokens)
+    assert loss.item() == pytest.approx(nll / sum(n for _, n in nll_and_tokens), rel=1e-4)
+
+
+@pytest.mark.parametrize("method", ["kron-lora", "lora"])
+def test_training_on_a_repeated_example_lowers_its_masked_loss(method, tok):
+    model = inject(tiny_llama(len(tok)), lm_adapter_config(method, rank=4, alpha=8.0, init_seed=0))
+    data = encode_instructions([{"instruction": "Name a colour.", "input": "sky", "output": "blue"}] * 4, tok, 128)
+    base = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    before = eval_causal_lm(model, data)["loss"]
+    result = train_causal_lm(model, data, steps=15, batch_size=2, lr=1e-2, seed=0)
+    after = eval_causal_lm(model, data)["loss"]
+    assert after < 0.5 * before and result.steps == 15 and result.num_examples == 4
+    assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base)  # base frozen
+    assert any(v.abs().sum() > 0 for n, v in adapter_state_dict(model).items() if "B1" in n or "lora_B" in n)
+
+
+def test_eval_perplexity_is_token_weighted_and_batch_size_free(tok):
+    model = tiny_gpt2(len(tok))
+    rows = [{"instruction": "Say hi", "output": "hi"},
+            {"instruction": "Name a colour.", "input": "sky", "output": "blue green red"}]
+    data = encode_instructions(rows, tok, 128)
+    one, two = eval_causal_lm(model, data, batch_size=1), eval_causal_lm(model, data, batch_size=2)
+    assert one["loss"] == pytest.approx(two["loss"], rel=1e-5) and one["perplexity"] == pytest.approx(math.exp(one["loss"]))
+    assert one["tokens"] == int((data["labels"][:, 1:] != -100).sum())
+    per_row = [eval_causal_lm(model, {k: v[i : i + 1] for k, v in data.items()}) for i in range(2)]
+    weighted = sum(r["loss"] * r["tokens"] for r in per_row) / sum(r["tokens"] for r in per_row)
+    assert one["loss"] == pytest.approx(weighted, rel=1e-5)
+
+
+def test_greedy_samples_are_deterministic_and_match_an_argmax_loop(tok):
+    model = tiny_llama(len(tok), seed=3)
+    model.generation_config.eos_token_id = None  # random weights: do not stop early
+    prompts = ["Question: What is the capital of France?\nAnswer:", "The cat"]
+    tok.padding_side = "right"
+    batch = sample_generations(model, tok, prompts, max_new_tokens=5)
+    assert tok.padding_side == "right"
+    assert batch == sample_generations(model, tok, prompts, max_new_tokens=5, batch_size=1)
+    ids = tok(prompts[0], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        for _ in range(5):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    assert batch[0] == tok.decode(ids[-5:], skip_special_tokens=True)
