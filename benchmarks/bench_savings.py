@@ -55,9 +55,11 @@ def finished(folder: Path) -> bool:
 
 
 def cmd_run(args) -> None:
-    from fedkron.sim.simulate import run_sim
+    """Every requested run not finished yet, one after the other on one Ray start."""
+    from fedkron.sim.simulate import prepared, run_many
 
     extra = json.loads(args.extra) if args.extra else {}
+    todo = []
     for seed in map(int, args.seeds.split(",")):
         for method in args.methods.split(","):
             for lr in map(float, args.lrs.split(",")):
@@ -66,11 +68,19 @@ def cmd_run(args) -> None:
                     print(f"kept {cfg.out}", flush=True)
                     continue
                 resume = (Path(cfg.out) / "checkpoint" / "latest.json").is_file()
-                cfg = dataclasses.replace(cfg, resume=resume, overwrite=not resume)
-                print(f"run {method} lr {lr:g} seed {seed} → {cfg.out}", flush=True)
-                run_sim(cfg, progress=lambda r: print(f"  round {r['round']:>2} acc {100 * r['accuracy']:.1f}%  "
-                                                      f"up {r['bytes_up_total'] / 1e6:.3f} MB  "
-                                                      f"down {r['bytes_down_total'] / 1e6:.3f} MB", flush=True))
+                todo.append(prepared(dataclasses.replace(cfg, resume=resume, overwrite=not resume)))
+
+    def report(cfg):
+        def show(r):
+            acc = "  n/a" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+            print(f"  {Path(cfg.out).relative_to(args.root)} round {r['round']:>2} acc {acc}  "
+                  f"up {r['bytes_up_total'] / 1e6:.3f} MB  down {r['bytes_down_total'] / 1e6:.3f} MB  "
+                  f"{r['seconds']:.0f} s", flush=True)
+        return show
+
+    if todo:
+        for summary in run_many(todo, [report(c) for c in todo]):
+            print(f"{summary.get('out', '')} {summary['status']}", flush=True)
 
 
 def read(folder: Path) -> dict:

@@ -27,6 +27,9 @@ LOCAL_LOSSES = ("ce", "logit-adjusted")
 LOCAL_OPTS = ("adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 MC_HEADS = ("cross", "dual")
+BASE_QUANTS = ("none", "nf4", "int8")
+DEVICES = ("auto", "cpu", "cuda")
+FILE_TASKS = ("custom", "instruct")  # tasks made from --train-file
 DEFAULT_ROUND_TIMEOUT = 3600.0
 
 # Per-task defaults: what a user gets with ``--task X`` and no other flag. Calibrated on 2 cores
@@ -38,7 +41,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 _PAIR = {"max_length": 128, "clients": 4, "rounds": 3, "local_steps": 20, "eval_samples": 256}
 _CHOICE = {"max_length": 64, "clients": 4, "rounds": 3, "local_steps": 20, "eval_samples": 256}
 TASK_DEFAULTS.update({"rte": _PAIR, "mrpc": _PAIR, "sentiment": {**_PAIR, "clients": 5},
-                      **{t: _CHOICE for t in ("piqa", "winogrande", "arc-easy", "arc-challenge", "hellaswag")}})
+                      "instruct": {"max_length": 256, "clients": 4, "rounds": 3, "local_steps": 10, "eval_samples": 64},
+                      **{t: _CHOICE for t in ("piqa", "winogrande", "arc-easy", "arc-challenge", "hellaswag",
+                                              "openbookqa")}})
 _TASK_DEFAULTED = ("max_length", "clients", "rounds", "local_steps")  # 0 → the task's default
 
 
@@ -83,11 +88,25 @@ class RunConfig:
                      "see Task defaults", M)
     data_dir: str = knob("", "a folder laid out like `shared/data` (default: packaged data, "
                          "`$FEDKRON_DATA_DIR`, then the hub)", M)
+    train_file: str = knob("", "`--task custom` (classification) or `instruct` (instruction tuning, Alpaca "
+                           "instruction/input/output or chat `messages`): a CSV, TSV, JSON or JSONL file, or a hub "
+                           "dataset id", M)
+    eval_file: str = knob("", "held-out file (or hub split) of `custom` / `instruct` (default: a seeded 10 % of "
+                          "--train-file)", M)
+    text_column: str = knob("text", "`custom`: the text column", M)
+    text_pair_column: str = knob("", "`custom`: a second text column (sentence pairs)", M)
+    label_column: str = knob("label", "`custom`: the label column (ints or strings)", M)
     max_length: int = knob(0, "tokens per example", M)
     mc_head: str = knob("cross", "multiple choice: `cross` (each context+choice pair scored by a new linear "
                         "head) or `dual` (cosine of context and choice embeddings: keeps a sentence encoder's "
                         "pretraining)", M, MC_HEADS)
     eval_samples: int = knob(-1, "held-out rows scored each round, a seeded sample (0 = all)", M)
+    base_quant: str = knob("none", "load a language model's frozen base in 4 bits (`nf4`, with double "
+                           "quantization) or 8 bits (`int8`) through bitsandbytes (QLoRA); adapters stay float",
+                           M, BASE_QUANTS)
+    device: str = knob("auto", "where models run: `cuda` when present for `auto`", M, DEVICES)
+    gradient_checkpointing: bool = knob(False, "recompute activations in the backward pass (less memory, more "
+                                        "time; language models)", M)
     # Adapter
     method: str = knob("kron-lora", "adapter: Kron-LoRA, KronA or LoRA", A, METHODS)
     rank: int = knob(8, "rank r", A)
@@ -187,7 +206,7 @@ class RunConfig:
     def resolved(self) -> "RunConfig":
         """Fill task defaults for fields left at 0 and validate; returns a new config."""
         cfg = dataclasses.replace(self)
-        defaults = TASK_DEFAULTS.get(cfg.task, TASK_DEFAULTS["sst2"])
+        defaults = TASK_DEFAULTS.get(cfg.task, TASK_DEFAULTS["instruct" if cfg.task == "instruct" else "sst2"])
         for name in _TASK_DEFAULTED:
             if getattr(cfg, name) == 0:
                 setattr(cfg, name, defaults[name])
@@ -223,7 +242,9 @@ class RunConfig:
                 need(False, f"{_flag(f.name)} {value!r} is not one of {', '.join(choices)}")
             if isinstance(value, float) and not math.isfinite(value):
                 need(False, f"{_flag(f.name)} must be a finite number (got {value})")
-        need(self.task in TASKS, f"task {self.task!r} is not one of {', '.join(sorted(TASKS))}")
+        need(self.task in TASKS or self.task in FILE_TASKS,
+             f"task {self.task!r} is not one of {', '.join(sorted(TASKS) + list(FILE_TASKS))}")
+        need(self.task not in FILE_TASKS or bool(self.train_file), f"task {self.task!r} needs --train-file")
         need(self.rank >= 1, f"rank must be ≥ 1 (got {self.rank})")
         need(self.alpha > 0, f"alpha must be > 0 (got {self.alpha})")
         need(self.max_length >= 8, f"max-length must be ≥ 8 (got {self.max_length})")

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from fedkron.config import ConfigError, RunConfig
+from fedkron.task_data import model_shape, task_spec
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "ledger.csv", "accuracy_and_mb.png", "timing.csv")
 RUN_FOLDERS = ("checkpoint", "client-state", "adapter")
@@ -69,9 +70,21 @@ def model_problems(cfg: RunConfig) -> list[str]:
     from transformers import AutoConfig, AutoModel, AutoModelForMultipleChoice, AutoModelForSequenceClassification
 
     from fedkron.adapters import inject
-    from fedkron.data import get_task
-    from fedkron.models import TINY_BERT, adapter_config, minilm_path
+    from fedkron.models import TINY_BERT, adapter_config, is_language_model, minilm_path
+    from fedkron.models.causal_lm import ModelLoadError, check_model_source
 
+    if cfg.model not in ("minilm-l6", "tiny-bert"):
+        try:
+            check_model_source(cfg.model)
+            language_model = is_language_model(cfg.model)
+        except (ModelLoadError, OSError, ValueError) as err:
+            return [f"model {cfg.model!r} cannot be loaded: {str(err).splitlines()[0]}"]
+        if language_model:
+            return lm_problems(cfg)
+    if cfg.base_quant != "none":
+        return [f"base-quant {cfg.base_quant}: 4/8-bit bases are for language models ({cfg.model} is not one)"]
+    if cfg.task == "instruct":
+        return ["task instruct needs a language model (e.g. --model smollm2-135m)"]
     try:
         if cfg.model in ("minilm-l6", "tiny-bert"):
             config = AutoConfig.from_pretrained(minilm_path(), local_files_only=True,
@@ -89,12 +102,12 @@ def model_problems(cfg: RunConfig) -> list[str]:
                 config = AutoConfig.from_pretrained(cfg.model)
     except Exception as err:  # an unreachable hub, a broken config.json: one line
         return [f"model {cfg.model!r} cannot be loaded: {str(err).splitlines()[0]}"]
-    task = get_task(cfg.task)
-    dual = task.is_multiple_choice and cfg.mc_head == "dual"
-    auto = AutoModel if dual else AutoModelForMultipleChoice if task.is_multiple_choice else \
+    num_labels, multiple_choice = model_shape(cfg)
+    dual = multiple_choice and cfg.mc_head == "dual"
+    auto = AutoModel if dual else AutoModelForMultipleChoice if multiple_choice else \
         AutoModelForSequenceClassification
-    if not task.is_multiple_choice:
-        config.num_labels = task.num_labels
+    if not multiple_choice:
+        config.num_labels = num_labels
     try:
         with torch.device("meta"):
             model = auto.from_config(config)
@@ -108,16 +121,51 @@ def model_problems(cfg: RunConfig) -> list[str]:
     return []
 
 
+def lm_problems(cfg: RunConfig) -> list[str]:
+    """A language model: its adapters fit (meta device, from its config) and the settings suit it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from fedkron.adapters import inject
+    from fedkron.models import resolved_device
+    from fedkron.models.causal_lm import lm_adapter_config, resolve_model_source
+
+    problems = []
+    if cfg.mc_head != "cross":
+        problems.append("mc-head applies to encoders; a language model scores the choices itself")
+    if cfg.base_quant != "none" and resolved_device(cfg) == "cpu":
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            problems.append("base-quant needs bitsandbytes")
+    try:
+        source = resolve_model_source(cfg.model)
+        config = AutoConfig.from_pretrained(source, local_files_only=os.path.isdir(source))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+            inject(model, lm_adapter_config(cfg.method, cfg.rank, cfg.alpha, cfg.targets, shape_policy=cfg.shape_policy))
+    except Exception as err:
+        problems.append(f"{cfg.method} rank {cfg.rank} does not fit {cfg.model}: {str(err).splitlines()[0]}")
+    return problems
+
+
 def data_problems(cfg: RunConfig) -> list[str]:
     """Load and partition the training data as the clients will (a bad file, too few rows)."""
-    from fedkron.data import check_task_data, get_task, resolve_source
+    from fedkron.data import check_task_data, resolve_source
 
     try:
-        if resolve_source(get_task(cfg.task), cfg.data_dir or None, "auto")[0] == "hub" and \
-                os.environ.get("HF_HUB_OFFLINE") == "1":
+        spec = task_spec(cfg)
+        if spec is None:  # instruction files
+            from fedkron.data.lm_rows import instruction_splits
+
+            splits = instruction_splits(cfg.train_file, cfg.eval_file or None, cfg.seed)
+            if len(splits["train"]) < cfg.clients:
+                return [f"{cfg.train_file} has {len(splits['train'])} instructions, fewer than the {cfg.clients} "
+                        "clients asked for"]
+            return []
+        if resolve_source(spec, cfg.data_dir or None, "auto")[0] == "hub" and os.environ.get("HF_HUB_OFFLINE") == "1":
             return [f"task {cfg.task}: no local copy (give --data-dir) and the hub is offline"]
-        check_task_data(cfg.task, cfg.data_dir or None, cfg.clients, cfg.partition, cfg.seed,
-                        alpha=cfg.dirichlet_alpha)
+        check_task_data(spec, cfg.data_dir or None, cfg.clients, cfg.partition, cfg.seed, alpha=cfg.dirichlet_alpha)
     except Exception as err:
         return [str(err).splitlines()[0] if str(err) else type(err).__name__]
     return []

@@ -31,6 +31,7 @@ CONFIG_DIGEST = "config-digest"  # of the whole run config; only non-default set
 # Metrics a client reports with its update.
 NUM_EXAMPLES, PARTITION_ID, NUM_PARTITIONS, TRAIN_LOSS = "num-examples", "partition-id", "num-partitions", "train-loss"
 TIMINGS = ("train-seconds", "client-seconds")
+PEAK_MEMORY = "peak-memory-bytes"  # the client process's high-water mark (RSS, or CUDA allocated)
 EVAL_LOSS, EVAL_ACCURACY = "eval-loss", "eval-accuracy"
 
 # Roles that travel in exact mode: the output-side factor (ΔW is linear in it while the others stay
@@ -120,9 +121,12 @@ def make_reply(encoded: Encoded, metrics: Mapping[str, int | float]) -> RecordDi
     return RecordDict({ARRAYS: arrays, MANIFEST: manifest, METRICS: MetricRecord(dict(metrics))})
 
 
-def make_eval_reply(num_examples: int, loss: float, accuracy: float) -> RecordDict:
-    return RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: num_examples, EVAL_LOSS: loss,
-                                              EVAL_ACCURACY: accuracy})})
+def make_eval_reply(num_examples: int, loss: float, accuracy: float | None) -> RecordDict:
+    """A federated-evaluation reply (no accuracy for instruction data: its loss is the score)."""
+    values = {NUM_EXAMPLES: num_examples, EVAL_LOSS: loss}
+    if accuracy is not None:
+        values[EVAL_ACCURACY] = accuracy
+    return RecordDict({METRICS: MetricRecord(values)})
 
 
 def make_info(partition_id: int, num_partitions: int) -> RecordDict:
@@ -156,7 +160,7 @@ def read_reply(
     pid = _integer(metrics, PARTITION_ID, 0, num_partitions - 1)
     num_examples = _integer(metrics, NUM_EXAMPLES, 1, max_examples)
     numbers = {TRAIN_LOSS: _number(metrics, TRAIN_LOSS, 0.0, math.inf)}
-    numbers.update({k: _number(metrics, k, 0.0, math.inf) for k in TIMINGS if k in metrics})
+    numbers.update({k: _number(metrics, k, 0.0, math.inf) for k in TIMINGS + (PEAK_MEMORY,) if k in metrics})
     try:  # names, shapes and sizes are checked against `expected` before anything is allocated
         encoded = from_records(arrays, manifest, expected)
         if encoded.codec not in allowed_codecs:
@@ -174,11 +178,11 @@ def read_reply(
                       num_examples=num_examples, metrics=numbers, norm=norm)
 
 
-def read_eval_reply(msg: Message, max_examples: int = 10**9) -> tuple[int, float, float]:
-    """(examples, loss, accuracy) of a federated-evaluation reply, or :class:`RejectedReply`."""
+def read_eval_reply(msg: Message, max_examples: int = 10**9) -> tuple[int, float, float | None]:
+    """(examples, loss, accuracy or None) of a federated-evaluation reply, or :class:`RejectedReply`."""
     (metrics,) = _records(msg.content, (METRICS, MetricRecord))
-    return (_integer(metrics, NUM_EXAMPLES, 1, max_examples), _number(metrics, EVAL_LOSS, 0.0, math.inf),
-            _number(metrics, EVAL_ACCURACY, 0.0, 1.0))
+    accuracy = _number(metrics, EVAL_ACCURACY, 0.0, 1.0) if EVAL_ACCURACY in metrics else None
+    return _integer(metrics, NUM_EXAMPLES, 1, max_examples), _number(metrics, EVAL_LOSS, 0.0, math.inf), accuracy
 
 
 def read_info(msg: Message, num_partitions: int) -> tuple[int, int]:

@@ -1,7 +1,8 @@
-"""Local training and evaluation, and the data each side of a run sees.
+"""Local training and evaluation: steps on a client's partition, scoring on held-out rows.
 
-The model itself comes from :mod:`fedkron.models`; this module runs it: local steps on a client's
-partition, scoring on the held-out split.
+The model comes from :mod:`fedkron.models`, the tensors from :mod:`fedkron.task_data`. Encoders
+(classification and multiple-choice heads) run here; a language model's tensors (answer-only
+labels, choices to score) go to :mod:`fedkron.lm_task`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from torch import nn
 
 from fedkron.config import RunConfig
 from fedkron.data.encode import CONTEXT
-from fedkron.models import load_tokenizer
 
 
 @dataclass
@@ -41,7 +41,8 @@ def _forward(model: nn.Module, data: dict[str, torch.Tensor], idx: torch.Tensor)
     """Run one batch, cut to its longest row: padding to the partition's longest row would
     multiply the cost of short-sentence batches (SST-2 rows average ~13 tokens). The dual layout's
     context tensors (``context_*``) are cut to their own longest row."""
-    inputs = {k: v[idx] for k, v in data.items()}
+    device = next(model.parameters()).device
+    inputs = {k: v[idx].to(device) for k, v in data.items()}
     for prefix in ("", CONTEXT):
         mask = inputs.get(prefix + "attention_mask")
         if mask is None:
@@ -80,6 +81,10 @@ def train_local(
     ``proximal_mu`` > 0 adds FedProx's proximal term (μ/2)·‖w − w_start‖² over the trained tensors,
     with w_start the global values they held before the first step.
     """
+    if is_lm_data(data):
+        from fedkron.lm_task import train_causal_lm
+
+        return train_causal_lm(model, data, steps, batch_size, lr, seed, optimizer=optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params] if proximal_mu > 0 else None
     log_prior = label_log_prior(data, model) if local_loss == "logit-adjusted" else None
@@ -99,7 +104,8 @@ def train_local(
         if log_prior is None:
             loss = out.loss
         else:
-            loss = torch.nn.functional.cross_entropy(out.logits + log_prior, data["labels"][idx])
+            loss = torch.nn.functional.cross_entropy(out.logits + log_prior.to(out.logits.device),
+                                                     data["labels"][idx].to(out.logits.device))
         if start is not None:
             loss = loss + proximal_mu / 2 * sum((p - s).pow(2).sum() for p, s in zip(params, start))
         if not torch.isfinite(loss):
@@ -121,9 +127,37 @@ def label_log_prior(data: dict[str, torch.Tensor], model: nn.Module) -> torch.Te
     return (counts / counts.sum()).log().float()
 
 
+def is_lm_data(data: dict[str, torch.Tensor]) -> bool:
+    """A language model's tensors: per-token labels, or choices to score."""
+    return "continuation_mask" in data or ("labels" in data and data["labels"].ndim == 2 and "input_ids" in data
+                                           and data["labels"].shape == data["input_ids"].shape)
+
+
+def evaluate_metrics(model: nn.Module, data: dict[str, torch.Tensor]) -> dict[str, float | None]:
+    """``loss`` and ``accuracy`` (None for instruction data), plus ``acc_norm`` (multiple choice scored
+    by a language model) or ``perplexity`` (instruction data)."""
+    if "continuation_mask" in data:
+        from fedkron.lm_task import score_mc
+
+        scores = score_mc(model, data)
+        return {"loss": scores["loss"], "accuracy": scores["acc"], "acc_norm": scores["acc_norm"]}
+    if is_lm_data(data):
+        from fedkron.lm_task import eval_causal_lm
+
+        scores = eval_causal_lm(model, data)
+        return {"loss": scores["loss"], "accuracy": None, "perplexity": scores["perplexity"]}
+    loss, acc = evaluate(model, data)
+    return {"loss": loss, "accuracy": acc}
+
+
+def num_rows(data: dict[str, torch.Tensor]) -> int:
+    """Rows (questions, sentences, instructions) in encoded tensors."""
+    return int(data["gold"].shape[0] if "gold" in data else data["labels"].shape[0])
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: dict[str, torch.Tensor], batch_size: int = 64) -> tuple[float, float]:
-    """(mean loss, accuracy) over every row of ``data``."""
+    """(mean loss, accuracy) of an encoder's head over every row of ``data``."""
     model.eval()
     num_rows = int(data["labels"].shape[0])
     if num_rows == 0:
@@ -133,53 +167,5 @@ def evaluate(model: nn.Module, data: dict[str, torch.Tensor], batch_size: int = 
         idx = torch.arange(start, min(start + batch_size, num_rows))
         out = _forward(model, data, idx)
         loss_sum += out.loss.item() * len(idx)
-        correct += int((out.logits.argmax(-1) == data["labels"][idx]).sum())
+        correct += int((out.logits.argmax(-1).cpu() == data["labels"][idx]).sum())
     return loss_sum / num_rows, correct / num_rows
-
-
-# --- data, as the client and the server see it ---------------------------------------------------
-
-
-def client_train_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: str = "train"):
-    """(encoded tensors of this client's partition, task spec), tokenized once per process.
-
-    ``split="test"``: the client's share of the held-out split, its own data for federated
-    evaluation (partitioned like the training data)."""
-    from fedkron.data import get_client_data, get_task
-
-    task = get_task(cfg.task)
-    data = get_client_data(
-        task, partition_id, num_partitions, load_tokenizer(cfg.model), cfg.max_length,
-        scheme=cfg.partition, alpha=cfg.dirichlet_alpha, seed=cfg.seed, data_dir=cfg.data_dir or None,
-        layout=data_layout(cfg, task), split=split,
-    )
-    return data, task
-
-
-def data_layout(cfg: RunConfig, task) -> str:
-    """How rows are encoded for this run's model: "dual" only for a dual multiple-choice head."""
-    return "dual" if task.is_multiple_choice and cfg.mc_head == "dual" else "cross"
-
-
-@dataclass
-class EvalSet:
-    task: object
-    data: dict[str, torch.Tensor]
-    num_rows: int
-    majority_baseline: float
-    note: str
-
-
-def eval_data(cfg: RunConfig) -> EvalSet:
-    """The held-out split the server scores every round (a seeded sample of ``eval_samples`` rows)."""
-    from fedkron.data import get_eval_data, get_eval_split, get_splits, get_task, majority_baseline
-
-    task = get_task(cfg.task)
-    limit = cfg.eval_samples or None
-    rows = get_eval_split(task, max_samples=limit, seed=cfg.seed, data_dir=cfg.data_dir or None)
-    data = get_eval_data(task, load_tokenizer(cfg.model), cfg.max_length, max_samples=limit,
-                         seed=cfg.seed, data_dir=cfg.data_dir or None, layout=data_layout(cfg, task))
-    full = len(get_splits(task, data_dir=cfg.data_dir or None, seed=cfg.seed)["test"])
-    n = len(rows)
-    note = f"scored on all {n} held-out rows" if n == full else f"scored on a seeded sample of {n} of {full} held-out rows"
-    return EvalSet(task=task, data=data, num_rows=n, majority_baseline=majority_baseline(rows), note=note)

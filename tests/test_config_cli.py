@@ -27,9 +27,9 @@ def test_bits_reject_impossible_combinations():
 
 def test_no_flags_is_the_offline_default():
     cfg = config_from_args(build_parser().parse_args(["sim"])).resolved()
-    assert (cfg.model, cfg.task, cfg.method, cfg.quant) == ("minilm-l6", "boolq", "kron-lora", "nf4")
-    assert cfg.clients == TASK_DEFAULTS["boolq"]["clients"] and cfg.rounds == TASK_DEFAULTS["boolq"]["rounds"]
-    assert cfg.out == "results/boolq-kron-lora-nf4"
+    assert (cfg.model, cfg.task, cfg.method, cfg.quant, cfg.downlink) == ("minilm-l6", "sst2", "kron-lora", "nf4", "nf4")
+    assert cfg.clients == TASK_DEFAULTS["sst2"]["clients"] and cfg.rounds == TASK_DEFAULTS["sst2"]["rounds"]
+    assert cfg.out == "results/sst2-kron-lora-nf4"
 
 
 def test_flags_reach_the_config(tmp_path):
@@ -145,17 +145,23 @@ def test_the_model_cache_key_covers_everything_build_model_reads():
     assert read and read <= set(MODEL_FIELDS), read - set(MODEL_FIELDS)
 
 
-def test_compare_runs_parse_and_share_everything_but_method_codec_and_aggregation(tmp_path):
-    from fedkron.sim.compare import parse_runs, run_configs
+def test_compare_runs_parse_and_share_everything_but_method_codecs_and_aggregation(tmp_path):
+    from fedkron.sim.compare import LoraSettings, parse_runs, run_configs
 
-    specs = parse_runs("kron-lora:nf4:exact, lora:fp32, krona:int8")
-    assert [s.label for s in specs] == ["kron-lora:nf4:exact", "lora:fp32", "krona:int8"]
-    base = RunConfig(task="sst2", seed=3, clients=5, rounds=2, local_steps=4, partition="dirichlet")
-    cfgs = run_configs(base, specs, tmp_path, lora_rank=16)
-    assert [(c.method, c.quant, c.aggregation, c.rank) for c in cfgs] == [
-        ("kron-lora", "nf4", "exact", 8), ("lora", "fp32", "per-factor", 16), ("krona", "int8", "per-factor", 8)]
+    specs = parse_runs("kron-lora:nf4:exact, lora:fp32, krona:int8, flowertune, ffa-lora:nf4")
+    assert [s.label for s in specs] == ["kron-lora:nf4:exact", "lora:fp32", "krona:int8", "flowertune", "ffa-lora:nf4"]
+    base = RunConfig(task="sst2", seed=3, clients=5, rounds=2, local_steps=4, partition="dirichlet", rank=4, lr=0.004)
+    cfgs = run_configs(base, specs, tmp_path, LoraSettings(rank=16, lr=0.001))
+    got = [(c.method, c.quant, c.downlink, c.aggregation, c.rank, c.targets, c.lr) for c in cfgs]
+    assert got == [("kron-lora", "nf4", "nf4", "exact", 4, "all-linear", 0.004),
+                   ("lora", "fp32", "fp32", "per-factor", 16, "all-linear", 0.001),
+                   ("krona", "int8", "int8", "per-factor", 4, "all-linear", 0.004),
+                   ("lora", "fp32", "fp32", "per-factor", 16, "query,value", 0.001),  # FlowerTune's recipe
+                   ("lora", "nf4", "nf4", "exact", 16, "all-linear", 0.001)]  # FFA-LoRA
     assert {(c.seed, c.clients, c.rounds, c.partition, c.task) for c in cfgs} == {(3, 5, 2, "dirichlet", "sst2")}
-    assert [c.out for c in cfgs] == [str(tmp_path / f) for f in ("kron-lora-nf4-exact", "lora-fp32", "krona-int8")]
+    assert [c.out for c in cfgs] == [str(tmp_path / f) for f in
+                                     ("kron-lora-nf4-exact", "lora-fp32", "krona-int8", "flowertune", "ffa-lora-nf4")]
+    assert run_configs(base, specs[:1], tmp_path, downlink="fp32")[0].downlink == "fp32"  # --downlink wins
     with pytest.raises(ConfigError) as info:
         parse_runs("dora:nf4,lora:int3,lora:fp32,lora:fp32")
     assert "method 'dora'" in str(info.value) and "codec 'int3'" in str(info.value) and "twice" in str(info.value)

@@ -14,7 +14,8 @@ from fedkron.config import ConfigError, RunConfig
 from fedkron.data import encode_dataset
 from fedkron.models import build_model, load_tokenizer
 from fedkron.models.dual_encoder import DualEncoderForMultipleChoice
-from fedkron.task import _forward, client_train_data, eval_data, evaluate, train_local
+from fedkron.task import _forward, evaluate, train_local
+from fedkron.task_data import client_data, eval_data
 
 import datasets
 
@@ -88,7 +89,7 @@ def test_pretrained_dual_head_starts_above_chance_and_training_lowers_its_loss(s
     evalset = eval_data(cfg)
     _, acc = evaluate(model, evalset.data)
     assert acc > 0.40, f"zero-shot accuracy {acc:.3f} should be well above 4-way chance"
-    data, _ = client_train_data(cfg, 0, 1)
+    data = client_data(cfg, 0, 1)
     sub = {k: v[:64] for k, v in data.items()}
     before, _ = evaluate(model, sub)
     train_local(model, sub, steps=12, batch_size=16, lr=2e-3, seed=0)

@@ -121,7 +121,6 @@ def exact_round(flower_identity):
 def test_exact_mode_broadcasts_only_b1_and_full_modules_and_clients_rebuild_the_rest(exact_round):
     from fedkron.client import worker
     from fedkron.compression import decode, from_records
-    from fedkron.data import get_task
     from fedkron.protocol import ARRAYS as ARRAYS_KEY
     from fedkron.protocol import MANIFEST as MANIFEST_KEY
 
@@ -133,7 +132,7 @@ def test_exact_mode_broadcasts_only_b1_and_full_modules_and_clients_rebuild_the_
 
     # A client process whose cached model was trained per-factor before (A, B2 moved) still
     # trains from the seeded A, B2 the server holds: they come from its seeded build, not its model.
-    model, _ = worker.cached_model(cfg, get_task(cfg.task))
+    model, _ = worker.cached_model(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if roles.get(name) in ("A", "B2"):

@@ -69,6 +69,15 @@ class AdapterLayer(nn.Module):
         self._device = base_layer.weight.device
         self._dtype = _factor_dtype(base_layer)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base layer's weight: model code reads ``layer.weight`` (T5 checks its dtype)."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.base_layer, "bias", None)
+
     def _new_factor(self, *shape: int) -> nn.Parameter:
         return nn.Parameter(torch.empty(*shape, device=self._device, dtype=self._dtype))
 

@@ -11,7 +11,7 @@ from .config import AdapterConfigError
 
 ALL_LINEAR = "all-linear"
 AUTO = "auto"
-HEAD_NAMES = ("classifier", "pre_classifier", "score", "qa_outputs")
+HEAD_NAMES = ("classifier", "pre_classifier", "score", "qa_outputs", "classification_head")  # the last: T5
 
 
 class TargetError(AdapterConfigError):

@@ -18,10 +18,12 @@ from fedkron.adapters import adapter_factor_roles, adapter_state_dict, load_adap
 from fedkron.client.state import ResidualStore
 from fedkron.compression import ErrorFeedback, get_codec
 from fedkron.config import RunConfig
-from fedkron.models import build_model, model_key
-from fedkron.protocol import (NUM_EXAMPLES, PARTITION_ID, TRAIN_LOSS, Broadcast, frozen_digest, make_eval_reply,
-                              make_info, make_reply, read_broadcast, sent_names)
-from fedkron.task import client_train_data, evaluate, train_local
+from fedkron.lm_task import peak_memory_bytes
+from fedkron.models import build_model, model_key, resolved_device
+from fedkron.protocol import (NUM_EXAMPLES, PARTITION_ID, PEAK_MEMORY, TRAIN_LOSS, Broadcast, frozen_digest,
+                              make_eval_reply, make_info, make_reply, read_broadcast, sent_names)
+from fedkron.task import evaluate_metrics, num_rows, train_local
+from fedkron.task_data import client_data, model_shape
 
 log = logging.getLogger("fedkron")
 DEFAULTS = RunConfig().to_record()
@@ -29,13 +31,13 @@ DEFAULTS = RunConfig().to_record()
 _MODELS: dict[tuple, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
 
 
-def cached_model(cfg: RunConfig, task) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+def cached_model(cfg: RunConfig) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """The frozen base + adapters for this config, built once per process, and the adapter state
     as built from ``cfg.seed`` (the same on the server and every client)."""
     key = model_key(cfg)
     if key not in _MODELS:
         _MODELS.clear()  # one model per process: a new config replaces the old one
-        model = build_model(cfg, task.num_labels, task.is_multiple_choice)
+        model = build_model(cfg, *model_shape(cfg))
         init = {k: v.detach().clone() for k, v in adapter_state_dict(model).items()}
         _MODELS[key] = (model, init)
     return _MODELS[key]
@@ -102,8 +104,8 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, Broadcast, int, i
 def handle_train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     cfg, broadcast, pid, num_parts = _setup(msg, context)
-    data, task = client_train_data(cfg, pid, num_parts)
-    model, seeded_init = cached_model(cfg, task)
+    data = client_data(cfg, pid, num_parts)
+    model, seeded_init = cached_model(cfg)
     global_state = full_global_state(cfg, broadcast.state, seeded_init, broadcast.frozen_digest)
     sent = select_trainable(model, cfg)
     load_adapter_state_dict(model, global_state)
@@ -127,22 +129,19 @@ def handle_train(msg: Message, context: Context) -> Message:
     else:
         encoded = codec.encode(update)
     metrics = {NUM_EXAMPLES: result.num_examples, TRAIN_LOSS: result.loss, PARTITION_ID: pid,
-               "train-seconds": train_seconds, "client-seconds": time.perf_counter() - t0}
+               "train-seconds": train_seconds, "client-seconds": time.perf_counter() - t0,
+               PEAK_MEMORY: peak_memory_bytes(resolved_device(cfg))}
     return Message(make_reply(encoded, metrics), reply_to=msg)
 
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
     """Score the global adapter on this node's own held-out data (federated evaluation)."""
     cfg, broadcast, pid, num_parts = _setup(msg, context)
-    data, task = client_train_data(cfg, pid, num_parts, split="test")
-    rows = int(data["labels"].shape[0])
-    if cfg.eval_samples and rows > cfg.eval_samples:  # a seeded sample, as on the server
-        keep = torch.randperm(rows, generator=torch.Generator().manual_seed(cfg.seed))[: cfg.eval_samples]
-        data = {k: v[keep] for k, v in data.items()}
-    model, seeded_init = cached_model(cfg, task)
+    data = client_data(cfg, pid, num_parts, split="test")
+    model, seeded_init = cached_model(cfg)
     load_adapter_state_dict(model, full_global_state(cfg, broadcast.state, seeded_init, broadcast.frozen_digest))
-    loss, accuracy = evaluate(model, data)
-    return Message(make_eval_reply(int(data["labels"].shape[0]), loss, accuracy), reply_to=msg)
+    scores = evaluate_metrics(model, data)
+    return Message(make_eval_reply(num_rows(data), scores["loss"], scores["accuracy"]), reply_to=msg)
 
 
 def handle_query(msg: Message, context: Context) -> Message:

@@ -10,11 +10,13 @@ and the server; the returned tensors are shared, treat them as read-only.
 from fedkron.data.bundle import build_packaged_sst2, packaged_boolq_dir
 from fedkron.data.cache import (
     DataCheck,
+    cached_tensors,
     check_task_data,
     clear_cache,
     get_client_data,
     get_eval_data,
     get_eval_split,
+    get_partition_rows,
     get_splits,
 )
 from fedkron.data.custom import custom_task, infer_labels
@@ -25,6 +27,8 @@ from fedkron.data.records import DataFormatError, DataNotFoundError
 from fedkron.data.tasks import TASKS, TaskSpec, UnknownTaskError, get_task
 
 __all__ = [
+    "cached_tensors",
+    "get_partition_rows",
     "DATA_DIR_ENV",
     "DataCheck",
     "PACKAGED_TASKS",

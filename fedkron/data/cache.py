@@ -74,6 +74,26 @@ def _encoded(key: tuple, make) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def cached_tensors(key: tuple, make) -> dict[str, torch.Tensor]:
+    """``make()``'s tensors, made once per process for ``key`` (kept in the same bounded cache as the
+    encoded partitions)."""
+    return _encoded(("custom",) + tuple(key), make)
+
+
+def get_partition_rows(
+    task: str | TaskSpec, partition_id: int, num_partitions: int, *, scheme: str = "iid", alpha: float = 0.5,
+    seed: int = 0, source: str = "auto", data_dir: str | os.PathLike | None = None, split: str = "train",
+    min_partition_size: int | None = None,
+) -> datasets.Dataset:
+    """The rows of one client's partition (normalised columns), as `get_client_data` encodes them."""
+    spec = get_task(task)
+    source, data_dir = resolve_source(spec, data_dir, source)
+    if not 0 <= partition_id < num_partitions:
+        raise PartitionError(f"fedkron.data: partition_id {partition_id} outside range({num_partitions})")
+    parts = _partitions(spec, source, data_dir, seed, split, num_partitions, scheme, float(alpha), min_partition_size)
+    return _splits(spec, source, data_dir, seed)[split].select(parts[partition_id])
+
+
 def tokenizer_name(tokenizer) -> str:
     """The name that keys a tokenizer in the cache (its `name_or_path`)."""
     return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)

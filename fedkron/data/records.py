@@ -169,6 +169,18 @@ def _arc(row: dict, spec: TaskSpec) -> dict:
     return {"context": _text(row, spec, "question"), "choices": texts, "label": keys.index(answer)}
 
 
+def _openbookqa(row: dict, spec: TaskSpec) -> dict:
+    """The hub's rows (question_stem, choices, answerKey) or LLM-Adapters' instruction records."""
+    if "instruction" in row:
+        from fedkron.data.lm_prompts import PromptError, llm_adapters_to_mc
+
+        try:
+            return llm_adapters_to_mc(row)
+        except (PromptError, KeyError, ValueError) as err:
+            raise RowError(spec, f"not an LLM-Adapters multiple-choice record: {err}") from None
+    return _arc({**row, "question": _get(row, spec, "question_stem", "question")}, spec)
+
+
 def _has_all_choices(row: dict, spec: TaskSpec) -> bool:
     return len(row["choices"]["text"]) == spec.num_labels
 
@@ -201,6 +213,7 @@ NORMALISERS: dict[str, Callable[[dict, TaskSpec], dict]] = {
     "arc-easy": _arc,
     "arc-challenge": _arc,
     "hellaswag": _hellaswag,
+    "openbookqa": _openbookqa,
 }
 
 

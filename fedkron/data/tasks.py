@@ -154,6 +154,13 @@ TASKS: dict[str, TaskSpec] = {
             "from its parquet branch (the default branch is a loading script, unsupported by datasets>=4).",
         ),
         TaskSpec(
+            "openbookqa", "multiple_choice", 4, "allenai/openbookqa", "main",
+            local_train=("llm_adapters_commonsense/openbookqa__train.json",),
+            local_test=("llm_adapters_commonsense/openbookqa__test.json",),
+            notes="context = question stem. Local copy: the LLM-Adapters commonsense instruction records "
+            "(4,957 train / 500 test, the Kron-LoRA paper's setting), choices parsed from their text.",
+        ),
+        TaskSpec(
             "winogrande", "multiple_choice", 2, "allenai/winogrande", "winogrande_l",
             local_train=("winogrande/train_l.jsonl",), local_test=("winogrande/dev.jsonl",),
             notes="Size L (10,234 train). As in the WinoGrande baselines: context = sentence before '_', "

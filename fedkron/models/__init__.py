@@ -18,7 +18,9 @@ from fedkron.models.dual_encoder import DualEncoderForMultipleChoice
 
 # The RunConfig fields build_model reads: a process that caches a built model keys it by these
 # (tests check that build_model reads nothing else).
-MODEL_FIELDS = ("model", "task", "method", "rank", "alpha", "targets", "shape_policy", "seed", "mc_head")
+MODEL_FIELDS = ("model", "task", "method", "rank", "alpha", "targets", "shape_policy", "seed", "mc_head",
+                "base_quant", "device", "gradient_checkpointing")
+ENCODER_ALIASES = ("minilm-l6", "tiny-bert")
 
 # Model aliases that work offline. Anything else is a hub id or a local folder.
 TINY_BERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
@@ -39,9 +41,41 @@ def minilm_path() -> str:
 def load_tokenizer(model: str):
     from transformers import AutoTokenizer
 
-    if model in ("minilm-l6", "tiny-bert"):
+    if model in ENCODER_ALIASES:
         return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    if is_language_model(model):
+        from fedkron.models.causal_lm import prepare_tokenizer, resolve_model_source
+
+        source = resolve_model_source(model)
+        return prepare_tokenizer(AutoTokenizer.from_pretrained(source, local_files_only=os.path.isdir(source)))
     return AutoTokenizer.from_pretrained(model)
+
+
+@functools.lru_cache(maxsize=16)
+def is_language_model(model: str) -> bool:
+    """A decoder-only model (Llama, Mistral, Qwen2, SmolLM, Phi, GPT-2 ...): tasks are scored by the
+    LM and trained on the answer tokens. Encoders and T5 get a classification head instead."""
+    from fedkron.models.smollm2 import ALIASES
+
+    if model in ALIASES:
+        return True
+    if model in ENCODER_ALIASES:
+        return False
+    from transformers import AutoConfig
+
+    from fedkron.models.causal_lm import resolve_model_source
+
+    source = resolve_model_source(model)
+    config = AutoConfig.from_pretrained(source, local_files_only=os.path.isdir(source))
+    archs = config.architectures or []
+    return not config.is_encoder_decoder and any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+
+
+def resolved_device(cfg: RunConfig) -> str:
+    """``cuda`` when asked for or (``auto``) present, else ``cpu``."""
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device
 
 
 def model_key(cfg: RunConfig) -> tuple:
@@ -70,6 +104,8 @@ def build_model(cfg: RunConfig, num_labels: int, multiple_choice: bool = False) 
     hf_logging.disable_progress_bar()
     if os.environ.get("TRANSFORMERS_VERBOSITY", "error") == "error":
         hf_logging.set_verbosity_error()  # the "classifier newly initialized" report is expected
+    if is_language_model(cfg.model):
+        return build_language_model(cfg)
     dual = multiple_choice and cfg.mc_head == "dual"
     auto = AutoModel if dual else AutoModelForMultipleChoice if multiple_choice else AutoModelForSequenceClassification
     torch.manual_seed(cfg.seed)
@@ -85,4 +121,16 @@ def build_model(cfg: RunConfig, num_labels: int, multiple_choice: bool = False) 
         model = DualEncoderForMultipleChoice(model)
     torch.manual_seed(cfg.seed + 1)  # adapter init independent of how many draws the head took
     inject(model, adapter_config(cfg))
-    return model.eval()  # from_config and the dual wrapper start in train mode; from_pretrained in eval
+    return model.to(resolved_device(cfg)).eval()  # from_config and the dual wrapper start in train mode
+
+
+def build_language_model(cfg: RunConfig) -> nn.Module:
+    """A frozen causal LM (4/8-bit with ``base_quant``) with adapters on its blocks' projections; no
+    head is trained (the LM scores the answers)."""
+    from fedkron.models.causal_lm import lm_adapter_config, load_causal_lm
+
+    model, _ = load_causal_lm(cfg.model, base_quant=cfg.base_quant, device=resolved_device(cfg),
+                              gradient_checkpointing=cfg.gradient_checkpointing)
+    torch.manual_seed(cfg.seed + 1)
+    inject(model, lm_adapter_config(cfg.method, cfg.rank, cfg.alpha, cfg.targets, shape_policy=cfg.shape_policy))
+    return model.eval()

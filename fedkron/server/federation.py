@@ -26,13 +26,14 @@ from fedkron.server.results import ResultsFolder
 from fedkron.server.rounds import run_rounds
 from fedkron.strategies.registry import build_strategy
 from fedkron.strategies.wrapper import FedKron, from_arrayrecord, to_arrayrecord
-from fedkron.task import eval_data, evaluate
+from fedkron.task import evaluate_metrics
+from fedkron.task_data import eval_data, generation_prompts, model_shape, task_spec
 
 log = logging.getLogger("fedkron")
 Progress = Callable[[dict], None]
 ROUND_STATS = ("accepted", "rejected", "failed", "aggregation_error", "fit_seconds", "client_seconds",
-               "train_seconds", "train_loss", "fed_accuracy", "fed_loss", "fed_examples", "dp_noise_stdev",
-               "dp_clipping_norm", "dp_epsilon")
+               "train_seconds", "train_loss", "client_peak_memory_mb", "fed_accuracy", "fed_loss", "fed_examples",
+               "dp_noise_stdev", "dp_clipping_norm", "dp_epsilon", "aggregate_refused")
 
 
 def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None, resume: bool = False) -> dict:
@@ -53,10 +54,7 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
     results.write_json("config.json", cfg.to_record())
 
     evalset = eval_data(cfg) if cfg.central_eval else None
-    from fedkron.data import get_task
-
-    task = get_task(cfg.task)
-    model = build_model(cfg, task.num_labels, task.is_multiple_choice)
+    model = build_model(cfg, *model_shape(cfg))
     initial = {k: v.clone() for k, v in adapter_state_dict(model).items()}
     ledger = ckpt.ledger if ckpt else Ledger()
     strategy = FedKron(build_strategy(cfg), cfg, initial, adapter_factor_roles(model), ledger=ledger,
@@ -83,10 +81,13 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
     def evaluate_round(server_round: int, arrays) -> MetricRecord:
         """Score the global adapter, write the round's metrics row and its checkpoint."""
         state = from_arrayrecord(arrays)
-        loss = acc = None
+        scores: dict = {}
         if evalset:
             load_adapter_state_dict(model, state)
-            loss, acc = evaluate(model, evalset.data)
+            scores = evaluate_metrics(model, evalset.data)
+            if cfg.task == "instruct":
+                write_generations(results.path, server_round, cfg, model)
+        loss, acc = scores.get("loss"), scores.get("accuracy")
         now = time.perf_counter()
         stats = strategy.round_stats.get(server_round, {})
         row = {
@@ -98,6 +99,7 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
             "count_bytes_up": ledger.total("up", "count_bytes", round=server_round),
             "seconds": now - last_round_end[0], "elapsed": now - t_start,
             "majority_baseline": summary["majority_baseline"],
+            **{k: v for k, v in scores.items() if k not in ("loss", "accuracy")},
             **{k: stats.get(k, 0 if k in ("accepted", "rejected", "failed") else None) for k in ROUND_STATS},
         }
         last_round_end[0] = now
@@ -128,17 +130,34 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
 def partition_sizes(cfg: RunConfig) -> dict[int, int] | None:
     """Rows of each client's partition when this process can read the training data locally (the
     packaged set, or a data folder), so no client can claim more examples than it holds."""
-    from fedkron.data import check_task_data, get_task, resolve_source
+    from fedkron.data import check_task_data, resolve_source
 
+    spec = task_spec(cfg)
+    if spec is None:  # instruction data: every client reports its own partition's size
+        return None
     try:
-        if resolve_source(get_task(cfg.task), cfg.data_dir or None, "auto")[0] == "hub":
+        if resolve_source(spec, cfg.data_dir or None, "auto")[0] == "hub":
             return None
-        check = check_task_data(cfg.task, cfg.data_dir or None, cfg.clients, cfg.partition, cfg.seed,
+        check = check_task_data(spec, cfg.data_dir or None, cfg.clients, cfg.partition, cfg.seed,
                                 alpha=cfg.dirichlet_alpha)
     except Exception as err:  # a server without the data caps weights by share instead
         log.info("the server cannot read the training data (%s); client weights are capped by share", err)
         return None
     return dict(enumerate(check.partition_sizes))
+
+
+def write_generations(folder: Path, server_round: int, cfg: RunConfig, model) -> None:
+    """A few held-out instructions answered greedily by the global model, appended per round."""
+    import json
+
+    from fedkron.lm_task import sample_generations
+    from fedkron.models import load_tokenizer
+
+    prompts = generation_prompts(cfg)
+    outputs = sample_generations(model, load_tokenizer(cfg.model), prompts, max_new_tokens=48)
+    with (folder / "generations.jsonl").open("a") as fh:
+        for prompt, output in zip(prompts, outputs):
+            fh.write(json.dumps({"round": server_round, "prompt": prompt, "output": output}) + "\n")
 
 
 def _finish(results: ResultsFolder, ledger: Ledger, summary: dict, cfg: RunConfig, seconds: float) -> None:

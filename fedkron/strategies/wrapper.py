@@ -24,8 +24,9 @@ from flwr.serverapp.strategy import Strategy
 
 from fedkron.compression import get_codec
 from fedkron.config import RunConfig
-from fedkron.protocol import (FROZEN_DIGEST, METRICS, NUM_EXAMPLES, ROUND, ROUND_LR, TIMINGS, TRAIN_LOSS,
+from fedkron.protocol import (FROZEN_DIGEST, METRICS, NUM_EXAMPLES, PEAK_MEMORY, ROUND, ROUND_LR, TIMINGS, TRAIN_LOSS,
                               frozen_digest, make_broadcast, read_eval_reply, read_reply, sent_names)
+from fedkron.strategies.defences import capped_weights, within_norm_bound
 from fedkron.strategies.downlink import Downlink
 from fedkron.strategies.exactness import aggregation_error, dense_elements
 from fedkron.strategies.roster import Roster
@@ -158,7 +159,14 @@ class FedKron(Strategy):
                 continue
             valid.append(reply)
             pairs.append(msg)
-        valid, pairs, outliers = self._norm_outliers(server_round, valid, pairs)
+        keep = within_norm_bound([r.norm for r in valid], self._last_norms, self.cfg.norm_bound_factor)
+        for i in set(range(len(valid))) - set(keep):
+            self._note(pairs[i], status="rejected")
+            log.warning("round %d: rejected reply from client %s (partition %s): update norm %.3g is more than "
+                        "%g × the median norm", server_round, valid[i].node_id,
+                        self.roster.partition_of.get(valid[i].node_id), valid[i].norm, self.cfg.norm_bound_factor)
+        outliers = len(valid) - len(keep)
+        valid, pairs = [valid[i] for i in keep], [pairs[i] for i in keep]
         rejected += outliers
         stats = self.round_stats[server_round] = {"failed": failed, "rejected": rejected, "accepted": len(valid)}
         if len(valid) < self.cfg.min_replies:
@@ -166,7 +174,10 @@ class FedKron(Strategy):
                                f"{failed} failed); at least {self.cfg.min_replies} needed")
         order = sorted(range(len(valid)), key=lambda i: (valid[i].partition_id, valid[i].node_id))
         valid, pairs = [valid[i] for i in order], [pairs[i] for i in order]  # arrival order must not matter
-        weights = [1 if self.uniform_weights else w for w in self._weights(valid)]
+        known = [None if r.node_id in self.roster.own_data else
+                 self.partition_sizes.get(self.roster.partition_of.get(r.node_id)) for r in valid]
+        weights = [1.0] * len(valid) if self.uniform_weights else \
+            capped_weights([r.num_examples for r in valid], known, self.cfg.max_weight_share)
         for msg, reply, weight in zip(pairs, valid, weights):  # what a stock strategy expects
             local = {n: self.global_state[n].double() + reply.update[n].double() for n in self.sent}
             msg.content = RecordDict({"arrays": to_arrayrecord(local, np.float64), METRICS: MetricRecord(
@@ -191,49 +202,13 @@ class FedKron(Strategy):
             set_current_arrays(self.strategy, to_arrayrecord({n: self.global_state[n] for n in self.sent}, np.float64))
         self._last_norms = [r.norm for r in valid]
         train_loss = sum(r.metrics[TRAIN_LOSS] * w for r, w in zip(valid, weights)) / sum(weights)
+        peaks = [r.metrics[PEAK_MEMORY] for r in valid if PEAK_MEMORY in r.metrics]
         stats.update(train_loss=train_loss, fit_seconds=time.perf_counter() - self._t0.pop(server_round),
+                     client_peak_memory_mb=max(peaks) / 1e6 if peaks else None,
                      **{k.replace("-", "_"): sum(r.metrics.get(k, 0.0) for r in valid) for k in TIMINGS})
         out = {TRAIN_LOSS: train_loss, "accepted": len(valid), "rejected": rejected, "failed": failed,
                NUM_EXAMPLES: sum(weights)}
         return to_arrayrecord(self.global_state), MetricRecord(out)
-
-    def _norm_outliers(self, server_round: int, valid: list, pairs: list) -> tuple[list, list, int]:
-        """Leave out updates whose norm exceeds ``norm_bound_factor`` × the median norm of this
-        round's replies and the last round's accepted ones (a robust reference one client cannot
-        move much), so a single well-formed but huge update cannot wreck the global adapter."""
-        factor = self.cfg.norm_bound_factor
-        if not factor or not valid:
-            return valid, pairs, 0
-        bound = factor * float(np.median([r.norm for r in valid] + self._last_norms))
-        keep = [i for i, r in enumerate(valid) if r.norm <= bound]
-        for i in set(range(len(valid))) - set(keep):
-            self._note(pairs[i], status="rejected")
-            log.warning("round %d: rejected reply from client %s (partition %s): update norm %.3g is more than "
-                        "%g × the median norm (bound %.3g)", server_round, valid[i].node_id,
-                        self.roster.partition_of.get(valid[i].node_id), valid[i].norm, factor, bound)
-        return [valid[i] for i in keep], [pairs[i] for i in keep], len(valid) - len(keep)
-
-    def _weights(self, valid: list) -> list[float]:
-        """Example counts, capped: at the size of the partition a node holds when the server knows
-        it, else so that no client gets more than ``max_weight_share`` of the round's total."""
-        weights, capped = [], []
-        for r in valid:
-            slot = self.roster.partition_of.get(r.node_id)
-            known = self.partition_sizes.get(slot) if r.node_id not in self.roster.own_data else None
-            weights.append(float(min(r.num_examples, known) if known else r.num_examples))
-            capped.append(known is None)
-        share = self.cfg.max_weight_share
-        if share < 1 and len(weights) > 1:
-            for _ in range(len(weights)):  # water-filling: cap, then recheck against the new total
-                limit = share * sum(weights)
-                over = [i for i, w in enumerate(weights) if capped[i] and w > limit * (1 + 1e-12)]
-                if not over:
-                    break
-                others = sum(w for i, w in enumerate(weights) if i not in over)
-                cap = share * others / (1 - share * len(over)) if share * len(over) < 1 else min(weights)
-                for i in over:
-                    weights[i] = cap
-        return weights
 
     # --- federated evaluation ---------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -266,10 +241,12 @@ class FedKron(Strategy):
         n = sum(r[0] for r in rows)
         if not n:
             return None
-        stats.update(fed_examples=n, fed_loss=sum(r[0] * r[1] for r in rows) / n,
-                     fed_accuracy=sum(r[0] * r[2] for r in rows) / n, fed_clients=len(rows), fed_left_out=bad)
-        return MetricRecord({"eval-loss": stats["fed_loss"], "eval-accuracy": stats["fed_accuracy"],
-                             NUM_EXAMPLES: n})
+        scored = [r for r in rows if r[2] is not None]
+        stats.update(fed_examples=n, fed_loss=sum(r[0] * r[1] for r in rows) / n, fed_clients=len(rows),
+                     fed_left_out=bad, fed_accuracy=sum(r[0] * r[2] for r in scored) / sum(r[0] for r in scored)
+                     if scored else None)
+        return MetricRecord({"eval-loss": stats["fed_loss"], NUM_EXAMPLES: n,
+                             **({"eval-accuracy": stats["fed_accuracy"]} if scored else {})})
 
     # --- checkpoint -------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
