@@ -1,13 +1,19 @@
-"""Fault injection: 20 % of clients send garbage; does the run survive, and what does it cost?
+"""Fault injection: what one bad client does to a run with fedkron's default defences, and without.
 
-    python benchmarks/bench_faults.py                  # SST-2 from shared data (or boolq), MiniLM-L6
-    python benchmarks/bench_faults.py --clients 10 --rounds 3
+    python benchmarks/bench_faults.py                       # SST-2 (packaged), MiniLM-L6, 10 clients, 3 rounds
+    python benchmarks/bench_faults.py --clients 10 --rounds 5
 
-Runs on the real simulation engine: (1) clean, per-factor FedAvg; (2) faulty clients, plain
-FedAvg; (3) faulty clients, robust aggregation (``--robust``, default trimmed-mean; optional
-``--clip-norm``). Faulty clients cycle through ×100 updates, sign-flipped updates (both
-well-formed: only robust aggregation stops them), NaN payloads and wrong shapes (rejected by
-validation). Prints a table (final accuracy, rejected/failed per run) and one JSON object.
+One row per default defence: a clean run, then the same federation with one client attacking
+(partition 1) with the defence on, and where it can be switched off, off:
+- ``claim-examples``: claims 10⁹ examples — capped at the partition the server knows it holds;
+- ``overflow``: a well-formed update of norm ~10³² — rejected by the default norm bound
+  (``--norm-bound-factor 10``; off: the aggregate overflows and is refused);
+- ``scale-100``: a well-formed ×100 update — within reach of the relative norm bound;
+- ``nan-partition`` / ``huge-header``: a NaN partition id, an .npy header claiming 10¹² values —
+  rejected by reading every field (no switch);
+- ``raise``: a client that crashes — counted failed, the round goes on.
+Prints a table (final accuracy, Δ against clean, rejected / failed) and one JSON object. All runs
+share one Ray start and one client app that misbehaves only in the attacked runs' folders.
 """
 
 from __future__ import annotations
@@ -18,54 +24,60 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the misbehaving ClientApp is test-only code
 
-FAULT_CYCLE = "scale-100,sign-flip,nan-scales,wrong-shape"  # well-formed attacks first: they pass validation
+ATTACKS = ("claim-examples", "overflow", "scale-100", "nan-partition", "huge-header", "raise")
+DEFENCE_OFF = {"overflow": {"norm_bound_factor": 0}, "scale-100": {"norm_bound_factor": 0},
+               "claim-examples": {"max_weight_share": 1.0}}
 
 
 def main() -> None:
-    from fedkron.client.faulty import make_faulty_app
-    from fedkron.config import RunConfig, default_data_dir
-    from fedkron.sim.simulate import run_sim
+    from faulty import make_faulty_app
 
-    data_dir = default_data_dir()
+    from fedkron.config import RunConfig
+    from fedkron.sim.simulate import prepared, run_many
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="sst2" if data_dir else "boolq")
     p.add_argument("--model", default="minilm-l6")
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--local-steps", type=int, default=15)
-    p.add_argument("--bad-share", type=float, default=0.2)
-    p.add_argument("--robust", default="trimmed-mean", choices=["median", "trimmed-mean"])
-    p.add_argument("--clip-norm", type=float, default=0.0, help="0 = the median honest norm is unknown: off")
-    p.add_argument("--faults", default=FAULT_CYCLE, help="faults the bad clients cycle through")
+    p.add_argument("--attacks", default=",".join(ATTACKS))
     p.add_argument("--out", default="results/bench-faults")
     args = p.parse_args()
 
-    base = RunConfig(model=args.model, task=args.task, clients=args.clients, rounds=args.rounds,
-                     local_steps=args.local_steps, data_dir=data_dir if args.task != "boolq" else "",
-                     trim_fraction=max(args.bad_share, 0.1), clip_norm=args.clip_norm)
-    n_bad = max(1, round(args.bad_share * args.clients))
-    cycle = args.faults.split(",")
-    faults = {pid: cycle[i % len(cycle)] for i, pid in enumerate(range(args.clients - n_bad, args.clients))}
-    runs = {
-        "clean / fedavg": (dataclasses.replace(base, out=f"{args.out}/clean"), None),
-        "faulty / fedavg": (dataclasses.replace(base, out=f"{args.out}/faulty-fedavg"), faults),
-        f"faulty / {args.robust}": (dataclasses.replace(base, aggregation=args.robust, out=f"{args.out}/faulty-robust"), faults),
-    }
+    base = RunConfig(model=args.model, task="sst2", clients=args.clients, rounds=args.rounds,
+                     local_steps=args.local_steps, fraction=0.5, eval_samples=0, overwrite=True)
+    runs = {"clean": (base, None)}
+    for attack in args.attacks.split(","):
+        runs[f"{attack} / defended"] = (base, attack)
+        if attack in DEFENCE_OFF:
+            runs[f"{attack} / defence off"] = (dataclasses.replace(base, **DEFENCE_OFF[attack]), attack)
+    folders = {label: f"{args.out}/{label.replace(' / ', '-').replace(' ', '-')}" for label in runs}
+    # the attacker is partition 1; its app misbehaves only in runs whose folder names the attack
+    cfgs = [prepared(dataclasses.replace(cfg, out=folders[label])) for label, (cfg, _) in runs.items()]
     results = {}
-    for label, (cfg, fault_map) in runs.items():
-        summary = run_sim(cfg, client_app=make_faulty_app(fault_map) if fault_map else None)
-        rows = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
-        results[label] = {"final_accuracy": summary["final_accuracy"], "status": summary["status"],
-                          "rejected": sum(r["rejected"] for r in rows), "failed": sum(r["failed"] for r in rows),
-                          "accuracy_per_round": [r["accuracy"] for r in rows]}
-    clean = results["clean / fedavg"]["final_accuracy"]
-    print(f"{'run':<24} {'final acc':>9} {'Δ vs clean':>10} {'rejected':>8} {'failed':>6}")
-    for label, r in results.items():
-        print(f"{label:<24} {100 * r['final_accuracy']:8.1f}% {100 * (r['final_accuracy'] - clean):+9.1f}  "
-              f"{r['rejected']:>8} {r['failed']:>6}")
-    print(json.dumps({"faults": faults, "config": base.to_record(), "results": results}))
+    for attack in {a for _, a in runs.values() if a}:  # one Ray start per attack: its own client app
+        labels = ["clean"] * (not results) + [lab for lab, (_, a) in runs.items() if a == attack]
+        todo = [c for lab, c in zip(runs, cfgs) if lab in labels]
+        summaries = run_many(todo, client_app=make_faulty_app({1: attack}, only_in=attack))
+        for label, summary in zip(labels, summaries):
+            rows = [json.loads(x) for x in (Path(folders[label]) / "metrics.jsonl").read_text().splitlines()]
+            results[label] = {"final_accuracy": summary.get("final_accuracy"), "status": summary["status"],
+                              "rejected": sum(r["rejected"] for r in rows), "failed": sum(r["failed"] for r in rows),
+                              "refused_aggregates": sum(bool(r.get("aggregate_refused")) for r in rows),
+                              "accuracy_per_round": [r["accuracy"] for r in rows]}
+    clean = results["clean"]["final_accuracy"]
+    print("| run | final acc | Δ vs clean (points) | rejected | failed | aggregates refused | status |")
+    print("|---|---|---|---|---|---|---|")
+    for label in runs:
+        r = results[label]
+        acc = r["final_accuracy"]
+        print(f"| {label} | {'–' if acc is None else f'{100 * acc:.1f}%'} | "
+              f"{'–' if acc is None else f'{100 * (acc - clean):+.1f}'} | {r['rejected']} | {r['failed']} | "
+              f"{r['refused_aggregates']} | {r['status'][:40]} |")
+    print(json.dumps({"config": base.to_record(), "results": results}))
 
 
 if __name__ == "__main__":

@@ -21,12 +21,15 @@ CLI_ONLY = {  # flags that are not run-config fields: sugar and output
     "--verbose": "show Flower's, Ray's and transformers' own logs",
 }
 _PER_TASK = ("max_length", "clients", "rounds", "local_steps", "eval_samples")
+_PER_METHOD = ("rank", "aggregation", "lr")
 
 
 def default_text(f: dataclasses.Field) -> str:
     """How a field's default reads in ``--help`` and in the README's flag table."""
     if f.name in _PER_TASK:
         return "per task"
+    if f.name in _PER_METHOD:
+        return "per method"
     if f.type in ("bool", bool):
         return "on" if f.default else "off"
     if f.name == "out":

@@ -47,6 +47,15 @@ TASK_DEFAULTS.update({"rte": _PAIR, "mrpc": _PAIR, "sentiment": {**_PAIR, "clien
 _TASK_DEFAULTED = ("max_length", "clients", "rounds", "local_steps")  # 0 → the task's default
 
 
+# Per-method defaults (rank, what is averaged, local learning rate by aggregation), chosen from the
+# SST-2 evidence in the README ("Savings against the baselines"): each method at its best rate.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "kron-lora": {"rank": 4, "aggregation": "exact", "lr": {"exact": 8e-3, "per-factor": 2e-3}},
+    "krona": {"rank": 8, "aggregation": "per-factor", "lr": {"exact": 2e-3, "per-factor": 2e-3}},
+    "lora": {"rank": 8, "aggregation": "per-factor", "lr": {"exact": 2e-3, "per-factor": 2e-3}},
+}
+
+
 class ConfigError(ValueError):
     """A run-config value is invalid; the message lists every problem found."""
 
@@ -109,7 +118,7 @@ class RunConfig:
                                         "time; language models)", M)
     # Adapter
     method: str = knob("kron-lora", "adapter: Kron-LoRA, KronA or LoRA", A, METHODS)
-    rank: int = knob(8, "rank r", A)
+    rank: int = knob(0, "rank r (0 = the method's default: Kron-LoRA 4, LoRA and KronA 8)", A)
     alpha: float = knob(16.0, "scaling s = alpha / r", A)
     targets: str = knob("all-linear", "adapted layers: `all-linear` (every linear layer of the blocks, the "
                         "paper's setting) or comma-separated module-name suffixes, e.g. `query,value` "
@@ -140,10 +149,10 @@ class RunConfig:
     seed: int = knob(0, "init, partitions, client sampling and batches", F)
     # Aggregation
     strategy: str = knob("fedavg", "Flower strategy that aggregates the decoded updates", G, tuple(STRATEGIES))
-    aggregation: str = knob("per-factor", "what is averaged: `per-factor` (every factor) or `exact` (only the "
-                            "output-side factor: Kron-LoRA B1, KronA B, LoRA B (FFA-LoRA); the others stay at "
-                            "their seeded init, so the average of the factors is the average of the ΔW)",
-                            G, AGGREGATIONS)
+    aggregation: str = knob("", "what is averaged: `per-factor` (every factor) or `exact` (only the output-side "
+                            "factor: Kron-LoRA B1, KronA B, LoRA B (FFA-LoRA); the others stay at their seeded init, "
+                            "so the average of the factors is the average of the ΔW); empty = the method's default "
+                            "(Kron-LoRA exact, the others per-factor)", G, ("",) + AGGREGATIONS)
     server_lr: float = knob(1.0, "server learning rate (fedavg with ≠ 1: FedAvgM without momentum; "
                             "fedavgm, fedadam, fedyogi, fedadagrad: their eta)", G)
     server_momentum: float = knob(0.9, "server momentum of fedavgm", G)
@@ -166,7 +175,8 @@ class RunConfig:
     # Local training
     local_steps: int = knob(0, "optimizer steps per client per round", L)
     batch_size: int = knob(16, "batch size of local training", L)
-    lr: float = knob(2e-3, "local learning rate (with --lr-schedule cosine: its value in round 1)", L)
+    lr: float = knob(0.0, "local learning rate (0 = the method's default, chosen on SST-2: see README; with "
+                     "--lr-schedule cosine: its value in round 1)", L)
     lr_schedule: str = knob("constant", "local learning rate across rounds: constant, or cosine from --lr to "
                             "--lr-min (FlowerTune's schedule)", L, LR_SCHEDULES)
     lr_min: float = knob(0.0, "last-round learning rate of the cosine schedule", L)
@@ -212,6 +222,10 @@ class RunConfig:
                 setattr(cfg, name, defaults[name])
         if cfg.eval_samples == -1:
             cfg.eval_samples = defaults["eval_samples"]
+        method = METHOD_DEFAULTS.get(cfg.method, METHOD_DEFAULTS["lora"])
+        cfg.rank = cfg.rank or method["rank"]
+        cfg.aggregation = cfg.aggregation or method["aggregation"]
+        cfg.lr = cfg.lr or method["lr"][cfg.aggregation]
         cfg.validate()
         return cfg
 

@@ -46,7 +46,7 @@ def test_flags_reach_the_config(tmp_path):
 
 
 def test_every_problem_is_reported_at_once():
-    cfg = RunConfig(task="nope", method="kron", rank=0, fraction=1.5, quant="int3", clients=2, rounds=1,
+    cfg = RunConfig(task="nope", method="kron", rank=-1, fraction=1.5, quant="int3", clients=2, rounds=1,
                     local_steps=1, max_length=32, data_dir="/definitely/missing", local_loss="focal",
                     strategy="fedsgd", dp_noise=1.0)
     with pytest.raises(ConfigError) as info:
@@ -63,7 +63,7 @@ def test_cli_fails_before_ray_with_a_clear_message(capsys, monkeypatch):
 
     monkeypatch.setattr(simulate, "run_simulation", None, raising=False)  # must never be reached
     with pytest.raises(SystemExit) as info:
-        main(["sim", "--rank", "0", "--method", "dora"])
+        main(["sim", "--rank", "-1", "--method", "dora"])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "rank must be ≥ 1" in err and "method 'dora'" in err

@@ -122,7 +122,7 @@ EXPECTED = {  # task: (train rows, test rows, first train row)
 
 
 def test_registry_covers_the_paper_tasks():
-    assert set(TASKS) == set(EXPECTED)
+    assert set(TASKS) == set(EXPECTED) | {"openbookqa"}  # openbookqa: below
     assert get_task("rte").label_names == ("entailment", "not_entailment")
     assert get_task("sentiment").natural_id == "domain" and get_task("sst2").natural_id is None
     assert {get_task(t).kind for t in ("piqa", "winogrande", "arc-easy", "arc-challenge", "hellaswag")} == {"multiple_choice"}
@@ -290,3 +290,24 @@ def test_shared_data_row_counts(task):
     splits = load_splits(task, data_dir=shared_data_dir())
     assert (len(splits["train"]), len(splits["test"])) == SHARED_COUNTS[task]
     assert len(set(col(splits["train"], "label"))) == get_task(task).num_labels
+
+
+def test_openbookqa_reads_the_llm_adapters_instruction_records(tmp_path):
+    """The local OpenBookQA is LLM-Adapters' commonsense JSON (the Kron-LoRA paper's training set)."""
+    import json
+
+    from fedkron.data import load_splits
+
+    folder = tmp_path / "llm_adapters_commonsense"
+    folder.mkdir()
+    record = {"instruction": "Please choose the correct answer to the question: The sun is responsible for\n\n"
+                             "Answer1: puppies Answer2: children growing up Answer3: wilting Answer4: plants "
+                             "sprouting\n\nAnswer format: answer1/answer2/answer3/answer4",
+              "input": "", "output": "the correct answer is answer4", "answer": "answer4"}
+    for split in ("train", "test"):
+        (folder / f"openbookqa__{split}.json").write_text(json.dumps([record] * 3))
+    splits = load_splits("openbookqa", data_dir=tmp_path, source="local")
+    row = splits["train"][0]
+    assert row == {"context": "The sun is responsible for", "label": 3,
+                   "choices": ["puppies", "children growing up", "wilting", "plants sprouting"]}
+    assert len(splits["test"]) == 3

@@ -40,6 +40,7 @@ def _updates(n, seed, names=tuple(SHAPES)):
 
 def _cfg(**kw):
     base = dict(model="tiny-bert", task="sst2", clients=4, rounds=2, local_steps=1, quant="fp32", downlink="fp32",
+                aggregation="per-factor", lr=2e-3,
                 error_feedback=False, max_length=16)
     return RunConfig(**{**base, **kw}).resolved()
 

@@ -85,8 +85,15 @@ def model_key(cfg: RunConfig) -> tuple:
 
 def adapter_config(cfg: RunConfig) -> AdapterConfig:
     targets = "all-linear" if cfg.targets == "all-linear" else [t.strip() for t in cfg.targets.split(",") if t.strip()]
-    return AdapterConfig(method=cfg.method, rank=cfg.rank, alpha=cfg.alpha, shape_policy=cfg.shape_policy,
+    return AdapterConfig(method=cfg.method, rank=adapter_rank(cfg), alpha=cfg.alpha, shape_policy=cfg.shape_policy,
                          target_modules=targets)
+
+
+def adapter_rank(cfg: RunConfig) -> int:
+    """``cfg.rank``, or the method's default rank when the config is not resolved yet."""
+    from fedkron.config import METHOD_DEFAULTS
+
+    return cfg.rank or METHOD_DEFAULTS.get(cfg.method, METHOD_DEFAULTS["lora"])["rank"]
 
 
 def build_model(cfg: RunConfig, num_labels: int, multiple_choice: bool = False) -> nn.Module:
@@ -132,5 +139,5 @@ def build_language_model(cfg: RunConfig) -> nn.Module:
     model, _ = load_causal_lm(cfg.model, base_quant=cfg.base_quant, device=resolved_device(cfg),
                               gradient_checkpointing=cfg.gradient_checkpointing)
     torch.manual_seed(cfg.seed + 1)
-    inject(model, lm_adapter_config(cfg.method, cfg.rank, cfg.alpha, cfg.targets, shape_policy=cfg.shape_policy))
+    inject(model, lm_adapter_config(cfg.method, adapter_rank(cfg), cfg.alpha, cfg.targets, shape_policy=cfg.shape_policy))
     return model.eval()
