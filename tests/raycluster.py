@@ -8,6 +8,7 @@ raylets, monitors) and their children (the workers and actors the raylets forked
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -76,3 +77,5 @@ class RayCluster:
             except psutil.Error:
                 pass
         psutil.wait_procs(alive, timeout=10)
+        if not self.processes():
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
