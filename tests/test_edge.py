@@ -263,8 +263,8 @@ def test_report_gives_simulated_time_to_the_lora_final_accuracy_minus_one_point(
     out = tmp_path / "report"
     report = write_report(out, [kron, lora]).read_text()
     # target 79 %: Kron-LoRA reaches it in round 2 (200 s), LoRA in round 3 (1200 s): 6× sooner
-    assert "| kron-lora-nf4 | 0.083 | 0.008 | 0.075 | 0.000 | 10.0% | 0.056 | 80.0% |" in report
-    assert "| lora-fp32 | 0.333 | 0.083 | 0.250 | 0.000 | 25.0% | 0.333 | 80.0% |" in report
+    assert "| kron-lora-nf4 | 0.0833 | 0.00833 | 0.075 | 0 | 10.0% | 0.0556 | 80.0% |" in report
+    assert "| lora-fp32 | 0.333 | 0.0833 | 0.25 | 0 | 25.0% | 0.333 | 80.0% |" in report
     assert "| kron-lora-nf4 | 6.00× |" in report and "Target accuracy 79.0%" in report
     assert (out / "accuracy_vs_sim_hours.png").stat().st_size > 1000
     import csv

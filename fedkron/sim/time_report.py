@@ -56,9 +56,9 @@ def time_section(rows: list[dict], target: float | None) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in timed:
         share = "–" if r["sim_transfer_share"] is None else f"{100 * r['sim_transfer_share']:.1f}%"
-        lines.append(f"| {r['run']} | {r['sim_hours_total']:.3f} | {r['sim_transfer_hours']:.3f} | "
-                     f"{r['sim_compute_hours']:.3f} | {r['sim_wait_hours']:.3f} | {share} | "
-                     f"{_h(r['hours_to_target'])} | {_pct(r['final_accuracy'])} |")
+        hours = " | ".join(f"{r[k]:.3g}" for k in ("sim_hours_total", "sim_transfer_hours", "sim_compute_hours",
+                                                     "sim_wait_hours"))
+        lines.append(f"| {r['run']} | {hours} | {share} | {_h(r['hours_to_target'])} | {_pct(r['final_accuracy'])} |")
     baselines = [r for r in timed if r["method"] == "lora"]
     for b in baselines:
         for r in timed:
@@ -75,7 +75,7 @@ def time_section(rows: list[dict], target: float | None) -> str:
 
 
 def _h(value) -> str:
-    return "not reached" if value is None else f"{value:.3f}"
+    return "not reached" if value is None else f"{value:.3g}"
 
 
 def _pct(value) -> str:
