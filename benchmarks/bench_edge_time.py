@@ -70,7 +70,8 @@ def main() -> None:
                                                   f"sim {row.get('sim_seconds', 0):.0f} s", flush=True))
     if args.target is not None:
         write_report(out, [out / s.folder for s in parse_runs(args.runs)], time_target=args.target)
-    rows = list(csv.DictReader(open(out / "results.csv")))
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
     keys = ("sim_hours_total", "sim_transfer_hours", "sim_compute_hours", "sim_wait_hours", "sim_transfer_share",
             "hours_to_target", "final_accuracy", "mb_up_total", "mb_down_total")
     runs = {r["run"]: {k: (float(r[k]) if r.get(k) not in (None, "") else None) for k in keys} for r in rows}

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from flwr.app import Message
+from loopback import LoopbackGrid
 
 from fedkron.compression import get_codec
 from fedkron.config import ConfigError, RunConfig
@@ -19,7 +20,6 @@ from fedkron.sim.sim_time import plan_round, read_timing_csv
 from fedkron.strategies.edge import keep_timing_rows, timing_row
 from fedkron.strategies.registry import build_strategy
 from fedkron.strategies.wrapper import FedKron, from_arrayrecord, to_arrayrecord
-from loopback import LoopbackGrid
 
 ROLES = {"l.A": "A", "l.B1": "B1", "l.B2": "B2", "head.weight": "full"}
 SHAPES = {"l.A": (2, 2), "l.B1": (3, 2), "l.B2": (2, 3), "head.weight": (4,)}

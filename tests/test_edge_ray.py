@@ -59,8 +59,8 @@ def test_simulated_time_is_computed_from_the_ledgers_bytes(tmp_path):
 
 
 def test_a_simulation_attached_to_a_two_node_ray_cluster_runs_clients_on_both(tmp_path):
-    from raycluster import RayCluster
     from node_probe import probe_app
+    from raycluster import RayCluster
 
     from fedkron.sim.simulate import run_sim
 

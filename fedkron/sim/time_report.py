@@ -49,9 +49,9 @@ def time_section(rows: list[dict], target: float | None) -> str:
     mixes = sorted({r["devices"] for r in timed})
     tgt = "none (no LoRA fp32 baseline)" if target is None else f"{100 * target:.1f}%"
     lines = [f"## Simulated time on `{'`, `'.join(mixes)}`", "",
-             f"Target accuracy {tgt} (the LoRA fp32 baseline's final − 1 point unless given). A round lasts "
-             "until its slowest aggregated client finishes (download + compute + upload on its device); "
-             "transfer / compute / wait split that critical path.", "",
+             (f"Target accuracy {tgt} (the LoRA fp32 baseline's final − 1 point unless given). A round lasts "
+              "until its slowest aggregated client finishes (download + compute + upload on its device); "
+              "transfer / compute / wait split that critical path."), "",
              "| run | simulated h | transfer h | compute h | wait h | transfer share | h to target | final acc |",
              "|---|---|---|---|---|---|---|---|"]
     for r in timed:

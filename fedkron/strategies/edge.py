@@ -24,8 +24,8 @@ over-selection, which clients make it can change between repeated runs near the 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 from fedkron.sim.devices import DeviceMixError, load_mix
 from fedkron.sim.sim_time import TIMING_COLUMNS, RoundPlan, RoundTiming, plan_round, round_time
