@@ -11,7 +11,8 @@ time per round for 10, 100 and 1,000 registered clients at the same number train
 Each size runs in a fresh child process (its own Ray start); this process polls the resident
 memory of the child's whole process tree (the driver, which is also the server; GCS, raylet and
 the actors are its descendants) every 0.2 s. Per size: peak RSS of the tree and of the driver
-alone, wall time of the run and of each round, the seconds the server spent choosing round 1's
+alone, wall time of the run and of each round, the driver's CPU seconds (server + Flower's
+simulation engine, which polls every registered node's queue every 0.1 s), the seconds the server spent choosing round 1's
 clients (discovering the nodes' partitions included) and the query messages it sent. The figure
 of the issue is the peak-RSS ratio of the largest size to the smallest (goal: ≤ 1.10). Sampled
 clients per round stay fixed (``--per-round``), so the training work is the same at every size.
@@ -91,15 +92,15 @@ def child_main(args: argparse.Namespace) -> None:
     cfg = RunConfig(model=args.model, task="sst2", clients=clients, fraction=min(1.0, args.per_round / clients),
                     rounds=args.rounds, local_steps=args.local_steps, batch_size=8, max_length=args.max_length,
                     eval_samples=args.eval_samples, devices=args.devices, out=args.out, overwrite=True)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     (summary,) = run_many([prepared(cfg)], query_partitions=args.query_partitions)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     rows = [json.loads(line) for line in (Path(args.out) / "metrics.jsonl").read_text().splitlines()]
     ledger = Ledger.read_csv(Path(args.out) / "ledger.csv")
     queries = [r for r in ledger.rows if r.kind == "query"]
     trained = [r for r in rows if r["round"] >= 1]
     print(json.dumps({
-        "status": summary["status"], "run_seconds": wall, "sampled_per_round": cfg.sampled_per_round(),
+        "status": summary["status"], "run_seconds": wall, "driver_cpu_seconds": cpu, "sampled_per_round": cfg.sampled_per_round(),
         "round_seconds": [r["seconds"] for r in trained],
         "round1_sample_seconds": trained[0].get("sample_seconds") if trained else None,
         "query_messages": len(queries), "query_bytes": sum(r.serialized for r in queries),
@@ -130,13 +131,13 @@ def main() -> None:
     results = [run_one(args, int(n)) for n in args.clients.split(",")]
     base = results[0]["peak_rss_mb"] or float("nan")
     print(f"{'clients':>8} {'per round':>9} {'peak RSS MiB':>13} {'vs first':>8} {'driver MiB':>10} {'procs':>5} "
-          f"{'round s':>16} {'choose r1 s':>11} {'queries':>7} {'status':>10}")
+          f"{'round s':>16} {'choose r1 s':>11} {'queries':>7} {'driver CPU s':>12} {'status':>10}")
     for r in results:
         rounds = ", ".join(f"{s:.1f}" for s in r.get("round_seconds", []))
         print(f"{r['clients']:>8} {r.get('sampled_per_round', '–'):>9} {r['peak_rss_mb']:13.0f} "
               f"{r['peak_rss_mb'] / base:8.3f} {r['peak_driver_rss_mb']:10.0f} {r['peak_processes']:>5} "
               f"{rounds:>16} {r.get('round1_sample_seconds') or 0:11.2f} {r.get('query_messages', '–'):>7} "
-              f"{r['status']:>10}")
+              f"{r.get('driver_cpu_seconds') or 0:12.1f} {r['status']:>10}")
     ratio = results[-1]["peak_rss_mb"] / base
     print(f"peak RSS {results[-1]['clients']} / {results[0]['clients']} clients: {ratio:.3f} (goal ≤ 1.10)")
     print(json.dumps({"model": args.model, "per_round": args.per_round, "rounds": args.rounds,
