@@ -272,3 +272,16 @@ def test_report_gives_simulated_time_to_the_lora_final_accuracy_minus_one_point(
     rows = {r["run"]: r for r in csv.DictReader((out / "results.csv").open())}
     assert math.isclose(float(rows["kron-lora-nf4"]["hours_to_target"]), 200 / 3600)
     assert math.isclose(float(rows["kron-lora-nf4"]["time_to_target_speedup_vs_lora-fp32"]), 6.0)
+
+
+def test_cli_flags_reach_the_edge_settings():
+    from fedkron.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["sim", "--task", "sst2", "--devices", "iot-lte-m", "--over-select", "0.3",
+                                      "--round-deadline", "900", "--client-cpus", "0.5", "--client-gpus", "0.25",
+                                      "--max-actors", "4"])
+    cfg = config_from_args(args).resolved()
+    assert (cfg.devices, cfg.over_select, cfg.round_deadline) == ("iot-lte-m", 0.3, 900.0)
+    assert (cfg.client_cpus, cfg.client_gpus, cfg.max_actors, cfg.ray_address) == (0.5, 0.25, 4, "")
+    args = build_parser().parse_args(["compare", "--task", "sst2", "--ray-address", "127.0.0.1:6379"])
+    assert config_from_args(args).ray_address == "127.0.0.1:6379"
