@@ -82,8 +82,8 @@ def codec_bits(codec: str) -> int:
     return CODE_BITS[codec]
 
 
-M, A, C, F, G, P, L, O = ("model and task", "adapter", "communication", "federation", "aggregation",
-                          "privacy", "local training", "output")
+M, A, C, F, G, P, L, E, O = ("model and task", "adapter", "communication", "federation", "aggregation",
+                             "privacy", "local training", "edge devices", "output")
 
 
 @dataclass
@@ -185,6 +185,20 @@ class RunConfig:
     local_loss: str = knob("ce", "`ce`, or `logit-adjusted`: each client adds log of its own label "
                            "distribution to the logits while training (FedLC-style), so label-skewed clients "
                            "fit the class-balanced classifier; prediction unchanged", L, LOCAL_LOSSES)
+    # Edge devices (simulation): device profiles, simulated time, Ray resources
+    devices: str = knob("", "device profile of each simulated client, drawn per seed from a mix: a built-in "
+                        "(phones-4g, iot-lte-m, laptops-wifi, datacenter) or a .toml/.json file (docs/devices.md); "
+                        "each round then gets a simulated time from its real bytes and measured compute ('' = off)", E)
+    over_select: float = knob(0.0, "sample ceil(k·(1+F)) clients and aggregate the first k to finish in simulated "
+                              "time (Bonawitz et al.: 0.3); needs --devices (0 = off)", E)
+    round_deadline: float = knob(0.0, "simulated seconds a round waits: later updates are discarded and counted "
+                                 "late and failed; needs --devices (0 = no deadline)", E)
+    client_cpus: float = knob(1.0, "CPUs Ray reserves for each simulated client (parallel clients = CPUs / this)", E)
+    client_gpus: float = knob(0.0, "GPUs Ray reserves for each simulated client (0.25: four share a GPU)", E)
+    max_actors: int = knob(0, "at most this many clients train at once on this machine (0 = as many as the CPUs "
+                           "allow; not with --ray-address)", E)
+    ray_address: str = knob("", "attach to a running Ray cluster (`ray start --head`), e.g. 127.0.0.1:6379, "
+                            "instead of starting Ray here ('' = start one)", E)
     # Output
     out: str = knob("results/flwr-run", "results folder (`fedkron sim`: results/<task>-<method>-<codec>)", O)
     overwrite: bool = knob(False, "replace a run already in the results folder (without it, such a folder is "
@@ -301,6 +315,9 @@ class RunConfig:
         need(self.rank <= 4096, f"rank must be ≤ 4096 (got {self.rank})")
         if self.strategy in STRATEGIES:
             problems += STRATEGIES[self.strategy].problems(self)
+        from fedkron.strategies.edge import edge_problems  # local import: device mixes load files
+
+        problems += edge_problems(self)
         if self.data_dir:
             need(Path(self.data_dir).is_dir(), f"data-dir {self.data_dir!r} is not a folder")
         if self.partition == "natural" and self.task in TASKS:

@@ -24,25 +24,31 @@ from fedkron.server.ledger import MB, Ledger, LedgerGrid
 from fedkron.server.progress import ReplyTicker
 from fedkron.server.results import ResultsFolder
 from fedkron.server.rounds import run_rounds
+from fedkron.sim.sim_time import append_timing_csv
+from fedkron.strategies.edge import keep_timing_rows, timing_row
 from fedkron.strategies.registry import build_strategy
 from fedkron.strategies.wrapper import FedKron, from_arrayrecord, to_arrayrecord
 from fedkron.task import evaluate_metrics
 from fedkron.task_data import eval_data, generation_prompts, model_shape, task_spec
 
 log = logging.getLogger("fedkron")
+SIM_TOTALS = ("sim_seconds", "sim_transfer_seconds", "sim_compute_seconds", "sim_wait_seconds", "offline", "dropped",
+              "late", "surplus")
 Progress = Callable[[dict], None]
 ROUND_STATS = ("accepted", "rejected", "failed", "aggregation_error", "fit_seconds", "client_seconds",
                "train_seconds", "train_loss", "client_peak_memory_mb", "fed_accuracy", "fed_loss", "fed_examples",
-               "dp_noise_stdev", "dp_clipping_norm", "dp_epsilon", "aggregate_refused")
+               "dp_noise_stdev", "dp_clipping_norm", "dp_epsilon", "aggregate_refused", "sample_seconds", "abandoned")
 
 
-def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None, resume: bool = False) -> dict:
+def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None, resume: bool = False,
+                   known_partitions: Callable[[], dict[int, tuple[int, int]]] | None = None) -> dict:
     """Run ``cfg.rounds`` rounds and write the results folder; returns the summary dict.
 
     With ``resume``, continue from the newest checkpoint in ``cfg.out`` (if there is one): the
     global factors, the strategy's state, ledger and metrics so far are restored, and the remaining
     rounds run with the same seeded client schedule as an uninterrupted run. A finished run is
     extended the same way when ``cfg.rounds`` is raised above the rounds it has.
+    ``known_partitions()`` (simulation): node → (partition, partitions), so nodes need no query.
     """
     cfg = cfg.resolved()
     ckpt = load_checkpoint(Path(cfg.out)) if resume else None
@@ -58,7 +64,10 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
     initial = {k: v.clone() for k, v in adapter_state_dict(model).items()}
     ledger = ckpt.ledger if ckpt else Ledger()
     strategy = FedKron(build_strategy(cfg), cfg, initial, adapter_factor_roles(model), ledger=ledger,
-                       partition_sizes=partition_sizes(cfg))
+                       partition_sizes=partition_sizes(cfg), known_partitions=known_partitions)
+    timing_csv = results.path / "timing.csv"
+    if strategy.edge:  # per client-round simulated times; a resumed run keeps the rounds it has
+        keep_timing_rows(timing_csv, ckpt.round if ckpt else 0)
     ticker = ReplyTicker() if progress else None
     ledger_grid = LedgerGrid(grid, ledger, partition_of=lambda node: strategy.roster.partition_of.get(node, -1),
                              on_reply=ticker)
@@ -103,6 +112,11 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
             **{k: stats.get(k, 0 if k in ("accepted", "rejected", "failed") else None) for k in ROUND_STATS},
         }
         last_round_end[0] = now
+        if strategy.edge:
+            timing = strategy.edge.timings.pop(server_round, None)
+            row.update(timing_row(timing, (results.rows[-1].get("sim_seconds_total") or 0.0) if results.rows else 0.0))
+            if timing is not None:
+                append_timing_csv(timing_csv, server_round, timing)
         if ticker:
             ticker.round, ticker.last = server_round + 1, 0.0
         results.append_metrics(row)
@@ -177,6 +191,9 @@ def _finish(results: ResultsFolder, ledger: Ledger, summary: dict, cfg: RunConfi
         mb_down_per_client_round=ledger.total("down") / max(ledger.count("down"), 1) / MB,
         seconds=seconds,
     )
+    if any("sim_seconds" in r for r in rows):  # --devices: simulated time, its split, who was not heard
+        summary.update({k.replace("sim_seconds", "sim_seconds_total"): sum(r.get(k) or 0 for r in rows)
+                        for k in SIM_TOTALS}, devices=cfg.devices)
     results.write_json("summary.json", summary)
     try:
         results.plot(f"{cfg.method} / {cfg.quant} on {cfg.task}")

@@ -88,8 +88,6 @@ def run_configs(base: RunConfig, specs: list[RunSpec], out: str | Path, lora: Lo
         settings = spec.settings(base)
         if settings["method"] == "lora":
             settings.update(rank=lora.rank, **({"lr": lora.lr} if lora.lr else {}))
-        elif settings["method"] != base.method:  # another method: its own default rank
-            settings.setdefault("rank", base.rank if base.method == settings["method"] else 0)
             if lora.targets and "targets" not in settings:
                 settings["targets"] = lora.targets
         settings["downlink"] = downlink or settings["quant"]

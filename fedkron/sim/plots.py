@@ -1,5 +1,6 @@
-"""The comparison's three plots: accuracy against MB communicated (the Pareto picture), accuracy
-per round and MB per round. Axes carry whole rounds and positive MB only."""
+"""The comparison's plots: accuracy against MB communicated (the Pareto picture), accuracy per
+round and MB per round; with ``--devices`` runs also accuracy against simulated hours (from round
+0, the initial model, at 0 h). Axes carry whole rounds and positive MB only."""
 
 from __future__ import annotations
 
@@ -45,6 +46,16 @@ def comparison_plots(out: Path, rows: list[dict]) -> None:
         ax.plot([m["round"] for m in ms], [(m["bytes_up"] + m["bytes_down"]) / MB for m in ms], marker="o",
                 label=f"{r['run']} (up + down)")
 
+    def acc_vs_hours(ax, r):
+        ms = [m for m in scored(r) if m.get("sim_seconds_total") is not None]
+        if ms:
+            ax.plot([m["sim_seconds_total"] / 3600 for m in ms], [100 * m["accuracy"] for m in ms], marker="o",
+                    label=r["run"])
+
+    if any(m.get("sim_seconds_total") is not None for r in rows for m in r["metrics"]):
+        mixes = ", ".join(sorted({r["config"].get("devices") or "–" for r in rows}))
+        figure("accuracy_vs_sim_hours.png", acc_vs_hours, xlabel="simulated hours so far",
+               ylabel="held-out accuracy (%)", title=f"Accuracy vs simulated time ({mixes})")
     figure("accuracy_vs_mb.png", acc_vs_mb, xscale="log", xlabel="MB communicated so far (up + down, log scale)",
            ylabel="held-out accuracy (%)", title="Accuracy vs communication")
     figure("accuracy_per_round.png", acc_per_round, integer_x=True, xlabel="round", ylabel="held-out accuracy (%)",

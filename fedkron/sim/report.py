@@ -74,8 +74,12 @@ def default_target(rows: list[dict]) -> float | None:
     return lora[0]["best_accuracy"] - 0.01 if lora else None
 
 
-def write_report(out: str | Path, folders: list[Path], target: float | None = None) -> Path:
-    """``report.md``, ``results.csv`` and three plots in ``out``; prints the tables."""
+def write_report(out: str | Path, folders: list[Path], target: float | None = None,
+                 time_target: float | None = None) -> Path:
+    """``report.md``, ``results.csv`` and three plots in ``out`` (with ``--devices`` runs, also their
+    simulated time to ``time_target`` and a fourth plot); prints the tables."""
+    from fedkron.sim import time_report
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)  # also for a report over runs made elsewhere
     rows = [read_run(f) for f in folders if (f / "summary.json").is_file()]
@@ -85,11 +89,16 @@ def write_report(out: str | Path, folders: list[Path], target: float | None = No
         r["bytes_to_target"], r["mb_to_target"] = spent, None if spent is None else spent / MB
     baselines = [r for r in rows if is_baseline(r)]
     savings = savings_table(rows, baselines)
+    time_target = time_report.default_time_target(rows) if time_target is None else time_target
+    time_report.add_time_figures(rows, time_target)
+    timed = time_report.time_section(rows, time_target)
     with (out / "results.csv").open("w", newline="") as fh:
         keys = [k for k, _ in COLUMNS] + ["bytes_up", "bytes_down", "bytes_total", "bytes_to_target", "payload_up",
                                           "count_bytes_up", "mb_up_per_client_round", "mb_down_per_client_round",
                                           "majority_baseline", "seconds", "status"]
         keys += [f"{kind}_saving_vs_{b['run']}" for b in baselines for kind in ("total", "uplink", "to_target")]
+        if timed:
+            keys += time_report.CSV_KEYS + [f"time_to_target_speedup_vs_{b['run']}" for b in baselines]
         writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -100,11 +109,13 @@ def write_report(out: str | Path, folders: list[Path], target: float | None = No
         "Bytes are serialized Flower message sizes from each run's ledger.csv (both directions, every "
         "message). Each cell: total (up + down) × / uplink × / bytes to reach the target accuracy ×.\n\n"
         "![accuracy vs MB](accuracy_vs_mb.png)\n\n![accuracy per round](accuracy_per_round.png)\n\n"
-        "![bytes per round](bytes_per_round.png)\n")
+        "![bytes per round](bytes_per_round.png)\n"
+        + (f"\n{timed}\n\n![accuracy vs simulated hours](accuracy_vs_sim_hours.png) "
+           "![accuracy vs MB](accuracy_vs_mb.png)\n" if timed else ""))
     from fedkron.sim.plots import comparison_plots
 
     comparison_plots(out, rows)
-    print(f"{settings}\n\n{table}\n\n{savings}")
+    print(f"{settings}\n\n{table}\n\n{savings}" + (f"\n\n{timed}" if timed else ""))
     return out / "report.md"
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -31,12 +33,16 @@ class _DropDeprecation(logging.Filter):
 
 
 def backend_config(cfg: RunConfig) -> dict:
-    """Ray resources: one CPU per virtual client (2 actors on 2 cores)."""
-    return {
-        "client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
-                      "logging_level": logging.ERROR, "log_to_driver": True},
-    }
+    """Flower's Ray backend config: ``--client-cpus`` / ``--client-gpus`` per virtual client (Flower
+    starts as many actors as fit: CPUs / client-cpus), ``--max-actors`` caps them by telling Ray
+    this machine has max-actors × client-cpus CPUs, ``--ray-address`` attaches to a running cluster
+    (whose CPUs then decide; ``ray.init`` refuses num_cpus there)."""
+    init: dict = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True}
+    if cfg.ray_address:
+        init["address"] = cfg.ray_address
+    else:
+        init["num_cpus"] = cfg.max_actors * cfg.client_cpus if cfg.max_actors else (os.cpu_count() or 1)
+    return {"client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": cfg.client_gpus}, "init_args": init}
 
 
 def quiet(verbose: bool) -> None:
@@ -69,9 +75,11 @@ def prepared(cfg: RunConfig, checked: bool = False) -> RunConfig:
 
 
 def run_many(cfgs: list[RunConfig], progress: list[Progress | None] | None = None, client_app=None,
-             verbose: bool = False) -> list[dict]:
+             verbose: bool = False, query_partitions: bool = False) -> list[dict]:
     """Run several prepared federations one after the other on one Ray start; a run that fails is
-    reported in its summary (``status``) and the others go on."""
+    reported in its summary (``status``) and the others go on. The server takes each node's
+    partition from the simulation engine instead of asking it (``query_partitions``: ask, as a
+    deployed server must)."""
     quiet(verbose)
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -88,17 +96,62 @@ def run_many(cfgs: list[RunConfig], progress: list[Progress | None] | None = Non
     def _main(grid: Grid, context: Context) -> None:
         for cfg, report in zip(cfgs, progress):
             try:
-                summaries.append(run_federation(grid, cfg, progress=report, resume=cfg.resume))
+                summaries.append(run_federation(grid, cfg, progress=report, resume=cfg.resume,
+                                                known_partitions=None if query_partitions else nodes.get))
             except Exception as err:  # the summary in the run's folder says so too
                 log.error("run %s failed: %s: %s", cfg.out, type(err).__name__, err)
                 summaries.append({"status": f"failed: {type(err).__name__}: {err}", "out": cfg.out})
 
-    run_simulation(server_app=server_app, client_app=client_app or default_client_app,
-                   num_supernodes=max(c.clients for c in cfgs), backend_config=backend_config(cfgs[0]),
-                   verbose_logging=False)
+    with engine_partitions() as nodes:
+        run_simulation(server_app=server_app, client_app=client_app or default_client_app,
+                       num_supernodes=max(c.clients for c in cfgs), backend_config=backend_config(cfgs[0]),
+                       verbose_logging=False)
     if len(summaries) < len(cfgs):
         raise RuntimeError(f"the simulation ended after {len(summaries)} of {len(cfgs)} runs; see the log above")
     return summaries
+
+
+class EnginePartitions:
+    """Flower's simulation engine's own node → partition table, once it has registered the nodes."""
+
+    def __init__(self) -> None:
+        self._table: dict[int, tuple[int, int]] = {}
+        self._ready = threading.Event()
+
+    def set(self, mapping: dict[int, int]) -> None:
+        self._table = {int(node): (int(pid), len(mapping)) for node, pid in mapping.items()}
+        self._ready.set()
+
+    def get(self, timeout: float = 60.0) -> dict[int, tuple[int, int]]:
+        """The table (empty if the engine never filled it: the server then asks the nodes)."""
+        self._ready.wait(timeout)
+        return self._table
+
+
+@contextmanager
+def engine_partitions():
+    """Capture the node → partition mapping that ``flwr.simulation`` makes when it registers the
+    virtual SuperNodes (``vce_api._register_nodes``, flwr 1.41; node ids are random, partition i is
+    the i-th node registered). The ServerApp runs in this process, so it can read it instead of
+    sending every node a query. Without that function (another flwr) the table stays empty."""
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    table, original = EnginePartitions(), getattr(vce_api, "_register_nodes", None)
+    if original is None:
+        table.set({})
+        yield table
+        return
+
+    def register(*args, **kwargs):
+        mapping = original(*args, **kwargs)
+        table.set(mapping)
+        return mapping
+
+    vce_api._register_nodes = register
+    try:
+        yield table
+    finally:
+        vce_api._register_nodes = original
 
 
 def run_sim(cfg: RunConfig, progress: Progress | None = None, client_app=None, verbose: bool = False) -> dict:

@@ -115,3 +115,18 @@ def privacy_wrapper(inner: "Strategy", cfg: "RunConfig") -> "Strategy":
     return DifferentialPrivacyServerSideFixedClipping(inner, noise_multiplier=cfg.dp_noise,
                                                       clipping_norm=cfg.clip_norm, num_sampled_clients=sampled,
                                                       accountant=accountant)
+
+
+def privacy_figures(strategy: "Strategy") -> dict:
+    """Noise standard deviation, clipping norm and (ε at the run's δ) of Flower's DP wrapper, if any."""
+    from flwr.supercore.differential_privacy import compute_stdv
+
+    if not hasattr(strategy, "clipping_norm"):
+        return {}
+    out = {"dp_clipping_norm": float(strategy.clipping_norm),
+           "dp_noise_stdev": compute_stdv(strategy.noise_multiplier, strategy.clipping_norm,
+                                          strategy.num_sampled_clients)}
+    spent = strategy.privacy_spent() if hasattr(strategy, "privacy_spent") else None
+    if spent is not None:
+        out["dp_epsilon"] = spent.epsilon
+    return out

@@ -28,7 +28,9 @@ from fedkron.protocol import (FROZEN_DIGEST, METRICS, NUM_EXAMPLES, PEAK_MEMORY,
                               frozen_digest, make_broadcast, read_eval_reply, read_reply, sent_names)
 from fedkron.strategies.defences import capped_weights, within_norm_bound
 from fedkron.strategies.downlink import Downlink
+from fedkron.strategies.edge import EdgeRounds
 from fedkron.strategies.exactness import aggregation_error, dense_elements
+from fedkron.strategies.registry import privacy_figures
 from fedkron.strategies.roster import Roster
 from fedkron.strategies.state import load_strategy_state, set_current_arrays, strategy_state
 
@@ -46,21 +48,6 @@ def from_arrayrecord(record: ArrayRecord) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.asarray(v.numpy(), dtype=np.float32).copy()) for k, v in record.items()}
 
 
-def privacy_figures(strategy: Strategy) -> dict:
-    """Noise standard deviation, clipping norm and (ε at the run's δ) of Flower's DP wrapper, if any."""
-    from flwr.supercore.differential_privacy import compute_stdv
-
-    if not hasattr(strategy, "clipping_norm"):
-        return {}
-    out = {"dp_clipping_norm": float(strategy.clipping_norm),
-           "dp_noise_stdev": compute_stdv(strategy.noise_multiplier, strategy.clipping_norm,
-                                          strategy.num_sampled_clients)}
-    spent = strategy.privacy_spent() if hasattr(strategy, "privacy_spent") else None
-    if spent is not None:
-        out["dp_epsilon"] = spent.epsilon
-    return out
-
-
 class _Given:
     """A Grid that offers the inner strategy exactly the nodes this wrapper chose."""
 
@@ -76,7 +63,9 @@ class _Given:
 
 class FedKron(Strategy):
     def __init__(self, strategy: Strategy, cfg: RunConfig, initial: dict[str, torch.Tensor],
-                 roles: dict[str, str], ledger=None, partition_sizes: dict[int, int] | None = None):
+                 roles: dict[str, str], ledger=None, partition_sizes: dict[int, int] | None = None,
+                 known_partitions=None):
+        """``known_partitions()``: node → (partition, partitions) where the simulation knows it."""
         self.strategy, self.cfg, self.roles = strategy, cfg, roles
         self.sent = sent_names(roles, cfg.aggregation)
         self.expected = {n: initial[n].shape for n in self.sent}
@@ -85,7 +74,8 @@ class FedKron(Strategy):
         self.global_state.update(self.downlink.publish({n: initial[n] for n in self.sent}))  # what clients hold
         self.ledger = ledger  # told what reading a reply reveals (rejected, a node's partition)
         self.roster = Roster(cfg.clients, cfg.seed, wait_for=cfg.clients, min_live=cfg.min_replies,
-                             on_answer=lambda msg, pid: self._note(msg, partition_id=pid))
+                             on_answer=lambda msg, pid: self._note(msg, partition_id=pid), known=known_partitions)
+        self.edge = EdgeRounds(cfg) if cfg.devices else None  # device profiles and simulated time
         self.measure_error = dense_elements({k: v.shape for k, v in initial.items()}, roles) <= MAX_DENSE_FOR_ERROR
         self.uniform_weights = cfg.dp_noise > 0  # Flower's DP accounting needs equal client weights
         self.clips = cfg.clip_norm > 0 or cfg.adaptive_clipping
@@ -118,7 +108,12 @@ class FedKron(Strategy):
                         grid: Grid) -> Iterable[Message]:
         self._t0[server_round] = time.perf_counter()
         self.global_state = from_arrayrecord(arrays)
-        nodes = self.roster.sample(grid, server_round, self.cfg.fraction)
+        nodes, k = self.roster.draw(grid, server_round, self.cfg.fraction, self.cfg.over_select)
+        self.round_stats[server_round] = {"sample_seconds": time.perf_counter() - self._t0[server_round]}
+        if self.edge:
+            nodes = self.edge.plan(server_round, nodes, k, self.roster.partition_of)
+        if not nodes:  # every sampled device is offline or drops out (Flower's strategies wait for ≥ 1)
+            return []
         trained = to_arrayrecord({n: self.global_state[n] for n in self.sent}, np.float64)
         inner = list(self.strategy.configure_train(server_round, trained, config, _Given(grid, nodes)))
         inner_config = next(iter(inner[0].content.config_records.values())) if inner else ConfigRecord()
@@ -133,6 +128,7 @@ class FedKron(Strategy):
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         failed = max(self._asked.pop(server_round, 0) - len(replies), 0)  # no reply before the timeout
+        stats = self.round_stats.setdefault(server_round, {})
         if failed:
             log.warning("round %d: %d clients did not reply in time", server_round, failed)
         valid, pairs, rejected = [], [], 0
@@ -151,6 +147,8 @@ class FedKron(Strategy):
                 if self.clips and not any(bool(v.any()) for v in reply.update.values()):
                     raise ValueError("an all-zero update cannot go through Flower's clipping (it divides by "
                                      "the update norm)")
+                if self.edge:
+                    self.edge.check(reply)
             except Exception as err:  # whatever the reason, it rejects this reply only
                 rejected += 1
                 self._note(msg, status="rejected")
@@ -159,6 +157,10 @@ class FedKron(Strategy):
                 continue
             valid.append(reply)
             pairs.append(msg)
+        heard, faults = len(valid), failed + rejected
+        if self.edge:  # the first k finishers / those before the deadline; late ones count as failed
+            valid, pairs, timing = self.edge.settle(server_round, valid, pairs, self.ledger, self._note)
+            failed += timing.late
         keep = within_norm_bound([r.norm for r in valid], self._last_norms, self.cfg.norm_bound_factor)
         for i in set(range(len(valid))) - set(keep):
             self._note(pairs[i], status="rejected")
@@ -168,8 +170,13 @@ class FedKron(Strategy):
         outliers = len(valid) - len(keep)
         valid, pairs = [valid[i] for i in keep], [pairs[i] for i in keep]
         rejected += outliers
-        stats = self.round_stats[server_round] = {"failed": failed, "rejected": rejected, "accepted": len(valid)}
+        stats.update(failed=failed, rejected=rejected, accepted=len(valid))
         if len(valid) < self.cfg.min_replies:
+            if self.edge and (heard >= self.cfg.min_replies or not faults):  # the devices, not a fault
+                log.warning("round %d: %d updates in time, %d needed: round abandoned, global adapter unchanged",
+                            server_round, len(valid), self.cfg.min_replies)
+                stats.update(abandoned=True, fit_seconds=time.perf_counter() - self._t0.pop(server_round))
+                return to_arrayrecord(self.global_state), MetricRecord({"accepted": len(valid), "failed": failed})
             raise RuntimeError(f"round {server_round}: only {len(valid)} valid replies ({rejected} rejected, "
                                f"{failed} failed); at least {self.cfg.min_replies} needed")
         order = sorted(range(len(valid)), key=lambda i: (valid[i].partition_id, valid[i].node_id))
