@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> None:
     from fedkron.config import RunConfig, default_data_dir
-    from fedkron.sim.compare import parse_runs, run_compare
+    from fedkron.sim.compare import LoraSettings, parse_runs, run_compare
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="sst2")
@@ -33,9 +33,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--local-steps", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=0.0, help="0 = each method's default rate")
     p.add_argument("--local-opt", default="adamw", help="adamw | sgd (momentum 0.9)")
-    p.add_argument("--rank", type=int, default=8, help="rank of the Kron-LoRA runs' B (and of LoRA unless --lora-rank)")
+    p.add_argument("--rank", type=int, default=0, help="rank of the Kron-LoRA runs (0 = the method's default)")
     p.add_argument("--lora-rank", type=int, default=8, help="rank of the LoRA runs (the baseline is LoRA-8)")
     p.add_argument("--local-loss", default="logit-adjusted",
                    help="logit-adjusted keeps label-skewed clients' heads balanced (plain 'ce' swings "
@@ -58,7 +58,7 @@ def main() -> None:
                      dirichlet_alpha=args.dirichlet_alpha, eval_samples=args.eval_samples,
                      batch_size=args.batch_size, lr=args.lr, local_loss=args.local_loss,
                      local_opt=args.local_opt, rank=args.rank, seed=args.seed, mc_head=args.mc_head)
-    run_compare(base, parse_runs(args.runs), out, lora_rank=args.lora_rank, resume=args.resume,
+    run_compare(base, parse_runs(args.runs), out, lora=LoraSettings(rank=args.lora_rank), resume=args.resume,
                 progress=lambda label, row: print(f"[{label}] round {row['round']} acc {100 * row['accuracy']:.1f}%",
                                                   flush=True))
     rows = list(csv.DictReader(open(Path(out) / "results.csv")))

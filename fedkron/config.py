@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fedkron.adapters.config import METHODS, SHAPE_POLICIES
-from fedkron.compression.payload import BLOCK_SIZES, CODE_BITS
+from fedkron.compression.payload import CODE_BITS
 from fedkron.data.partition import SCHEMES as PARTITIONS
 from fedkron.strategies.registry import STRATEGIES
 
@@ -256,75 +256,11 @@ class RunConfig:
     # --- validation -------------------------------------------------------------------------
     def validate(self) -> None:
         """Check every value; raise one ConfigError listing all problems."""
-        from fedkron.data import TASKS  # local import: data pulls in `datasets`
+        from fedkron.config_checks import problems  # the checks read the task registry and device mixes
 
-        problems: list[str] = []
-
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                problems.append(msg)
-
-        for f in fields(self):
-            value, choices = getattr(self, f.name), f.metadata.get("choices")
-            if choices and value not in choices:
-                need(False, f"{_flag(f.name)} {value!r} is not one of {', '.join(choices)}")
-            if isinstance(value, float) and not math.isfinite(value):
-                need(False, f"{_flag(f.name)} must be a finite number (got {value})")
-        need(self.task in TASKS or self.task in FILE_TASKS,
-             f"task {self.task!r} is not one of {', '.join(sorted(TASKS) + list(FILE_TASKS))}")
-        need(self.task not in FILE_TASKS or bool(self.train_file), f"task {self.task!r} needs --train-file")
-        need(self.rank >= 1, f"rank must be ≥ 1 (got {self.rank})")
-        need(self.alpha > 0, f"alpha must be > 0 (got {self.alpha})")
-        need(self.max_length >= 8, f"max-length must be ≥ 8 (got {self.max_length})")
-        need(self.eval_samples >= 0, f"eval-samples must be ≥ 0 (0 = whole split; got {self.eval_samples})")
-        for role, codec in (("quant", self.quant), ("downlink", self.downlink)):
-            allowed = BLOCK_SIZES.get(codec)
-            need(not (self.block_size and allowed and self.block_size not in allowed),
-                 f"block-size {self.block_size} does not suit the {role} codec {codec} (bitsandbytes takes "
-                 f"{', '.join(map(str, allowed or ()))})")
-        need(self.clients >= 1, f"clients must be ≥ 1 (got {self.clients})")
-        need(self.rounds >= 1, f"rounds must be ≥ 1 (got {self.rounds})")
-        need(0.0 < self.fraction <= 1.0, f"fraction must be in (0, 1] (got {self.fraction})")
-        need(0.0 <= self.fraction_evaluate <= 1.0, f"fraction-evaluate must be in [0, 1] (got {self.fraction_evaluate})")
-        need(self.central_eval or self.fraction_evaluate > 0,
-             "no evaluation at all: with --no-central-eval give --fraction-evaluate > 0")
-        need(1 <= self.min_replies <= min(self.clients, self.sampled_per_round()),
-             f"min-replies must be in [1, the {self.sampled_per_round()} clients sampled per round] "
-             f"(got {self.min_replies})")
-        need(self.dirichlet_alpha > 0, f"dirichlet-alpha must be > 0 (got {self.dirichlet_alpha})")
-        need(self.server_lr > 0, f"server-lr must be > 0 (got {self.server_lr})")
-        need(0 <= self.server_momentum < 1, f"server-momentum must be in [0, 1) (got {self.server_momentum})")
-        need(self.proximal_mu >= 0, f"proximal-mu must be ≥ 0 (got {self.proximal_mu})")
-        need(0 <= self.trim_fraction < 0.5, f"trim-fraction must be in [0, 0.5) (got {self.trim_fraction})")
-        need(self.num_malicious >= 0, f"num-malicious must be ≥ 0 (got {self.num_malicious})")
-        need(self.max_update_norm >= 0, f"max-update-norm must be ≥ 0 (got {self.max_update_norm})")
-        need(self.norm_bound_factor == 0 or self.norm_bound_factor >= 1,
-             f"norm-bound-factor must be 0 (off) or ≥ 1 (got {self.norm_bound_factor})")
-        need(0 < self.max_weight_share <= 1, f"max-weight-share must be in (0, 1] (got {self.max_weight_share})")
-        need(self.clip_norm >= 0, f"clip-norm must be ≥ 0 (got {self.clip_norm})")
-        need(self.dp_noise >= 0, f"dp-noise must be ≥ 0 (got {self.dp_noise})")
-        need(self.dp_noise == 0 or self.clip_norm > 0 or self.adaptive_clipping,
-             "dp-noise needs a clipping norm: give --clip-norm or --adaptive-clipping")
-        need(0 < self.dp_delta < 1, f"dp-delta must be in (0, 1) (got {self.dp_delta})")
-        need(self.round_timeout >= 0, f"round-timeout must be ≥ 0 (got {self.round_timeout})")
-        need(self.local_steps >= 1, f"local-steps must be ≥ 1 (got {self.local_steps})")
-        need(self.batch_size >= 1, f"batch-size must be ≥ 1 (got {self.batch_size})")
-        need(0 < self.lr < 1, f"lr must be in (0, 1) (got {self.lr})")
-        need(0 <= self.lr_min <= self.lr, f"lr-min must be in [0, lr] (got {self.lr_min})")
-        need(0 <= self.seed < 2**32, f"seed must be in [0, 2^32) (got {self.seed})")
-        need(self.rank <= 4096, f"rank must be ≤ 4096 (got {self.rank})")
-        if self.strategy in STRATEGIES:
-            problems += STRATEGIES[self.strategy].problems(self)
-        from fedkron.strategies.edge import edge_problems  # local import: device mixes load files
-
-        problems += edge_problems(self)
-        if self.data_dir:
-            need(Path(self.data_dir).is_dir(), f"data-dir {self.data_dir!r} is not a folder")
-        if self.partition == "natural" and self.task in TASKS:
-            need(TASKS[self.task].natural_id is not None,
-                 f"partition 'natural' needs a task with a natural split (task {self.task!r} has none)")
-        if problems:
-            raise ConfigError("invalid run config:\n  - " + "\n  - ".join(problems))
+        found = problems(self)
+        if found:
+            raise ConfigError("invalid run config:\n  - " + "\n  - ".join(found))
 
     def codec_options(self, codec: str) -> dict[str, Any]:
         """Options of ``fedkron.compression.get_codec(codec, ...)`` for this run: the block size (when

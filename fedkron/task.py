@@ -8,13 +8,11 @@ labels, choices to score) go to :mod:`fedkron.lm_task`.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from fedkron.config import RunConfig
 from fedkron.data.encode import CONTEXT
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import datasets
 
-from fedkron.data.bundle import packaged_boolq, packaged_boolq_dir, packaged_sst2
+from fedkron.data.bundle import packaged_boolq, packaged_sst2
 from fedkron.data.files import Loc, Rows, read_rows, read_text, where
 from fedkron.data.records import DataFormatError, DataNotFoundError, RowError, keep, normalise
 from fedkron.data.tasks import TaskSpec, get_task

@@ -34,7 +34,8 @@ class Checkpoint:
 
 
 # Settings that may change between a checkpoint and its resume (where the run lives, how far it goes).
-PER_FOLDER = ("out", "resume", "client-state-dir", "rounds", "overwrite")
+PER_FOLDER = ("out", "resume", "client-state-dir", "rounds", "overwrite", "client-cpus", "client-gpus", "max-actors",
+              "ray-address")
 
 
 def save_checkpoint(out: Path, rnd: int, global_state, strategy_state: tuple[dict, dict], ledger: Ledger,

@@ -20,7 +20,7 @@ import time
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedkron.protocol import RejectedReply, read_info
+from fedkron.protocol import read_info
 
 log = logging.getLogger("fedkron")
 QUERY_ROUND = "0"  # group id of the partition queries (the ledger's round 0)
