@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedkron.sim.device_mixes import BUILTIN_MIXES
-from fedkron.sim.devices import (DeviceMixError, DeviceProfile, draw_profiles, load_mix, mix_from_mapping,
+from fedkron.devices.mixes import BUILTIN_MIXES
+from fedkron.devices.profiles import (DeviceMixError, DeviceProfile, draw_profiles, load_mix, mix_from_mapping,
                                  save_mix)
-from fedkron.sim.sim_time import (append_timing_csv, plan_round, read_timing_csv, round_time,
+from fedkron.devices.timing import (append_timing_csv, plan_round, read_timing_csv, round_time,
                                   time_to_accuracy)
 
 

@@ -15,8 +15,8 @@ from fedkron.config import ConfigError, RunConfig
 from fedkron.protocol import make_info, make_reply, read_broadcast
 from fedkron.server.ledger import Ledger, LedgerGrid, LedgerRow
 from fedkron.server.rounds import run_rounds
-from fedkron.sim.devices import load_mix
-from fedkron.sim.sim_time import plan_round, read_timing_csv
+from fedkron.devices.profiles import load_mix
+from fedkron.devices.timing import plan_round, read_timing_csv
 from fedkron.strategies.edge import keep_timing_rows, timing_row
 from fedkron.strategies.registry import build_strategy
 from fedkron.strategies.wrapper import FedKron, from_arrayrecord, to_arrayrecord
@@ -218,7 +218,7 @@ def test_ray_resources_become_flowers_backend_config():
 # ---- results folder and report ----
 
 def test_resumed_timing_table_keeps_completed_rounds_only(tmp_path):
-    from fedkron.sim.sim_time import append_timing_csv, round_time
+    from fedkron.devices.timing import append_timing_csv, round_time
 
     profile = load_mix(_mix(tmp_path)).profile_for(0, 0)
     path = tmp_path / "timing.csv"

@@ -7,8 +7,8 @@ import pytest
 
 from fedkron.config import RunConfig
 from fedkron.server.ledger import Ledger
-from fedkron.sim.devices import load_mix
-from fedkron.sim.sim_time import read_timing_csv, transfer_seconds
+from fedkron.devices.profiles import load_mix
+from fedkron.devices.timing import read_timing_csv, transfer_seconds
 
 pytestmark = pytest.mark.slow
 TINY = dict(model="tiny-bert", task="sst2", local_steps=2, batch_size=8, max_length=24, eval_samples=16, lr=5e-3)

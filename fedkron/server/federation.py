@@ -24,7 +24,7 @@ from fedkron.server.ledger import MB, Ledger, LedgerGrid
 from fedkron.server.progress import ReplyTicker
 from fedkron.server.results import ResultsFolder
 from fedkron.server.rounds import run_rounds
-from fedkron.sim.sim_time import append_timing_csv
+from fedkron.devices.timing import append_timing_csv
 from fedkron.strategies.edge import keep_timing_rows, timing_row
 from fedkron.strategies.registry import build_strategy
 from fedkron.strategies.wrapper import FedKron, from_arrayrecord, to_arrayrecord

@@ -8,7 +8,7 @@ nothing here re-simulates. Default target: the LoRA fp32 baseline's *final* accu
 
 from __future__ import annotations
 
-from fedkron.sim.sim_time import time_to_accuracy
+from fedkron.devices.timing import time_to_accuracy
 
 HOUR = 3600.0
 SPLIT = (("sim_transfer_seconds", "transfer"), ("sim_compute_seconds", "compute"), ("sim_wait_seconds", "wait"))

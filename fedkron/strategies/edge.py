@@ -1,6 +1,6 @@
 """Edge devices inside a round (``--devices``): who is reachable, who is heard from, how long it took.
 
-The server side of :mod:`fedkron.sim.sim_time`, used by the :class:`~fedkron.strategies.wrapper.FedKron`
+The server side of :mod:`fedkron.devices.timing`, used by the :class:`~fedkron.strategies.wrapper.FedKron`
 wrapper through two calls per round:
 
 - :meth:`EdgeRounds.plan` (after sampling): each sampled client gets its device (drawn from the
@@ -27,8 +27,8 @@ import csv
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from fedkron.sim.devices import DeviceMixError, load_mix
-from fedkron.sim.sim_time import TIMING_COLUMNS, RoundPlan, RoundTiming, plan_round, round_time
+from fedkron.devices.profiles import DeviceMixError, load_mix
+from fedkron.devices.timing import TIMING_COLUMNS, RoundPlan, RoundTiming, plan_round, round_time
 
 COMPUTE_KEY = "train-seconds"  # what a client reports as its local training time
 

@@ -18,7 +18,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-_DRAW_TAG = 0xDE71CE  # separates the profile stream from the per-round streams in sim_time
+_DRAW_TAG = 0xDE71CE  # separates the profile stream from the per-round streams in devices.timing
 
 
 class DeviceMixError(ValueError):
@@ -215,7 +215,7 @@ def save_mix(mix: DeviceMix, path: str | Path) -> Path:
 
 def load_mix(spec: str | Path) -> DeviceMix:
     """``--devices NAME|FILE``: a built-in mix by name, else a .toml or .json file."""
-    from fedkron.sim.device_mixes import BUILTIN_MIXES
+    from fedkron.devices.mixes import BUILTIN_MIXES
 
     if isinstance(spec, str) and spec in BUILTIN_MIXES:
         return mix_from_mapping(BUILTIN_MIXES[spec], f"built-in mix {spec!r}")

@@ -18,7 +18,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from fedkron.sim.devices import DeviceProfile, _nonneg
+from fedkron.devices.profiles import DeviceProfile, _nonneg
 
 _PLAN_TAG = 0x9A7E  # separates per-round draws from the profile draws in devices.py
 
