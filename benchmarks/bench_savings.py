@@ -28,13 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # method label → RunConfig settings (codecs apply both ways)
 METHODS = {
-    "lora-8-fp32": dict(method="lora", rank=8, quant="fp32", downlink="fp32"),
-    "flowertune": dict(method="lora", rank=8, targets="query,value", quant="fp32", downlink="fp32"),
-    "lora-8-nf4": dict(method="lora", rank=8, quant="nf4", downlink="nf4"),
+    "lora-8-fp32": dict(method="lora", rank=8, aggregation="per-factor", quant="fp32", downlink="fp32"),
+    "flowertune": dict(method="lora", rank=8, aggregation="per-factor", targets="query,value", quant="fp32",
+                       downlink="fp32"),
+    "lora-8-nf4": dict(method="lora", rank=8, aggregation="per-factor", quant="nf4", downlink="nf4"),
     "ffa-lora-nf4": dict(method="lora", rank=8, aggregation="exact", quant="nf4", downlink="nf4"),
     "kron-r4-exact": dict(method="kron-lora", rank=4, aggregation="exact", quant="nf4", downlink="nf4"),
     "kron-r8-exact": dict(method="kron-lora", rank=8, aggregation="exact", quant="nf4", downlink="nf4"),
-    "kron-r4": dict(method="kron-lora", rank=4, quant="nf4", downlink="nf4"),
+    "kron-r4": dict(method="kron-lora", rank=4, aggregation="per-factor", quant="nf4", downlink="nf4"),
+    "kron-r4-exact-avgm": dict(method="kron-lora", rank=4, aggregation="exact", quant="nf4", downlink="nf4",
+                               strategy="fedavgm", server_momentum=0.5),
 }
 BASELINES = ("lora-8-fp32", "flowertune", "lora-8-nf4", "ffa-lora-nf4")
 FEDERATION = dict(task="sst2", clients=20, fraction=0.2, rounds=10, local_steps=15, batch_size=16,

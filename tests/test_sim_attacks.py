@@ -1,7 +1,8 @@
 """Malicious ClientApps on Flower's simulation engine (Ray): no single client stops or steers a run.
 
 Simulation A: one client sends a NaN partition id, one an array header that claims 10^12 values,
-one answers the partition query without its info record: the run completes without them.
+one answers the partition query without its info record (the server queries every node here, as
+in deployment): the run completes without them.
 Simulation B, a clean run and an attacked run side by side: one client claims 10^9 examples, one
 sends a well-formed update of norm ~10^32: the attacked global adapter stays close to the clean one.
 """
@@ -21,27 +22,11 @@ BASE = dict(model="tiny-bert", task="sst2", clients=4, rounds=2, local_steps=3, 
 
 
 def _simulate(client_app, cfgs):
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation
+    from fedkron.sim.simulate import prepared, run_many
 
-    from fedkron.server.federation import run_federation
-    from fedkron.sim.simulate import backend_config
-
-    outcome = {}
-    server_app = ServerApp()
-
-    @server_app.main()
-    def _main(grid: Grid, context: Context) -> None:
-        for name, cfg in cfgs.items():
-            try:
-                outcome[name] = run_federation(grid, cfg)
-            except Exception as err:
-                outcome[name] = {"status": f"failed: {type(err).__name__}: {err}"}
-
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=4,
-                   backend_config=backend_config(next(iter(cfgs.values()))), verbose_logging=False)
-    return outcome
+    prepared_cfgs = {name: prepared(cfg) for name, cfg in cfgs.items()}
+    return dict(zip(prepared_cfgs, run_many(list(prepared_cfgs.values()), client_app=client_app,
+                                            query_partitions=True)))
 
 
 def _rows(folder):

@@ -37,29 +37,11 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation
-
-    from fedkron.client.client_app import app as client_app
-    from fedkron.server.federation import run_federation
-    from fedkron.sim.simulate import backend_config
+    from fedkron.sim.simulate import prepared, run_many
 
     root = tmp_path_factory.mktemp("strategies")
-    cfgs = {name: RunConfig(**BASE, **kw, out=str(root / name)).resolved() for name, kw in RUNS.items()}
-    outcome: dict = {}
-    server_app = ServerApp()
-
-    @server_app.main()
-    def _main(grid: Grid, context: Context) -> None:
-        for name, cfg in cfgs.items():
-            try:
-                outcome[name] = run_federation(grid, cfg)
-            except Exception as err:  # reported per strategy by the tests below
-                outcome[name] = {"status": f"failed: {type(err).__name__}: {err}"}
-
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=4,
-                   backend_config=backend_config(cfgs["fedavg"]), verbose_logging=False)
+    cfgs = {name: prepared(RunConfig(**BASE, **kw, out=str(root / name))) for name, kw in RUNS.items()}
+    outcome = dict(zip(cfgs, run_many(list(cfgs.values()))))
     return root, cfgs, outcome
 
 

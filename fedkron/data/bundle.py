@@ -36,14 +36,37 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def installed_packaged_dirs() -> list[Path]:
+    """``fedkron/data/packaged`` of the installed fedkron distribution: a copy of fedkron that Flower
+    installed from an app bundle (``flwr run``) carries only code (FABs hold .py/.toml/.md/.json
+    files), so the data is read from the pip-installed package (a wheel, or an editable checkout
+    named by PEP 610's direct_url.json)."""
+    import importlib.metadata
+    import json
+    from urllib.parse import unquote, urlparse
+
+    try:
+        dist = importlib.metadata.distribution("fedkron")
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    found = [Path(str(dist.locate_file("fedkron/data/packaged")))]
+    direct = dist.read_text("direct_url.json")
+    if direct:
+        url = json.loads(direct).get("url", "")
+        if url.startswith("file://"):
+            found.append(Path(unquote(urlparse(url).path)) / "fedkron" / "data" / "packaged")
+    return found
+
+
 def packaged_sst2_file(name: str) -> Path:
     """Path of the packaged ``<name>.xz`` (name: ``train.tsv`` or ``dev.tsv``)."""
-    path = SST2_DIR / f"{name}.xz"
-    if not path.is_file():
-        raise DataNotFoundError(
-            f"fedkron.data: packaged SST-2 file missing: {path} (reinstall fedkron, or pass data_dir)"
-        )
-    return path
+    for folder in [PACKAGED_DIR, *installed_packaged_dirs()]:
+        path = folder / "sst2" / f"{name}.xz"
+        if path.is_file():
+            return path
+    raise DataNotFoundError(
+        f"fedkron.data: packaged SST-2 file missing: {SST2_DIR / (name + '.xz')} (reinstall fedkron, or pass data_dir)"
+    )
 
 
 def read_packaged_sst2(name: str) -> str:
