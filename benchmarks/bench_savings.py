@@ -33,6 +33,8 @@ METHODS = {
                        downlink="fp32"),
     "lora-8-nf4": dict(method="lora", rank=8, aggregation="per-factor", quant="nf4", downlink="nf4"),
     "ffa-lora-nf4": dict(method="lora", rank=8, aggregation="exact", quant="nf4", downlink="nf4"),
+    "flowertune-nf4": dict(method="lora", rank=8, aggregation="per-factor", targets="query,value", quant="nf4",
+                           downlink="nf4"),
     "kron-r4-exact": dict(method="kron-lora", rank=4, aggregation="exact", quant="nf4", downlink="nf4"),
     "kron-r8-exact": dict(method="kron-lora", rank=8, aggregation="exact", quant="nf4", downlink="nf4"),
     "kron-r4": dict(method="kron-lora", rank=4, aggregation="per-factor", quant="nf4", downlink="nf4"),
@@ -65,7 +67,8 @@ def cmd_run(args) -> None:
     todo = []
     for seed in map(int, args.seeds.split(",")):
         for method in args.methods.split(","):
-            for lr in map(float, args.lrs.split(",")):
+            lrs = [best_lr(Path(args.root), args.task, method)] if args.lrs == "best" else map(float, args.lrs.split(","))
+            for lr in lrs:
                 cfg = run_config(Path(args.root), args.task, method, lr, seed, extra)
                 if finished(Path(cfg.out)):
                     print(f"kept {cfg.out}", flush=True)
@@ -84,6 +87,17 @@ def cmd_run(args) -> None:
     if todo:
         for summary in run_many(todo, [report(c) for c in todo]):
             print(f"{summary.get('out', '')} {summary['status']}", flush=True)
+
+
+def best_lr(root: Path, task: str, method: str) -> float:
+    """The learning rate whose finished runs of ``method`` have the best mean last-3 accuracy."""
+    by_lr: dict[float, list[float]] = {}
+    for folder in (root / task / method).glob("lr*/seed*"):
+        if finished(folder):
+            by_lr.setdefault(float(folder.parts[-2][2:]), []).append(read(folder)["last3"])
+    if not by_lr:
+        raise SystemExit(f"--lrs best: no finished run of {method} under {root / task} yet")
+    return max(by_lr, key=lambda lr: statistics.mean(by_lr[lr]))
 
 
 def read(folder: Path) -> dict:
@@ -167,7 +181,7 @@ def main() -> None:
     p.add_argument("--root", default="results/savings")
     p.add_argument("--task", default="sst2")
     p.add_argument("--methods", default="kron-r4-exact,lora-8-fp32,flowertune")
-    p.add_argument("--lrs", default="2e-3")
+    p.add_argument("--lrs", default="2e-3", help="comma-separated rates, or 'best': each method's best so far")
     p.add_argument("--seeds", default="0")
     p.add_argument("--extra", default="", help="JSON of further RunConfig settings, e.g. '{\"data_dir\": \"...\"}'")
     p.add_argument("--target", type=float, default=0.0, help="accuracy target (0 = each baseline's best - 1 point)")

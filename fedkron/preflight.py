@@ -22,13 +22,28 @@ RUN_FOLDERS = ("checkpoint", "client-state", "adapter")
 
 
 def preflight(cfg: RunConfig, *, check_data: bool = True) -> None:
-    """Raise one :class:`ConfigError` naming every problem of a resolved ``cfg``."""
-    problems = output_problems(cfg)
-    problems += model_problems(cfg)
+    """Raise one :class:`ConfigError` naming every problem of a resolved ``cfg``. When the results
+    folder itself is fine (writable, no earlier run in it), it gets a ``summary.json`` saying why
+    the run did not start."""
+    folder_problems = output_problems(cfg)
+    problems = folder_problems + model_problems(cfg)
     if check_data and not problems:
         problems += data_problems(cfg)
     if problems:
+        if not folder_problems and not cfg.resume:
+            _failed_summary(cfg, problems)
         raise ConfigError("cannot start the run:\n  - " + "\n  - ".join(problems))
+
+
+def _failed_summary(cfg: RunConfig, problems: list[str]) -> None:
+    import json
+
+    summary = {"method": cfg.method, "task": cfg.task, "model": cfg.model, "status": "failed: " + "; ".join(problems),
+               "rounds_completed": 0}
+    path = Path(cfg.out) / "summary.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def holds_a_run(folder: Path) -> bool:

@@ -34,7 +34,7 @@ def test_bad_values_are_all_reported_at_once_before_ray(tmp_path):
                      "alpha must be a finite number", "server-lr must be a finite number", "seed must be in [0, 2^32)",
                      "rank must be ≤ 4096", "min-replies must be in [1, the 1 clients sampled per round]"):
         assert fragment in err, fragment
-    assert "Ray" not in proc.stdout + err and not (tmp_path / "o").exists()
+    assert "Ray" not in proc.stdout + err and not (tmp_path / "o").exists()  # values: checked before any folder
 
 
 def test_explicit_zero_clients_is_refused_not_silently_defaulted(tmp_path):
@@ -43,13 +43,15 @@ def test_explicit_zero_clients_is_refused_not_silently_defaulted(tmp_path):
 
 
 @pytest.mark.parametrize("model, message", [
-    ("/definitely/not/a/model", "not a model folder (no config.json there)"),
-    ("./models/missing", "not a model folder"),
+    ("/definitely/not/a/model", "model folder '/definitely/not/a/model' does not exist"),
+    ("./models/missing", "model folder './models/missing' does not exist"),
 ])
 def test_a_model_that_cannot_be_found_is_one_line(tmp_path, model, message):
     proc, seconds = _fedkron("sim", *TINY, "--model", model, "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and message in proc.stderr
     assert "Traceback" not in proc.stderr
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())  # the folder says why, too
+    assert summary["status"].startswith("failed: ") and message in summary["status"]
 
 
 def test_an_unwritable_results_folder_and_bad_data_stop_before_ray(tmp_path):
