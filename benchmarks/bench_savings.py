@@ -36,6 +36,7 @@ METHODS = {
     "flowertune-nf4": dict(method="lora", rank=8, aggregation="per-factor", targets="query,value", quant="nf4",
                            downlink="nf4"),
     "kron-r4-exact": dict(method="kron-lora", rank=4, aggregation="exact", quant="nf4", downlink="nf4"),
+    "kron-r6-exact": dict(method="kron-lora", rank=6, aggregation="exact", quant="nf4", downlink="nf4"),
     "kron-r8-exact": dict(method="kron-lora", rank=8, aggregation="exact", quant="nf4", downlink="nf4"),
     "kron-r4": dict(method="kron-lora", rank=4, aggregation="per-factor", quant="nf4", downlink="nf4"),
     "kron-r4-exact-avgm": dict(method="kron-lora", rank=4, aggregation="exact", quant="nf4", downlink="nf4",

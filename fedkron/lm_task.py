@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedkron.task import TrainResult, _batches
+from fedkron.task import TrainResult, _batches, local_optimizer
 
 TRAIN_KEYS = ("input_ids", "attention_mask", "labels")
 
@@ -110,12 +110,7 @@ def train_causal_lm(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("train_causal_lm: the model has no trainable parameters (inject adapters first)")
-    if optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    else:
-        raise ValueError(f"optimizer must be 'adamw' or 'sgd' (got {optimizer!r})")
+    opt = local_optimizer(params, optimizer, lr)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     device = _device(model)

@@ -86,12 +86,7 @@ def train_local(
     params = [p for p in model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params] if proximal_mu > 0 else None
     log_prior = label_log_prior(data, model) if local_loss == "logit-adjusted" else None
-    if optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    else:
-        raise ValueError(f"optimizer must be 'adamw' or 'sgd' (got {optimizer!r})")
+    opt = local_optimizer(params, optimizer, lr)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout draws from the global RNG: same (round, client) → same run
     num_rows = int(data["labels"].shape[0])
@@ -114,6 +109,15 @@ def train_local(
         total += loss.item()
     model.eval()
     return TrainResult(loss=total / max(steps, 1), num_examples=num_rows, steps=steps)
+
+
+def local_optimizer(params: list[nn.Parameter], name: str, lr: float) -> torch.optim.Optimizer:
+    """AdamW without weight decay, or SGD with momentum 0.9, over the trainable tensors."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise ValueError(f"optimizer must be 'adamw' or 'sgd' (got {name!r})")
 
 
 def label_log_prior(data: dict[str, torch.Tensor], model: nn.Module) -> torch.Tensor:
