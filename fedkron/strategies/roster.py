@@ -34,6 +34,7 @@ class Roster:
         self.wait_for, self.min_live, self.poll = wait_for, min_live, poll
         self.partition_of: dict[int, int] = {}  # node → slot: its partition, or the slot of its own data
         self.own_data: set[int] = set()  # nodes that train on their own data folder (they report 0 of 1)
+        self.shares: dict[int, int] = {}  # node → the number of partitions its share is one of
         self.refused: set[int] = set()  # nodes whose answer was bad: not asked again
 
     def reported(self, node: int) -> int:
@@ -75,7 +76,7 @@ class Roster:
                 log.warning("node %s did not answer the partition query: %s", node, reply.error.reason)
                 continue
             try:
-                answers[node] = (reply, *read_info(reply, self.num_partitions))
+                answers[node] = (reply, *read_info(reply))
             except Exception as err:  # whatever is wrong with it, it leaves this node out only
                 log.warning("node %s: bad answer to the partition query, left out: %s", node, err)
                 self.refused.add(node)
@@ -95,7 +96,7 @@ class Roster:
                 self.refused.add(node)
                 continue
             taken.add(pid)
-            self.partition_of[node] = pid
+            self.partition_of[node], self.shares[node] = pid, num
             self.on_answer(reply, pid)
 
     def _take_known(self, unknown: list[int]) -> list[int]:
@@ -104,7 +105,7 @@ class Roster:
         for node in unknown:
             pid, num = known.get(node, (-1, 0))
             if num == self.num_partitions and 0 <= pid < num and pid not in taken:
-                self.partition_of[node] = pid
+                self.partition_of[node], self.shares[node] = pid, num
                 taken.add(pid)
         placed = len(unknown) - sum(n not in self.partition_of for n in unknown)
         if placed:

@@ -140,7 +140,7 @@ class FedKron(Strategy):
                 log.warning("round %d: client %s (partition %s) failed: %s", server_round, node, pid, msg.error.reason)
                 continue
             try:
-                reply = read_reply(msg, self.expected, (self.cfg.quant,), self.cfg.clients,
+                reply = read_reply(msg, self.expected, (self.cfg.quant,),
                                    max_update_norm=self.cfg.max_update_norm or math.inf)
                 if reply.partition_id != self.roster.reported(node):
                     raise ValueError(f"reports partition {reply.partition_id}, but holds {self.roster.reported(node)}")
@@ -181,8 +181,8 @@ class FedKron(Strategy):
                                f"{failed} failed); at least {self.cfg.min_replies} needed")
         order = sorted(range(len(valid)), key=lambda i: (valid[i].partition_id, valid[i].node_id))
         valid, pairs = [valid[i] for i in order], [pairs[i] for i in order]  # arrival order must not matter
-        known = [None if r.node_id in self.roster.own_data else
-                 self.partition_sizes.get(self.roster.partition_of.get(r.node_id)) for r in valid]
+        known = [self.partition_sizes.get(self.roster.partition_of.get(r.node_id))  # the server's split only
+                 if self.roster.shares.get(r.node_id) == self.cfg.clients else None for r in valid]
         weights = [1.0] * len(valid) if self.uniform_weights else \
             capped_weights([r.num_examples for r in valid], known, self.cfg.max_weight_share)
         for msg, reply, weight in zip(pairs, valid, weights):  # what a stock strategy expects
