@@ -39,6 +39,7 @@ METHODS = {
     "kron-r6-exact": dict(method="kron-lora", rank=6, aggregation="exact", quant="nf4", downlink="nf4"),
     "kron-r8-exact": dict(method="kron-lora", rank=8, aggregation="exact", quant="nf4", downlink="nf4"),
     "kron-r4": dict(method="kron-lora", rank=4, aggregation="per-factor", quant="nf4", downlink="nf4"),
+    "kron-r2": dict(method="kron-lora", rank=2, aggregation="per-factor", quant="nf4", downlink="nf4"),
     "kron-r4-exact-avgm": dict(method="kron-lora", rank=4, aggregation="exact", quant="nf4", downlink="nf4",
                                strategy="fedavgm", server_momentum=0.5),
 }

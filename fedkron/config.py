@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fedkron.adapters.config import METHODS, SHAPE_POLICIES
-from fedkron.compression.payload import CODE_BITS
+from fedkron.compression import CODECS
+from fedkron.compression.manifest import DOUBLE_QUANT_CODECS
+from fedkron.compression.payload import BLOCK_SIZES, CODE_BITS
 from fedkron.data.partition import SCHEMES as PARTITIONS
 from fedkron.strategies.registry import STRATEGIES
 
-CODECS = tuple(CODE_BITS)
-_FLOAT_CODECS = ("fp32", "fp16", "bf16")
 AGGREGATIONS = ("per-factor", "exact")
 LOCAL_LOSSES = ("ce", "logit-adjusted")
 LOCAL_OPTS = ("adamw", "sgd")
@@ -265,8 +265,8 @@ class RunConfig:
     def codec_options(self, codec: str) -> dict[str, Any]:
         """Options of ``fedkron.compression.get_codec(codec, ...)`` for this run: the block size (when
         not the codec's default) and double quantization (4-bit codecs only)."""
-        options: dict[str, Any] = {"block_size": self.block_size} if self.block_size and codec not in _FLOAT_CODECS else {}
-        if codec in ("nf4", "fp4"):
+        options: dict[str, Any] = {"block_size": self.block_size} if self.block_size and codec in BLOCK_SIZES else {}
+        if codec in DOUBLE_QUANT_CODECS:
             options["double_quant"] = self.double_quant
         return options
 
