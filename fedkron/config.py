@@ -50,9 +50,9 @@ _TASK_DEFAULTED = ("max_length", "clients", "rounds", "local_steps")  # 0 → th
 # Per-method defaults (rank, what is averaged, local learning rate by aggregation), chosen from the
 # SST-2 evidence in the README ("Savings against the baselines"): each method at its best rate.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "kron-lora": {"rank": 4, "aggregation": "exact", "lr": {"exact": 8e-3, "per-factor": 2e-3}},
+    "kron-lora": {"rank": 4, "aggregation": "exact", "lr": {"exact": 8e-3, "per-factor": 4e-3}},
     "krona": {"rank": 8, "aggregation": "per-factor", "lr": {"exact": 2e-3, "per-factor": 2e-3}},
-    "lora": {"rank": 8, "aggregation": "per-factor", "lr": {"exact": 2e-3, "per-factor": 2e-3}},
+    "lora": {"rank": 8, "aggregation": "per-factor", "lr": {"exact": 2e-3, "per-factor": 1e-3}},
 }
 
 

@@ -17,7 +17,8 @@ from fedkron.config import AGGREGATIONS, CODECS, METHODS, ConfigError, RunConfig
 DEFAULT_RUNS = "kron-lora:nf4,lora:fp32,flowertune"
 # Runs known by a name: the baselines a reader asks for.
 PRESETS = {
-    "flowertune": dict(method="lora", quant="fp32", targets="query,value", aggregation="per-factor"),  # Flower's recipe
+    # Flower's recipe; its learning rate chosen on the same grid as the others (LoRA on q,v only)
+    "flowertune": dict(method="lora", quant="fp32", targets="query,value", aggregation="per-factor", lr=2e-3),
     "ffa-lora": dict(method="lora", aggregation="exact"),  # LoRA with A frozen at its seeded init (exact)
 }
 
