@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
-    from fedkron.config import RunConfig, default_data_dir
+    from fedkron.config import RunConfig
     from fedkron.sim.compare import LoraSettings, parse_runs, run_compare
     from fedkron.sim.report import write_report
 
@@ -53,9 +53,7 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny random BERT on the packaged SST-2, 4 clients, 2 rounds")
     args = p.parse_args()
 
-    data_dir = "" if args.smoke else default_data_dir()
-    if not args.smoke and not data_dir:
-        sys.exit("needs the real task data: set FEDKRON_DATA_DIR (the shared data folder), or use --smoke")
+    data_dir = ""  # SST-2 ships inside fedkron
     out = Path(args.out or f"results/bench-edge-time-{Path(args.devices).stem}" + ("-smoke" if args.smoke else ""))
     settings = dict(task="sst2", data_dir=data_dir, clients=args.clients, fraction=args.fraction, rounds=args.rounds,
                     local_steps=args.local_steps, partition=args.partition, dirichlet_alpha=args.dirichlet_alpha,
