@@ -93,13 +93,21 @@ def cmd_run(args) -> None:
 
 def best_lr(root: Path, task: str, method: str) -> float:
     """The learning rate whose finished runs of ``method`` have the best mean last-3 accuracy."""
-    by_lr: dict[float, list[float]] = {}
+    by_lr: dict[float, dict[int, dict]] = {}
     for folder in (root / task / method).glob("lr*/seed*"):
         if finished(folder):
-            by_lr.setdefault(float(folder.parts[-2][2:]), []).append(read(folder)["last3"])
+            by_lr.setdefault(float(folder.parts[-2][2:]), {})[int(folder.parts[-1][4:])] = read(folder)
     if not by_lr:
         raise SystemExit(f"--lrs best: no finished run of {method} under {root / task} yet")
-    return max(by_lr, key=lambda lr: statistics.mean(by_lr[lr]))
+    return pick_lr(by_lr)
+
+
+def pick_lr(by_lr: dict[float, dict[int, dict]]) -> float:
+    """The rate with the best mean last-3 accuracy over the seeds run at *every* rate of the grid
+    (seeds added later at the chosen rate do not change the choice); all seeds if none is shared."""
+    shared = set.intersection(*(set(seeds) for seeds in by_lr.values()))
+    return max(by_lr, key=lambda lr: statistics.mean(r["last3"] for s, r in by_lr[lr].items()
+                                                     if not shared or s in shared))
 
 
 def read(folder: Path) -> dict:
@@ -130,8 +138,8 @@ def cmd_report(args) -> None:
             method, lr, seed = folder.parts[-3], float(folder.parts[-2][2:]), int(folder.parts[-1][4:])
             runs.setdefault(method, {}).setdefault(lr, {})[seed] = read(folder)
     chosen = {}
-    for method, by_lr in runs.items():  # the rate with the best mean last-3 accuracy over its seeds
-        lr = max(by_lr, key=lambda lr: statistics.mean(r["last3"] for r in by_lr[lr].values()))
+    for method, by_lr in runs.items():
+        lr = pick_lr(by_lr)
         chosen[method] = (lr, by_lr[lr])
     print("| method | lr (grid) | seeds | last-3 acc (mean ± sd) | final acc | best acc | up MB | total MB |")
     print("|---|---|---|---|---|---|---|---|")
