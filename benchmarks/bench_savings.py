@@ -154,9 +154,10 @@ def cmd_report(args) -> None:
     out = {"chosen": {m: {"lr": lr, "seeds": sorted(s)} for m, (lr, s) in chosen.items()}, "versus": {}}
     for base in (b for b in BASELINES if b in chosen):
         blr, bseeds = chosen[base]
-        print(f"\nagainst {base} (lr {blr:g}):\n")
+        targets = ", ".join(f"seed {s}: {100 * (args.target or r['best'] - 0.01):.1f}%" for s, r in sorted(bseeds.items()))
+        print(f"\nagainst {base} (lr {blr:g}; target accuracy {targets}):\n")
         print("| method | seeds | last-3 gap (points, mean ± sd) | total saving × | uplink saving × | "
-              "bytes-to-target saving × (target) |")
+              "bytes-to-target saving × |")
         print("|---|---|---|---|---|---|")
         for method, (lr, seeds) in chosen.items():
             common = sorted(set(seeds) & set(bseeds))
