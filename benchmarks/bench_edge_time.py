@@ -35,7 +35,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", default="phones-4g", help="built-in mix or .toml/.json file (docs/devices.md)")
-    p.add_argument("--runs", default="kron-lora:nf4:exact,kron-lora:nf4,lora:fp32")
+    p.add_argument("--runs", default="kron-lora:nf4:exact,kron-lora:nf4:per-factor,lora:fp32")
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--fraction", type=float, default=0.2)
     p.add_argument("--rounds", type=int, default=10)

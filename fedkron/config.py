@@ -50,7 +50,7 @@ _TASK_DEFAULTED = ("max_length", "clients", "rounds", "local_steps")  # 0 → th
 # Per-method defaults (rank, what is averaged, local learning rate by aggregation), chosen from the
 # SST-2 evidence in the README ("Savings against the baselines"): each method at its best rate.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "kron-lora": {"rank": 4, "aggregation": "exact", "lr": {"exact": 8e-3, "per-factor": 4e-3}},
+    "kron-lora": {"rank": 4, "aggregation": "per-factor", "lr": {"exact": 8e-3, "per-factor": 4e-3}},
     "krona": {"rank": 8, "aggregation": "per-factor", "lr": {"exact": 2e-3, "per-factor": 2e-3}},
     "lora": {"rank": 8, "aggregation": "per-factor", "lr": {"exact": 2e-3, "per-factor": 1e-3}},
 }
@@ -152,7 +152,7 @@ class RunConfig:
     aggregation: str = knob("", "what is averaged: `per-factor` (every factor) or `exact` (only the output-side "
                             "factor: Kron-LoRA B1, KronA B, LoRA B (FFA-LoRA); the others stay at their seeded init, "
                             "so the average of the factors is the average of the ΔW); empty = the method's default "
-                            "(Kron-LoRA exact, the others per-factor)", G, ("",) + AGGREGATIONS)
+                            "(per-factor for every method; see Savings in the README)", G, ("",) + AGGREGATIONS)
     server_lr: float = knob(1.0, "server learning rate (fedavg with ≠ 1: FedAvgM without momentum; "
                             "fedavgm, fedadam, fedyogi, fedadagrad: their eta)", G)
     server_momentum: float = knob(0.9, "server momentum of fedavgm", G)
