@@ -229,18 +229,20 @@ def test_a_supernode_that_joins_late_is_used_from_the_next_round(federation, tmp
         federation.start_supernode("n0", (0, 2), key=federation.keys["n0"])
         federation.wait_connected(["n0"])
     out = tmp_path / "results"
-    run = federation.start_run({**TINY, "rounds": 3, "clients": 1, "out": str(out)}, log_name="run-late.log")
+    run = federation.start_run({**TINY, "rounds": 5, "clients": 1, "out": str(out)}, log_name="run-late.log")
     wait_for_round(out, 1, timeout=180)
     federation.start_supernode("n1", (1, 2), key=federation.keys["n1"])  # joins after round 1
     federation.wait_connected(["n1"])
     wait_for_summary(out, run, timeout=240)
 
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["rounds_completed"] == 3
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 5
     ok_up = {(r["round"], r["partition_id"]) for r in _ledger(out)
              if r["direction"] == "up" and r["kind"] == "train" and r["status"] == "ok"}
     assert ("1", "0") in ok_up and ("1", "1") not in ok_up  # round 1: only the early node
-    assert ("3", "1") in ok_up  # the late node trains from a later round on
+    # the late node trains in a later round (which one depends on how soon it connects: a loaded
+    # machine can take a few rounds of this tiny model to start a SuperNode)
+    assert any(p == "1" and r != "1" for r, p in ok_up), sorted(ok_up)
 
 
 @needs_flower
