@@ -91,12 +91,20 @@ def cmd_run(args) -> None:
             print(f"{summary.get('out', '')} {summary['status']}", flush=True)
 
 
+def finished_runs(root: Path, task: str, method: str = "*") -> dict[str, dict[float, dict[int, dict]]]:
+    """method → lr → seed → :func:`read` of every finished run under ``root/task`` (the layout
+    :func:`run_config` writes: ``<method>/lr<lr>/seed<seed>``)."""
+    runs: dict[str, dict[float, dict[int, dict]]] = {}
+    for folder in (root / task).glob(f"{method}/lr*/seed*"):
+        if finished(folder):
+            name, lr, seed = folder.parts[-3], float(folder.parts[-2][2:]), int(folder.parts[-1][4:])
+            runs.setdefault(name, {}).setdefault(lr, {})[seed] = read(folder)
+    return runs
+
+
 def best_lr(root: Path, task: str, method: str) -> float:
     """The learning rate whose finished runs of ``method`` have the best mean last-3 accuracy."""
-    by_lr: dict[float, dict[int, dict]] = {}
-    for folder in (root / task / method).glob("lr*/seed*"):
-        if finished(folder):
-            by_lr.setdefault(float(folder.parts[-2][2:]), {})[int(folder.parts[-1][4:])] = read(folder)
+    by_lr = finished_runs(root, task, method).get(method)
     if not by_lr:
         raise SystemExit(f"--lrs best: no finished run of {method} under {root / task} yet")
     return pick_lr(by_lr)
@@ -131,12 +139,7 @@ def bytes_to(run: dict, target: float) -> int | None:
 
 
 def cmd_report(args) -> None:
-    root = Path(args.root) / args.task
-    runs: dict[str, dict[float, dict[int, dict]]] = {}
-    for folder in root.glob("*/lr*/seed*"):
-        if finished(folder):
-            method, lr, seed = folder.parts[-3], float(folder.parts[-2][2:]), int(folder.parts[-1][4:])
-            runs.setdefault(method, {}).setdefault(lr, {})[seed] = read(folder)
+    runs = finished_runs(Path(args.root), args.task)
     chosen = {}
     for method, by_lr in runs.items():
         lr = pick_lr(by_lr)

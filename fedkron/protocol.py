@@ -31,6 +31,7 @@ CONFIG_DIGEST = "config-digest"  # of the whole run config; only non-default set
 SERVER_ONLY = ("resume", "overwrite")  # how the server runs, not what clients do: never sent
 # Metrics a client reports with its update.
 NUM_EXAMPLES, PARTITION_ID, NUM_PARTITIONS, TRAIN_LOSS = "num-examples", "partition-id", "num-partitions", "train-loss"
+MAX_PARTITIONS = 10**7  # the largest split a partition id may come from (a node with its own data: 1)
 TIMINGS = ("train-seconds", "client-seconds")
 PEAK_MEMORY = "peak-memory-bytes"  # the client process's high-water mark (RSS, or CUDA allocated)
 EVAL_LOSS, EVAL_ACCURACY = "eval-loss", "eval-accuracy"
@@ -185,9 +186,6 @@ def read_eval_reply(msg: Message, max_examples: int = 10**9) -> tuple[int, float
     (metrics,) = _records(msg.content, (METRICS, MetricRecord))
     accuracy = _number(metrics, EVAL_ACCURACY, 0.0, 1.0) if EVAL_ACCURACY in metrics else None
     return _integer(metrics, NUM_EXAMPLES, 1, max_examples), _number(metrics, EVAL_LOSS, 0.0, math.inf), accuracy
-
-
-MAX_PARTITIONS = 10**7
 
 
 def read_info(msg: Message) -> tuple[int, int]:

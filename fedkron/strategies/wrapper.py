@@ -24,8 +24,9 @@ from flwr.serverapp.strategy import Strategy
 
 from fedkron.compression import get_codec
 from fedkron.config import RunConfig
-from fedkron.protocol import (FROZEN_DIGEST, METRICS, NUM_EXAMPLES, PEAK_MEMORY, ROUND, ROUND_LR, TIMINGS, TRAIN_LOSS,
-                              frozen_digest, make_broadcast, read_eval_reply, read_reply, sent_names)
+from fedkron.protocol import (EVAL_ACCURACY, EVAL_LOSS, FROZEN_DIGEST, METRICS, NUM_EXAMPLES, PEAK_MEMORY, ROUND,
+                              ROUND_LR, TIMINGS, TRAIN_LOSS, frozen_digest, make_broadcast, read_eval_reply, read_reply,
+                              sent_names)
 from fedkron.strategies.defences import capped_weights, within_norm_bound
 from fedkron.strategies.downlink import Downlink
 from fedkron.strategies.edge import EdgeRounds
@@ -252,8 +253,8 @@ class FedKron(Strategy):
         stats.update(fed_examples=n, fed_loss=sum(r[0] * r[1] for r in rows) / n, fed_clients=len(rows),
                      fed_left_out=bad, fed_accuracy=sum(r[0] * r[2] for r in scored) / sum(r[0] for r in scored)
                      if scored else None)
-        return MetricRecord({"eval-loss": stats["fed_loss"], NUM_EXAMPLES: n,
-                             **({"eval-accuracy": stats["fed_accuracy"]} if scored else {})})
+        return MetricRecord({EVAL_LOSS: stats["fed_loss"], NUM_EXAMPLES: n,
+                             **({EVAL_ACCURACY: stats["fed_accuracy"]} if scored else {})})
 
     # --- checkpoint -------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
