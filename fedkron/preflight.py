@@ -36,14 +36,10 @@ def preflight(cfg: RunConfig, *, check_data: bool = True) -> None:
 
 
 def _failed_summary(cfg: RunConfig, problems: list[str]) -> None:
-    import json
+    from fedkron.server.results import write_json
 
-    summary = {"method": cfg.method, "task": cfg.task, "model": cfg.model, "status": "failed: " + "; ".join(problems),
-               "rounds_completed": 0}
-    path = Path(cfg.out) / "summary.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(Path(cfg.out) / "summary.json", {"method": cfg.method, "task": cfg.task, "model": cfg.model,
+                                                "status": "failed: " + "; ".join(problems), "rounds_completed": 0})
 
 
 def holds_a_run(folder: Path) -> bool:

@@ -15,6 +15,14 @@ from typing import Any
 from fedkron.server.ledger import MB
 
 
+def write_json(path: Path, obj: dict[str, Any]) -> Path:
+    """Write ``obj`` as JSON atomically (a reader sees the old file or the new one, never half)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
 class ResultsFolder:
     def __init__(self, out: str | Path, keep: list[dict[str, Any]] | None = None):
         """A fresh run starts fresh files; a resumed one keeps the rows its checkpoint holds."""
@@ -33,11 +41,7 @@ class ResultsFolder:
             os.fsync(fh.fileno())
 
     def write_json(self, name: str, obj: dict[str, Any]) -> Path:
-        path = self.path / name
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-        tmp.replace(path)
-        return path
+        return write_json(self.path / name, obj)
 
     def plot(self, title: str) -> Path | None:
         """accuracy per round and cumulative MB per round (up and down), side by side."""
