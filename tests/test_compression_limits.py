@@ -50,9 +50,10 @@ def fake_array(dtype: str, shape: tuple[int, ...], data: bytes) -> Array:
 
 
 def test_decode_time_is_linear_in_the_number_of_entries():
-    """10x the entries costs at most 12x the time (the duplicate check was quadratic: 20k tiny
-    tensors took 6 s, most of it parsing the manifest three times). CPU time of this process,
-    small and large runs interleaved, best of each: other processes on a busy machine hardly move it."""
+    """10x the entries costs far less than the 100x of a quadratic decode (the duplicate check was
+    quadratic: 20k tiny tensors took 6 s, most of it parsing the manifest three times). CPU time of
+    this process, small and large runs interleaved, best of each; the bound (30x) sits between
+    linear (10x) and quadratic (100x) with a 3x margin each way, so a loaded machine cannot fail it."""
     cases = {}
     for n in (300, 3000):
         state = tiny_state(n)
@@ -66,7 +67,7 @@ def test_decode_time_is_linear_in_the_number_of_entries():
             took = best_of(1, run, time.process_time)
             best[n, with_expected] = min(so_far, took)
     for with_expected in (False, True):
-        assert best[3000, with_expected] <= 12 * best[300, with_expected], best
+        assert best[3000, with_expected] <= 30 * best[300, with_expected], best
 
 
 def test_expected_names_and_shapes_are_checked_in_any_order():

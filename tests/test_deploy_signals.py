@@ -175,7 +175,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(spawn, tm
     assert driver.wait(timeout=15) == -signal.SIGTERM
     took = time.monotonic() - t0
     assert _survivors(tree, 1) == []
-    assert 0.9 < took < 6, took
+    assert 0.9 < took < 14, took  # waited the 1 s grace; the upper bound only guards a hang (loaded CI)
     assert (tmp_path / "child0").read_text().split() == ["SIGTERM"]  # asked first, then killed
 
 
