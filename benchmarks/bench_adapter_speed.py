@@ -127,9 +127,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows = bench(args.tokens, args.repeats, args.budget)
-    header = f"{'d_out×d_in':>12} {'frozen':>9} {'kron-lora':>10} {'lora-8':>9} {'peft-lokr':>10}  kron/lora8  lokr/kron"
+    header = (
+        f"{'d_out×d_in':>12} {'frozen':>9} {'kron-lora':>10} {'lora-8':>9} {'peft-lokr':>10}  kron/lora8  lokr/kron"
+    )
     print(f"fwd+bwd, {args.tokens} tokens, {args.threads} threads, best ms of up to {args.repeats} (interleaved)")
-    sections = (("whole layer (frozen matmul + adapter)", "ms", ""), ("adapter term alone", "adapter_only_ms", "adapter_only_"))
+    sections = (
+        ("whole layer (frozen matmul + adapter)", "ms", ""),
+        ("adapter term alone", "adapter_only_ms", "adapter_only_"),
+    )
     for title, key, ratio in sections:
         print(f"\n{title}\n{header}")
         for r in rows:
@@ -149,9 +154,7 @@ def main() -> None:
         "targets": {
             "kron_le_1.05x_lora8_all_shapes": all(r["kron_over_lora8"] <= 1.05 for r in rows),
             "lokr_ge_3x_kron_at_4096": target["lokr_over_kron"] >= 3.0,
-            "adapter_only_kron_le_1.05x_lora8_all_shapes": all(
-                r["adapter_only_kron_over_lora8"] <= 1.05 for r in rows
-            ),
+            "adapter_only_kron_le_1.05x_lora8_all_shapes": all(r["adapter_only_kron_over_lora8"] <= 1.05 for r in rows),
             "adapter_only_lokr_ge_3x_kron_at_4096": target["adapter_only_lokr_over_kron"] >= 3.0,
         },
         "seconds": round(time.perf_counter() - start, 1),

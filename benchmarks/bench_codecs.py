@@ -75,11 +75,17 @@ def real_update(method: str, steps: int) -> dict[str, torch.Tensor]:
     return {k: v.detach() - before[k] for k, v in adapter_state_dict(model).items()}
 
 
-def measure(update: dict[str, torch.Tensor], codec_name: str, stochastic: bool, repeats: int, double_quant: bool = False) -> dict:
+def measure(
+    update: dict[str, torch.Tensor], codec_name: str, stochastic: bool, repeats: int, double_quant: bool = False
+) -> dict:
     from flwr.app import Message, Metadata, RecordDict
 
     options = {"double_quant": True} if double_quant else {}
-    codec = get_codec(codec_name, stochastic=stochastic, seed=0, **options) if stochastic else get_codec(codec_name, **options)
+    codec = (
+        get_codec(codec_name, stochastic=stochastic, seed=0, **options)
+        if stochastic
+        else get_codec(codec_name, **options)
+    )
     encode_s, decode_s = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -91,8 +97,15 @@ def measure(update: dict[str, torch.Tensor], codec_name: str, stochastic: bool, 
         decode_s.append(t2 - t1)
     arrays, config = to_records(encoded)
     metadata = Metadata(
-        run_id=1, message_id="", src_node_id=1, dst_node_id=0, reply_to_message_id="",
-        group_id="1", created_at=0.0, ttl=3600.0, message_type="train",
+        run_id=1,
+        message_id="",
+        src_node_id=1,
+        dst_node_id=0,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=0.0,
+        ttl=3600.0,
+        message_type="train",
     )
     figures = message_byte_figures(Message(metadata=metadata, content=RecordDict({"update": arrays, "codec": config})))
     params = sum(t.numel() for t in update.values())
@@ -135,9 +148,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    codecs = [("fp32", False, False), ("fp16", False, False), ("bf16", False, False), ("int8", False, False),
-              ("nf4", False, False), ("nf4", False, True), ("fp4", False, False), ("fp4", False, True),
-              ("int8", True, False), ("nf4", True, False), ("nf4", True, True), ("fp4", True, False)]
+    codecs = [
+        ("fp32", False, False),
+        ("fp16", False, False),
+        ("bf16", False, False),
+        ("int8", False, False),
+        ("nf4", False, False),
+        ("nf4", False, True),
+        ("fp4", False, False),
+        ("fp4", False, True),
+        ("int8", True, False),
+        ("nf4", True, False),
+        ("nf4", True, True),
+        ("fp4", True, False),
+    ]
     results, failures = {}, []
     header = f"{'adapter':<10}{'codec':<12}{'params':>8}{'payload B':>11}{'bits/p':>8}{'bits/p cb':>10}{'bits/p ser':>11}{'cb-pay':>8}{'rel err':>10}{'enc ms':>8}{'dec ms':>8}"
     print(header)
@@ -152,13 +176,25 @@ def main() -> None:
         results[method] = rows
         for r in rows:
             failures += [f"{method} {f}" for f in check_targets(r)]
-            print(f"{method:<10}{r['codec']:<12}{r['params']:>8}{r['payload_bytes']:>11}{r['bits_per_param']:>8.3f}"
-                  f"{r['bits_per_param_count_bytes']:>10.3f}{r['bits_per_param_serialized']:>11.3f}"
-                  f"{r['count_bytes_vs_payload']:>+8.1%}{r['relative_error']:>10.2e}{r['encode_ms']:>8.1f}{r['decode_ms']:>8.1f}"
-                  + (f"  err/plain {r['error_vs_plain']:.4f}" if "error_vs_plain" in r else ""))
+            print(
+                f"{method:<10}{r['codec']:<12}{r['params']:>8}{r['payload_bytes']:>11}{r['bits_per_param']:>8.3f}"
+                f"{r['bits_per_param_count_bytes']:>10.3f}{r['bits_per_param_serialized']:>11.3f}"
+                f"{r['count_bytes_vs_payload']:>+8.1%}{r['relative_error']:>10.2e}{r['encode_ms']:>8.1f}{r['decode_ms']:>8.1f}"
+                + (f"  err/plain {r['error_vs_plain']:.4f}" if "error_vs_plain" in r else "")
+            )
     print("targets:", "all met" if not failures else "; ".join(failures))
-    print(json.dumps({"benchmark": "bench_codecs", "steps": args.steps, "targets_met": not failures,
-                      "failures": failures, "results": results}, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "bench_codecs",
+                "steps": args.steps,
+                "targets_met": not failures,
+                "failures": failures,
+                "results": results,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
-    from fedkron.config import RunConfig, default_data_dir
+    from fedkron.runconfig.fields import RunConfig, default_data_dir
     from fedkron.sim.compare import LoraSettings, parse_runs, run_compare
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,9 +37,12 @@ def main() -> None:
     p.add_argument("--local-opt", default="adamw", help="adamw | sgd (momentum 0.9)")
     p.add_argument("--rank", type=int, default=0, help="rank of the Kron-LoRA runs (0 = the method's default)")
     p.add_argument("--lora-rank", type=int, default=8, help="rank of the LoRA runs (the baseline is LoRA-8)")
-    p.add_argument("--local-loss", default="logit-adjusted",
-                   help="logit-adjusted keeps label-skewed clients' heads balanced (plain 'ce' swings "
-                        "between classes round to round under Dirichlet 0.5 at fraction 0.2)")
+    p.add_argument(
+        "--local-loss",
+        default="logit-adjusted",
+        help="logit-adjusted keeps label-skewed clients' heads balanced (plain 'ce' swings "
+        "between classes round to round under Dirichlet 0.5 at fraction 0.2)",
+    )
     p.add_argument("--mc-head", default="cross", help="multiple choice: cross | dual (see README)")
     p.add_argument("--partition", default="dirichlet")
     p.add_argument("--dirichlet-alpha", type=float, default=0.5)
@@ -53,14 +56,34 @@ def main() -> None:
     if not data_dir:
         sys.exit("needs the real task data: set FEDKRON_DATA_DIR (the shared data folder)")
     out = args.out or f"results/bench-compare-{args.task}" + (f"-seed{args.seed}" if args.seed else "")
-    base = RunConfig(task=args.task, data_dir=data_dir, clients=args.clients, fraction=args.fraction,
-                     rounds=args.rounds, local_steps=args.local_steps, partition=args.partition,
-                     dirichlet_alpha=args.dirichlet_alpha, eval_samples=args.eval_samples,
-                     batch_size=args.batch_size, lr=args.lr, local_loss=args.local_loss,
-                     local_opt=args.local_opt, rank=args.rank, seed=args.seed, mc_head=args.mc_head)
-    run_compare(base, parse_runs(args.runs), out, lora=LoraSettings(rank=args.lora_rank), resume=args.resume,
-                progress=lambda label, row: print(f"[{label}] round {row['round']} acc {100 * row['accuracy']:.1f}%",
-                                                  flush=True))
+    base = RunConfig(
+        task=args.task,
+        data_dir=data_dir,
+        clients=args.clients,
+        fraction=args.fraction,
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        partition=args.partition,
+        dirichlet_alpha=args.dirichlet_alpha,
+        eval_samples=args.eval_samples,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        local_loss=args.local_loss,
+        local_opt=args.local_opt,
+        rank=args.rank,
+        seed=args.seed,
+        mc_head=args.mc_head,
+    )
+    run_compare(
+        base,
+        parse_runs(args.runs),
+        out,
+        lora=LoraSettings(rank=args.lora_rank),
+        resume=args.resume,
+        progress=lambda label, row: print(
+            f"[{label}] round {row['round']} acc {100 * row['accuracy']:.1f}%", flush=True
+        ),
+    )
     rows = list(csv.DictReader(open(Path(out) / "results.csv")))
     lora = next((r for r in rows if r["method"] == "lora" and r["codec"] == "fp32"), None)
     headline = {}

@@ -33,8 +33,17 @@ from fedkron.deploy.local import LocalFederation
 
 
 def run_mode(root: Path, warm: bool, rounds: int, model: str) -> dict:
-    cfg = {"model": model, "task": "boolq", "max-length": 32, "local-steps": 2, "batch-size": 8,
-           "eval-samples": 32, "rounds": rounds, "clients": 2, "out": str(root / "results")}
+    cfg = {
+        "model": model,
+        "task": "boolq",
+        "max-length": 32,
+        "local-steps": 2,
+        "batch-size": 8,
+        "eval-samples": 32,
+        "rounds": rounds,
+        "clients": 2,
+        "out": str(root / "results"),
+    }
     with LocalFederation(root) as fed:
         fed.start_superlink()
         keys = fed.make_keys(["n0", "n1"])
@@ -48,8 +57,10 @@ def run_mode(root: Path, warm: bool, rounds: int, model: str) -> dict:
         for name in ("n0", "n1"):
             worker = fed.nodes[name].worker
             if worker is not None:
-                tasks[name] = [(float(a), float(b)) for a, b in
-                               re.findall(r"done in ([\d.]+) s, ([\d.]+) s of it in the app", worker.log())]
+                tasks[name] = [
+                    (float(a), float(b))
+                    for a, b in re.findall(r"done in ([\d.]+) s, ([\d.]+) s of it in the app", worker.log())
+                ]
     if summary["status"] != "completed":
         raise RuntimeError(f"run failed: {summary['status']}")
     rows = [json.loads(line) for line in (root / "results" / "metrics.jsonl").read_text().splitlines()]
@@ -63,7 +74,8 @@ def run_mode(root: Path, warm: bool, rounds: int, model: str) -> dict:
         "worker_tasks": tasks,
         # rounds 2+: the app's own seconds per train task (warm worker only)
         "later_app_seconds_mean": round(statistics.mean(a for t in tasks.values() for _, a in t[2:]), 2)
-        if tasks else None,
+        if tasks
+        else None,
     }
 
 
@@ -81,10 +93,22 @@ def main() -> None:
     for r in results:
         print(f"{r['mode']:<52} {r['first_round_s']:>10.1f} {r['later_rounds_mean_s']:>17.1f}   {r['round_seconds']}")
     saved = cold["later_rounds_mean_s"] - warm["later_rounds_mean_s"]
-    print(f"\nper-round overhead removed (rounds 2+): {saved:.1f} s of {cold['later_rounds_mean_s']:.1f} s; "
-          f"of the warm rounds, {warm['later_app_seconds_mean']:.2f} s per client is the ClientApp itself")
-    print(json.dumps({"benchmark": "deploy_overhead", "rounds": args.rounds, "model": args.model,
-                      "results": results, "later_round_seconds_saved": round(saved, 2)}, indent=1))
+    print(
+        f"\nper-round overhead removed (rounds 2+): {saved:.1f} s of {cold['later_rounds_mean_s']:.1f} s; "
+        f"of the warm rounds, {warm['later_app_seconds_mean']:.2f} s per client is the ClientApp itself"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "deploy_overhead",
+                "rounds": args.rounds,
+                "model": args.model,
+                "results": results,
+                "later_round_seconds_saved": round(saved, 2),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

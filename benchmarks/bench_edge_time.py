@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
-    from fedkron.config import RunConfig
+    from fedkron.runconfig.fields import RunConfig
     from fedkron.sim.compare import LoraSettings, parse_runs, run_compare
     from fedkron.sim.report import write_report
 
@@ -46,7 +46,9 @@ def main() -> None:
     p.add_argument("--eval-samples", type=int, default=0, help="0 = the whole held-out split")
     p.add_argument("--over-select", type=float, default=0.0)
     p.add_argument("--round-deadline", type=float, default=0.0)
-    p.add_argument("--target", type=float, default=None, help="target accuracy, e.g. 0.78 (default: LoRA fp32 final − 0.01)")
+    p.add_argument(
+        "--target", type=float, default=None, help="target accuracy, e.g. 0.78 (default: LoRA fp32 final − 0.01)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     p.add_argument("--resume", action="store_true", help="keep runs finished in --out with these settings")
@@ -55,23 +57,62 @@ def main() -> None:
 
     data_dir = ""  # SST-2 ships inside fedkron
     out = Path(args.out or f"results/bench-edge-time-{Path(args.devices).stem}" + ("-smoke" if args.smoke else ""))
-    settings = dict(task="sst2", data_dir=data_dir, clients=args.clients, fraction=args.fraction, rounds=args.rounds,
-                    local_steps=args.local_steps, partition=args.partition, dirichlet_alpha=args.dirichlet_alpha,
-                    eval_samples=args.eval_samples, local_loss=args.local_loss, seed=args.seed,
-                    devices=args.devices, over_select=args.over_select, round_deadline=args.round_deadline)
+    settings = dict(
+        task="sst2",
+        data_dir=data_dir,
+        clients=args.clients,
+        fraction=args.fraction,
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        partition=args.partition,
+        dirichlet_alpha=args.dirichlet_alpha,
+        eval_samples=args.eval_samples,
+        local_loss=args.local_loss,
+        seed=args.seed,
+        devices=args.devices,
+        over_select=args.over_select,
+        round_deadline=args.round_deadline,
+    )
     if args.smoke:
-        settings.update(model="tiny-bert", clients=4, fraction=0.5, rounds=2, local_steps=2, eval_samples=32,
-                        max_length=24, batch_size=8, partition="iid")
+        settings.update(
+            model="tiny-bert",
+            clients=4,
+            fraction=0.5,
+            rounds=2,
+            local_steps=2,
+            eval_samples=32,
+            max_length=24,
+            batch_size=8,
+            partition="iid",
+        )
     base = RunConfig(**settings)
-    run_compare(base, parse_runs(args.runs), out, lora=LoraSettings(), resume=args.resume,
-                progress=lambda label, row: print(f"[{label}] round {row['round']} acc {100 * (row['accuracy'] or 0):.1f}% "
-                                                  f"sim {row.get('sim_seconds', 0):.0f} s", flush=True))
+    run_compare(
+        base,
+        parse_runs(args.runs),
+        out,
+        lora=LoraSettings(),
+        resume=args.resume,
+        progress=lambda label, row: print(
+            f"[{label}] round {row['round']} acc {100 * (row['accuracy'] or 0):.1f}% "
+            f"sim {row.get('sim_seconds', 0):.0f} s",
+            flush=True,
+        ),
+    )
     if args.target is not None:
         write_report(out, [out / s.folder for s in parse_runs(args.runs)], time_target=args.target)
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    keys = ("sim_hours_total", "sim_transfer_hours", "sim_compute_hours", "sim_wait_hours", "sim_transfer_share",
-            "hours_to_target", "final_accuracy", "mb_up_total", "mb_down_total")
+    keys = (
+        "sim_hours_total",
+        "sim_transfer_hours",
+        "sim_compute_hours",
+        "sim_wait_hours",
+        "sim_transfer_share",
+        "hours_to_target",
+        "final_accuracy",
+        "mb_up_total",
+        "mb_down_total",
+    )
     runs = {r["run"]: {k: (float(r[k]) if r.get(k) not in (None, "") else None) for k in keys} for r in rows}
     for r in rows:
         runs[r["run"]].update({k: float(v) for k, v in r.items() if k.startswith("time_to_target_speedup") and v})

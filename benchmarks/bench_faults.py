@@ -28,14 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the misbehaving ClientApp is test-only code
 
 ATTACKS = ("claim-examples", "overflow", "scale-100", "nan-partition", "huge-header", "raise")
-DEFENCE_OFF = {"overflow": {"norm_bound_factor": 0}, "scale-100": {"norm_bound_factor": 0},
-               "claim-examples": {"max_weight_share": 1.0}}
+DEFENCE_OFF = {
+    "overflow": {"norm_bound_factor": 0},
+    "scale-100": {"norm_bound_factor": 0},
+    "claim-examples": {"max_weight_share": 1.0},
+}
 
 
 def main() -> None:
     from faulty import make_faulty_app
 
-    from fedkron.config import RunConfig
+    from fedkron.runconfig.fields import RunConfig
     from fedkron.sim.simulate import prepared, run_many
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,8 +50,16 @@ def main() -> None:
     p.add_argument("--out", default="results/bench-faults")
     args = p.parse_args()
 
-    base = RunConfig(model=args.model, task="sst2", clients=args.clients, rounds=args.rounds,
-                     local_steps=args.local_steps, fraction=0.5, eval_samples=0, overwrite=True)
+    base = RunConfig(
+        model=args.model,
+        task="sst2",
+        clients=args.clients,
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        fraction=0.5,
+        eval_samples=0,
+        overwrite=True,
+    )
     runs = {"clean": (base, None)}
     for attack in args.attacks.split(","):
         runs[f"{attack} / defended"] = (base, attack)
@@ -64,19 +75,25 @@ def main() -> None:
         summaries = run_many(todo, client_app=make_faulty_app({1: attack}, only_in=attack))
         for label, summary in zip(labels, summaries):
             rows = [json.loads(x) for x in (Path(folders[label]) / "metrics.jsonl").read_text().splitlines()]
-            results[label] = {"final_accuracy": summary.get("final_accuracy"), "status": summary["status"],
-                              "rejected": sum(r["rejected"] for r in rows), "failed": sum(r["failed"] for r in rows),
-                              "refused_aggregates": sum(bool(r.get("aggregate_refused")) for r in rows),
-                              "accuracy_per_round": [r["accuracy"] for r in rows]}
+            results[label] = {
+                "final_accuracy": summary.get("final_accuracy"),
+                "status": summary["status"],
+                "rejected": sum(r["rejected"] for r in rows),
+                "failed": sum(r["failed"] for r in rows),
+                "refused_aggregates": sum(bool(r.get("aggregate_refused")) for r in rows),
+                "accuracy_per_round": [r["accuracy"] for r in rows],
+            }
     clean = results["clean"]["final_accuracy"]
     print("| run | final acc | Δ vs clean (points) | rejected | failed | aggregates refused | status |")
     print("|---|---|---|---|---|---|---|")
     for label in runs:
         r = results[label]
         acc = r["final_accuracy"]
-        print(f"| {label} | {'–' if acc is None else f'{100 * acc:.1f}%'} | "
-              f"{'–' if acc is None else f'{100 * (acc - clean):+.1f}'} | {r['rejected']} | {r['failed']} | "
-              f"{r['refused_aggregates']} | {r['status'][:40]} |")
+        print(
+            f"| {label} | {'–' if acc is None else f'{100 * acc:.1f}%'} | "
+            f"{'–' if acc is None else f'{100 * (acc - clean):+.1f}'} | {r['rejected']} | {r['failed']} | "
+            f"{r['refused_aggregates']} | {r['status'][:40]} |"
+        )
     print(json.dumps({"config": base.to_record(), "results": results}))
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
-    from fedkron.config import RunConfig, default_data_dir
+    from fedkron.runconfig.fields import RunConfig, default_data_dir
     from fedkron.sim.compare import LoraSettings, parse_runs, run_compare
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,13 +48,32 @@ def main() -> None:
     if not data_dir:
         sys.exit("needs the real task data: set FEDKRON_DATA_DIR (the shared data folder)")
     out = args.out or f"results/bench-llm-{args.model}-{args.task}"
-    base = RunConfig(model=args.model, task=args.task, data_dir=data_dir, clients=args.clients, rounds=args.rounds,
-                     local_steps=args.local_steps, batch_size=args.batch_size, max_length=args.max_length,
-                     eval_samples=args.eval_samples, lr=args.lr, rank=args.rank, seed=args.seed)
-    run_compare(base, parse_runs(args.runs), out, lora=LoraSettings(lr=args.lora_lr), resume=args.resume,
-                progress=lambda label, r: print(f"[{label}] round {r['round']} acc {100 * r['accuracy']:.1f}% "
-                                                f"acc_norm {100 * r['acc_norm']:.1f}% ({r['seconds']:.0f} s)",
-                                                flush=True))
+    base = RunConfig(
+        model=args.model,
+        task=args.task,
+        data_dir=data_dir,
+        clients=args.clients,
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        eval_samples=args.eval_samples,
+        lr=args.lr,
+        rank=args.rank,
+        seed=args.seed,
+    )
+    run_compare(
+        base,
+        parse_runs(args.runs),
+        out,
+        lora=LoraSettings(lr=args.lora_lr),
+        resume=args.resume,
+        progress=lambda label, r: print(
+            f"[{label}] round {r['round']} acc {100 * r['accuracy']:.1f}% "
+            f"acc_norm {100 * r['acc_norm']:.1f}% ({r['seconds']:.0f} s)",
+            flush=True,
+        ),
+    )
     verdicts = {}
     for spec in parse_runs(args.runs):
         folder = Path(out) / spec.folder
@@ -66,18 +85,27 @@ def main() -> None:
         swing = max(abs(a - b) for a, b in zip(acc[1:], acc[:-1]))
         gain = acc[-1] - acc[0]
         verdicts[spec.label] = {
-            "zero_shot": acc[0], "final": acc[-1], "best": max(acc[1:]), "acc_norm": [r["acc_norm"] for r in rows],
-            "per_round": acc, "gain_points": 100 * gain, "standard_error_points": 100 * se,
-            "largest_round_change_points": 100 * swing, "mb_up": summary["bytes_up"] / 1e6,
-            "mb_down": summary["bytes_down"] / 1e6, "trainable_params": summary["trainable_params"],
+            "zero_shot": acc[0],
+            "final": acc[-1],
+            "best": max(acc[1:]),
+            "acc_norm": [r["acc_norm"] for r in rows],
+            "per_round": acc,
+            "gain_points": 100 * gain,
+            "standard_error_points": 100 * se,
+            "largest_round_change_points": 100 * swing,
+            "mb_up": summary["bytes_up"] / 1e6,
+            "mb_down": summary["bytes_down"] / 1e6,
+            "trainable_params": summary["trainable_params"],
             "counts": bool(gain > 2 * se and gain > swing / 2),
         }
         v = verdicts[spec.label]
-        print(f"{spec.label}: zero-shot {100 * v['zero_shot']:.1f}% → final {100 * v['final']:.1f}% "
-              f"({v['gain_points']:+.1f} points; standard error {v['standard_error_points']:.1f}, largest "
-              f"round-to-round change {v['largest_round_change_points']:.1f}): "
-              + ("a real gain" if v["counts"] else "NOT above the noise: no learning can be claimed")
-              + f"; {v['mb_up']:.2f} MB up, {v['mb_down']:.2f} MB down")
+        print(
+            f"{spec.label}: zero-shot {100 * v['zero_shot']:.1f}% → final {100 * v['final']:.1f}% "
+            f"({v['gain_points']:+.1f} points; standard error {v['standard_error_points']:.1f}, largest "
+            f"round-to-round change {v['largest_round_change_points']:.1f}): "
+            + ("a real gain" if v["counts"] else "NOT above the noise: no learning can be claimed")
+            + f"; {v['mb_up']:.2f} MB up, {v['mb_down']:.2f} MB down"
+        )
     print(json.dumps({"config": base.to_record(), "runs": verdicts}))
 
 

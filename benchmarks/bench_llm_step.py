@@ -37,18 +37,31 @@ def build(args):
 
     folder = Path(tempfile.gettempdir()) / f"fedkron-bench-mistral-{args.layers}l"
     if not (folder / "config.json").is_file():
-        config = MistralConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=args.layers,
-                               num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
-                               max_position_embeddings=4096, tie_word_embeddings=False)
+        config = MistralConfig(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=args.layers,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=32000,
+            max_position_embeddings=4096,
+            tie_word_embeddings=False,
+        )
         torch.manual_seed(0)
         MistralForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
     if args.prepare:
         return None
     kwargs = {"dtype": torch.bfloat16}
     if args.base == "nf4":
-        kwargs.update(device_map={"": args.device}, quantization_config=BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16))
+        kwargs.update(
+            device_map={"": args.device},
+            quantization_config=BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            ),
+        )
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if args.base != "nf4":
         model = model.to(args.device)
@@ -95,8 +108,13 @@ def one(args) -> dict:
         import resource
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"base": args.base, "adapter": args.adapter, "trainable": sum(p.numel() for p in params),
-            "step_s": statistics.median(times), "peak_bytes": peak}
+    return {
+        "base": args.base,
+        "adapter": args.adapter,
+        "trainable": sum(p.numel() for p in params),
+        "step_s": statistics.median(times),
+        "peak_bytes": peak,
+    }
 
 
 def main() -> None:
@@ -127,7 +145,8 @@ def main() -> None:
     for base in args.bases.split(","):
         for adapter in ADAPTERS:
             argv = [sys.executable, __file__, "--one", "--base", base, "--adapter", adapter] + [
-                f"--{k}={getattr(args, k)}" for k in ("device", "layers", "seq", "batch", "steps", "rank", "threads")]
+                f"--{k}={getattr(args, k)}" for k in ("device", "layers", "seq", "batch", "steps", "rank", "threads")
+            ]
             out = subprocess.run(argv, capture_output=True, text=True)
             if out.returncode:
                 results.append({"base": base, "adapter": adapter, "error": out.stderr.strip().splitlines()[-1]})
@@ -138,16 +157,26 @@ def main() -> None:
     print("| base | adapter | trainable | s / step | × LoRA-8 time | peak GB | × LoRA-8 memory |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        ref = next((x for x in results if x["base"] == r["base"] and x["adapter"] == "lora-8" and "error" not in x), None)
+        ref = next(
+            (x for x in results if x["base"] == r["base"] and x["adapter"] == "lora-8" and "error" not in x), None
+        )
         if "error" in r:
             print(f"| {r['base']} | {r['adapter']} | – | failed: {r['error'][:80]} | | | |")
             continue
         tr = f"{r['step_s'] / ref['step_s']:.3f}" if ref else "–"
         mr = f"{r['peak_bytes'] / ref['peak_bytes']:.3f}" if ref else "–"
-        print(f"| {r['base']} | {r['adapter']} | {r['trainable']:,} | {r['step_s']:.2f} | {tr} | "
-              f"{r['peak_bytes'] / 1e9:.2f} | {mr} |")
-    print(json.dumps({"config": {k: getattr(args, k) for k in ("device", "layers", "seq", "batch", "steps", "rank")},
-                      "results": results}))
+        print(
+            f"| {r['base']} | {r['adapter']} | {r['trainable']:,} | {r['step_s']:.2f} | {tr} | "
+            f"{r['peak_bytes'] / 1e9:.2f} | {mr} |"
+        )
+    print(
+        json.dumps(
+            {
+                "config": {k: getattr(args, k) for k in ("device", "layers", "seq", "batch", "steps", "rank")},
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def _tree_rss() -> int:
 
 
 def main() -> None:
-    from fedkron.config import RunConfig, default_data_dir
+    from fedkron.runconfig.fields import RunConfig, default_data_dir
     from fedkron.sim.simulate import run_sim
 
     data_dir = default_data_dir()
@@ -60,9 +60,17 @@ def main() -> None:
     p.add_argument("--out", default="results/bench-round-overhead")
     args = p.parse_args()
 
-    cfg = RunConfig(model=args.model, task=args.task, method=args.method, quant=args.quant, clients=args.clients,
-                    rounds=args.rounds, local_steps=args.local_steps, out=args.out,
-                    data_dir=data_dir if args.task != "boolq" else "")
+    cfg = RunConfig(
+        model=args.model,
+        task=args.task,
+        method=args.method,
+        uplink=args.uplink,
+        clients=args.clients,
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        out=args.out,
+        data_dir=data_dir if args.task != "boolq" else "",
+    )
     peak = [0]
     done = threading.Event()
 
@@ -82,15 +90,31 @@ def main() -> None:
     per_round = []
     for r in rows[1:]:
         ideal = r["client_seconds"] / actors
-        per_round.append({"round": r["round"], "fit_seconds": r["fit_seconds"], "client_seconds_sum": r["client_seconds"],
-                          "train_seconds_sum": r["train_seconds"], "ideal_seconds": ideal,
-                          "overhead_share": max(0.0, 1 - ideal / r["fit_seconds"]), "eval_seconds": r["seconds"] - r["fit_seconds"]})
-    result = {"config": cfg.to_record(), "parallel_actors": actors, "wall_seconds": wall,
-              "peak_rss_mb": peak[0] / 2**20, "final_accuracy": summary["final_accuracy"], "rounds": per_round}
+        per_round.append(
+            {
+                "round": r["round"],
+                "fit_seconds": r["fit_seconds"],
+                "client_seconds_sum": r["client_seconds"],
+                "train_seconds_sum": r["train_seconds"],
+                "ideal_seconds": ideal,
+                "overhead_share": max(0.0, 1 - ideal / r["fit_seconds"]),
+                "eval_seconds": r["seconds"] - r["fit_seconds"],
+            }
+        )
+    result = {
+        "config": cfg.to_record(),
+        "parallel_actors": actors,
+        "wall_seconds": wall,
+        "peak_rss_mb": peak[0] / 2**20,
+        "final_accuracy": summary["final_accuracy"],
+        "rounds": per_round,
+    }
     print(f"{'round':>5} {'fit s':>8} {'Σ client s':>11} {'ideal s':>8} {'overhead':>9} {'eval s':>7}")
     for r in per_round:
-        print(f"{r['round']:>5} {r['fit_seconds']:8.1f} {r['client_seconds_sum']:11.1f} {r['ideal_seconds']:8.1f} "
-              f"{100 * r['overhead_share']:8.1f}% {r['eval_seconds']:7.1f}")
+        print(
+            f"{r['round']:>5} {r['fit_seconds']:8.1f} {r['client_seconds_sum']:11.1f} {r['ideal_seconds']:8.1f} "
+            f"{100 * r['overhead_share']:8.1f}% {r['eval_seconds']:7.1f}"
+        )
     print(f"wall {wall:.0f} s, peak memory (driver + actors) {peak[0] / 2**20:.0f} MiB")
     print(json.dumps(result))
 

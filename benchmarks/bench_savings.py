@@ -28,32 +28,52 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # method label → RunConfig settings (codecs apply both ways)
 METHODS = {
-    "lora-8-fp32": dict(method="lora", rank=8, aggregation="per-factor", quant="fp32", downlink="fp32"),
-    "flowertune": dict(method="lora", rank=8, aggregation="per-factor", targets="query,value", quant="fp32",
-                       downlink="fp32"),
-    "lora-8-nf4": dict(method="lora", rank=8, aggregation="per-factor", quant="nf4", downlink="nf4"),
-    "ffa-lora-nf4": dict(method="lora", rank=8, aggregation="exact", quant="nf4", downlink="nf4"),
-    "flowertune-nf4": dict(method="lora", rank=8, aggregation="per-factor", targets="query,value", quant="nf4",
-                           downlink="nf4"),
-    "kron-r4-exact": dict(method="kron-lora", rank=4, aggregation="exact", quant="nf4", downlink="nf4"),
-    "kron-r6-exact": dict(method="kron-lora", rank=6, aggregation="exact", quant="nf4", downlink="nf4"),
-    "kron-r8-exact": dict(method="kron-lora", rank=8, aggregation="exact", quant="nf4", downlink="nf4"),
-    "kron-r4": dict(method="kron-lora", rank=4, aggregation="per-factor", quant="nf4", downlink="nf4"),
-    "kron-r2": dict(method="kron-lora", rank=2, aggregation="per-factor", quant="nf4", downlink="nf4"),
-    "kron-r4-exact-avgm": dict(method="kron-lora", rank=4, aggregation="exact", quant="nf4", downlink="nf4",
-                               strategy="fedavgm", server_momentum=0.5),
+    "lora-8-fp32": dict(method="lora", rank=8, aggregation="per-factor", uplink="fp32", downlink="fp32"),
+    "flowertune": dict(
+        method="lora", rank=8, aggregation="per-factor", targets="query,value", uplink="fp32", downlink="fp32"
+    ),
+    "lora-8-nf4": dict(method="lora", rank=8, aggregation="per-factor", uplink="nf4", downlink="nf4"),
+    "ffa-lora-nf4": dict(method="lora", rank=8, aggregation="exact", uplink="nf4", downlink="nf4"),
+    "flowertune-nf4": dict(
+        method="lora", rank=8, aggregation="per-factor", targets="query,value", uplink="nf4", downlink="nf4"
+    ),
+    "kron-r4-exact": dict(method="kron-lora", rank=4, aggregation="exact", uplink="nf4", downlink="nf4"),
+    "kron-r6-exact": dict(method="kron-lora", rank=6, aggregation="exact", uplink="nf4", downlink="nf4"),
+    "kron-r8-exact": dict(method="kron-lora", rank=8, aggregation="exact", uplink="nf4", downlink="nf4"),
+    "kron-r4": dict(method="kron-lora", rank=4, aggregation="per-factor", uplink="nf4", downlink="nf4"),
+    "kron-r2": dict(method="kron-lora", rank=2, aggregation="per-factor", uplink="nf4", downlink="nf4"),
+    "kron-r4-exact-avgm": dict(
+        method="kron-lora",
+        rank=4,
+        aggregation="exact",
+        uplink="nf4",
+        downlink="nf4",
+        strategy="fedavgm",
+        server_momentum=0.5,
+    ),
 }
 BASELINES = ("lora-8-fp32", "flowertune", "lora-8-nf4", "ffa-lora-nf4")
-FEDERATION = dict(task="sst2", clients=20, fraction=0.2, rounds=10, local_steps=15, batch_size=16,
-                  partition="dirichlet", dirichlet_alpha=0.5, local_loss="logit-adjusted", eval_samples=0)
+FEDERATION = dict(
+    task="sst2",
+    clients=20,
+    fraction=0.2,
+    rounds=10,
+    local_steps=15,
+    batch_size=16,
+    partition="dirichlet",
+    dirichlet_alpha=0.5,
+    local_loss="logit-adjusted",
+    eval_samples=0,
+)
 
 
 def run_config(root: Path, task: str, method: str, lr: float, seed: int, extra: dict):
-    from fedkron.config import RunConfig
+    from fedkron.runconfig.fields import RunConfig
 
     out = root / task / method / f"lr{lr:g}" / f"seed{seed}"
-    return RunConfig(**{**FEDERATION, "task": task, **extra, **METHODS[method], "lr": lr, "seed": seed,
-                        "out": str(out)}).resolved()
+    return RunConfig(
+        **{**FEDERATION, "task": task, **extra, **METHODS[method], "lr": lr, "seed": seed, "out": str(out)}
+    ).resolved()
 
 
 def finished(folder: Path) -> bool:
@@ -69,7 +89,9 @@ def cmd_run(args) -> None:
     todo = []
     for seed in map(int, args.seeds.split(",")):
         for method in args.methods.split(","):
-            lrs = [best_lr(Path(args.root), args.task, method)] if args.lrs == "best" else map(float, args.lrs.split(","))
+            lrs = (
+                [best_lr(Path(args.root), args.task, method)] if args.lrs == "best" else map(float, args.lrs.split(","))
+            )
             for lr in lrs:
                 cfg = run_config(Path(args.root), args.task, method, lr, seed, extra)
                 if finished(Path(cfg.out)):
@@ -81,9 +103,13 @@ def cmd_run(args) -> None:
     def report(cfg):
         def show(r):
             acc = "  n/a" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
-            print(f"  {Path(cfg.out).relative_to(args.root)} round {r['round']:>2} acc {acc}  "
-                  f"up {r['bytes_up_total'] / 1e6:.3f} MB  down {r['bytes_down_total'] / 1e6:.3f} MB  "
-                  f"{r['seconds']:.0f} s", flush=True)
+            print(
+                f"  {Path(cfg.out).relative_to(args.root)} round {r['round']:>2} acc {acc}  "
+                f"up {r['bytes_up_total'] / 1e6:.3f} MB  down {r['bytes_down_total'] / 1e6:.3f} MB  "
+                f"{r['seconds']:.0f} s",
+                flush=True,
+            )
+
         return show
 
     if todo:
@@ -114,8 +140,9 @@ def pick_lr(by_lr: dict[float, dict[int, dict]]) -> float:
     """The rate with the best mean last-3 accuracy over the seeds run at *every* rate of the grid
     (seeds added later at the chosen rate do not change the choice); all seeds if none is shared."""
     shared = set.intersection(*(set(seeds) for seeds in by_lr.values()))
-    return max(by_lr, key=lambda lr: statistics.mean(r["last3"] for s, r in by_lr[lr].items()
-                                                     if not shared or s in shared))
+    return max(
+        by_lr, key=lambda lr: statistics.mean(r["last3"] for s, r in by_lr[lr].items() if not shared or s in shared)
+    )
 
 
 def read(folder: Path) -> dict:
@@ -125,9 +152,16 @@ def read(folder: Path) -> dict:
     ledger = Ledger.read_csv(folder / "ledger.csv")
     cumulative = [r["bytes_up_total"] + r["bytes_down_total"] for r in rows]
     acc = [r["accuracy"] for r in rows]
-    return {"acc": acc, "last3": statistics.mean(acc[-3:]), "best": max(acc[1:]), "final": acc[-1],
-            "up": ledger.total("up"), "down": ledger.total("down"), "cumulative": cumulative,
-            "majority": rows[0]["majority_baseline"]}
+    return {
+        "acc": acc,
+        "last3": statistics.mean(acc[-3:]),
+        "best": max(acc[1:]),
+        "final": acc[-1],
+        "up": ledger.total("up"),
+        "down": ledger.total("down"),
+        "cumulative": cumulative,
+        "majority": rows[0]["majority_baseline"],
+    }
 
 
 def bytes_to(run: dict, target: float) -> int | None:
@@ -149,18 +183,24 @@ def cmd_report(args) -> None:
     for method, (lr, seeds) in chosen.items():
         grid = ", ".join(f"{x:g}" + ("*" if x == lr else "") for x in sorted(runs[method]))
         l3 = [100 * r["last3"] for r in seeds.values()]
-        print(f"| {method} | {grid} | {len(seeds)} | {statistics.mean(l3):.1f} ± {_sd(l3):.1f} | "
-              f"{statistics.mean(100 * r['final'] for r in seeds.values()):.1f} | "
-              f"{statistics.mean(100 * r['best'] for r in seeds.values()):.1f} | "
-              f"{statistics.mean(r['up'] for r in seeds.values()) / 1e6:.3f} | "
-              f"{statistics.mean(r['up'] + r['down'] for r in seeds.values()) / 1e6:.3f} |")
+        print(
+            f"| {method} | {grid} | {len(seeds)} | {statistics.mean(l3):.1f} ± {_sd(l3):.1f} | "
+            f"{statistics.mean(100 * r['final'] for r in seeds.values()):.1f} | "
+            f"{statistics.mean(100 * r['best'] for r in seeds.values()):.1f} | "
+            f"{statistics.mean(r['up'] for r in seeds.values()) / 1e6:.3f} | "
+            f"{statistics.mean(r['up'] + r['down'] for r in seeds.values()) / 1e6:.3f} |"
+        )
     out = {"chosen": {m: {"lr": lr, "seeds": sorted(s)} for m, (lr, s) in chosen.items()}, "versus": {}}
     for base in (b for b in BASELINES if b in chosen):
         blr, bseeds = chosen[base]
-        targets = ", ".join(f"seed {s}: {100 * (args.target or r['best'] - 0.01):.1f}%" for s, r in sorted(bseeds.items()))
+        targets = ", ".join(
+            f"seed {s}: {100 * (args.target or r['best'] - 0.01):.1f}%" for s, r in sorted(bseeds.items())
+        )
         print(f"\nagainst {base} (lr {blr:g}; target accuracy {targets}):\n")
-        print("| method | seeds | last-3 gap (points, mean ± sd) | total saving × | uplink saving × | "
-              "bytes-to-target saving × |")
+        print(
+            "| method | seeds | last-3 gap (points, mean ± sd) | total saving × | uplink saving × | "
+            "bytes-to-target saving × |"
+        )
         print("|---|---|---|---|---|---|")
         for method, (lr, seeds) in chosen.items():
             common = sorted(set(seeds) & set(bseeds))
@@ -175,13 +215,22 @@ def cmd_report(args) -> None:
                 mine, theirs = bytes_to(seeds[s], target), bytes_to(bseeds[s], target)
                 to_target.append(None if mine is None else theirs / mine)
             reached = [x for x in to_target if x is not None]
-            tt = f"{statistics.mean(reached):.1f} ({len(reached)}/{len(common)} seeds reached)" if reached else \
-                f"target not reached (0/{len(common)})"
-            print(f"| {method} | {len(common)} | {statistics.mean(gap):+.1f} ± {_sd(gap):.1f} | "
-                  f"{statistics.mean(total):.1f} | {statistics.mean(up):.1f} | {tt} |")
-            out["versus"].setdefault(base, {})[method] = {"seeds": common, "last3_gap_points": gap,
-                                                         "total_saving": total, "uplink_saving": up,
-                                                         "bytes_to_target_saving": to_target}
+            tt = (
+                f"{statistics.mean(reached):.1f} ({len(reached)}/{len(common)} seeds reached)"
+                if reached
+                else f"target not reached (0/{len(common)})"
+            )
+            print(
+                f"| {method} | {len(common)} | {statistics.mean(gap):+.1f} ± {_sd(gap):.1f} | "
+                f"{statistics.mean(total):.1f} | {statistics.mean(up):.1f} | {tt} |"
+            )
+            out["versus"].setdefault(base, {})[method] = {
+                "seeds": common,
+                "last3_gap_points": gap,
+                "total_saving": total,
+                "uplink_saving": up,
+                "bytes_to_target_saving": to_target,
+            }
     print(json.dumps(out))
 
 
@@ -197,7 +246,7 @@ def main() -> None:
     p.add_argument("--methods", default="kron-r4-exact,lora-8-fp32,flowertune")
     p.add_argument("--lrs", default="2e-3", help="comma-separated rates, or 'best': each method's best so far")
     p.add_argument("--seeds", default="0")
-    p.add_argument("--extra", default="", help="JSON of further RunConfig settings, e.g. '{\"data_dir\": \"...\"}'")
+    p.add_argument("--extra", default="", help='JSON of further RunConfig settings, e.g. \'{"data_dir": "..."}\'')
     p.add_argument("--target", type=float, default=0.0, help="accuracy target (0 = each baseline's best - 1 point)")
     args = p.parse_args()
     {"run": cmd_run, "report": cmd_report}[args.command](args)

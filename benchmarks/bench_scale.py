@@ -77,21 +77,36 @@ def run_one(args: argparse.Namespace, clients: int) -> dict:
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if lines:
         result.update(json.loads(lines[-1]))
-    result.update(wall_seconds=time.perf_counter() - t0, peak_rss_mb=peak["total"] / 2**20,
-                  peak_driver_rss_mb=peak["driver"] / 2**20, peak_processes=peak["procs"])
+    result.update(
+        wall_seconds=time.perf_counter() - t0,
+        peak_rss_mb=peak["total"] / 2**20,
+        peak_driver_rss_mb=peak["driver"] / 2**20,
+        peak_processes=peak["procs"],
+    )
     return result
 
 
 def child_main(args: argparse.Namespace) -> None:
     """Run one simulation and print its per-round figures as one JSON line."""
-    from fedkron.config import RunConfig
+    from fedkron.runconfig.fields import RunConfig
     from fedkron.server.ledger import Ledger
     from fedkron.sim.simulate import prepared, run_many
 
     clients = args.one
-    cfg = RunConfig(model=args.model, task="sst2", clients=clients, fraction=min(1.0, args.per_round / clients),
-                    rounds=args.rounds, local_steps=args.local_steps, batch_size=8, max_length=args.max_length,
-                    eval_samples=args.eval_samples, devices=args.devices, out=args.out, overwrite=True)
+    cfg = RunConfig(
+        model=args.model,
+        task="sst2",
+        clients=clients,
+        fraction=min(1.0, args.per_round / clients),
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        batch_size=8,
+        max_length=args.max_length,
+        eval_samples=args.eval_samples,
+        devices=args.devices,
+        out=args.out,
+        overwrite=True,
+    )
     t0, cpu0 = time.perf_counter(), time.process_time()
     (summary,) = run_many([prepared(cfg)], query_partitions=args.query_partitions)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -99,13 +114,23 @@ def child_main(args: argparse.Namespace) -> None:
     ledger = Ledger.read_csv(Path(args.out) / "ledger.csv")
     queries = [r for r in ledger.rows if r.kind == "query"]
     trained = [r for r in rows if r["round"] >= 1]
-    print(json.dumps({
-        "status": summary["status"], "run_seconds": wall, "driver_cpu_seconds": cpu, "sampled_per_round": cfg.sampled_per_round(),
-        "round_seconds": [r["seconds"] for r in trained],
-        "round1_sample_seconds": trained[0].get("sample_seconds") if trained else None,
-        "query_messages": len(queries), "query_bytes": sum(r.serialized for r in queries),
-        "accepted": [r["accepted"] for r in trained], "sim_seconds": [r.get("sim_seconds") for r in trained],
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "status": summary["status"],
+                "run_seconds": wall,
+                "driver_cpu_seconds": cpu,
+                "sampled_per_round": cfg.sampled_per_round(),
+                "round_seconds": [r["seconds"] for r in trained],
+                "round1_sample_seconds": trained[0].get("sample_seconds") if trained else None,
+                "query_messages": len(queries),
+                "query_bytes": sum(r.serialized for r in queries),
+                "accepted": [r["accepted"] for r in trained],
+                "sim_seconds": [r.get("sim_seconds") for r in trained],
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -124,25 +149,45 @@ def main() -> None:
     args = p.parse_args()
     if args.one:
         return child_main(args)
-    args.passthrough = [f"--model={args.model}", f"--per-round={args.per_round}", f"--rounds={args.rounds}",
-                        f"--local-steps={args.local_steps}", f"--max-length={args.max_length}",
-                        f"--eval-samples={args.eval_samples}", f"--devices={args.devices}"]
+    args.passthrough = [
+        f"--model={args.model}",
+        f"--per-round={args.per_round}",
+        f"--rounds={args.rounds}",
+        f"--local-steps={args.local_steps}",
+        f"--max-length={args.max_length}",
+        f"--eval-samples={args.eval_samples}",
+        f"--devices={args.devices}",
+    ]
     args.passthrough += ["--query-partitions"] if args.query_partitions else []
     results = [run_one(args, int(n)) for n in args.clients.split(",")]
     base = results[0]["peak_rss_mb"] or float("nan")
-    print(f"{'clients':>8} {'per round':>9} {'peak RSS MiB':>13} {'vs first':>8} {'driver MiB':>10} {'procs':>5} "
-          f"{'round s':>16} {'choose r1 s':>11} {'queries':>7} {'driver CPU s':>12} {'status':>10}")
+    print(
+        f"{'clients':>8} {'per round':>9} {'peak RSS MiB':>13} {'vs first':>8} {'driver MiB':>10} {'procs':>5} "
+        f"{'round s':>16} {'choose r1 s':>11} {'queries':>7} {'driver CPU s':>12} {'status':>10}"
+    )
     for r in results:
         rounds = ", ".join(f"{s:.1f}" for s in r.get("round_seconds", []))
-        print(f"{r['clients']:>8} {r.get('sampled_per_round', '–'):>9} {r['peak_rss_mb']:13.0f} "
-              f"{r['peak_rss_mb'] / base:8.3f} {r['peak_driver_rss_mb']:10.0f} {r['peak_processes']:>5} "
-              f"{rounds:>16} {r.get('round1_sample_seconds') or 0:11.2f} {r.get('query_messages', '–'):>7} "
-              f"{r.get('driver_cpu_seconds') or 0:12.1f} {r['status']:>10}")
+        print(
+            f"{r['clients']:>8} {r.get('sampled_per_round', '–'):>9} {r['peak_rss_mb']:13.0f} "
+            f"{r['peak_rss_mb'] / base:8.3f} {r['peak_driver_rss_mb']:10.0f} {r['peak_processes']:>5} "
+            f"{rounds:>16} {r.get('round1_sample_seconds') or 0:11.2f} {r.get('query_messages', '–'):>7} "
+            f"{r.get('driver_cpu_seconds') or 0:12.1f} {r['status']:>10}"
+        )
     ratio = results[-1]["peak_rss_mb"] / base
     print(f"peak RSS {results[-1]['clients']} / {results[0]['clients']} clients: {ratio:.3f} (goal ≤ 1.10)")
-    print(json.dumps({"model": args.model, "per_round": args.per_round, "rounds": args.rounds,
-                      "query_partitions": args.query_partitions, "devices": args.devices, "results": results,
-                      "peak_rss_ratio_last_over_first": ratio}))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "per_round": args.per_round,
+                "rounds": args.rounds,
+                "query_partitions": args.query_partitions,
+                "devices": args.devices,
+                "results": results,
+                "peak_rss_ratio_last_over_first": ratio,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

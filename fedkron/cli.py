@@ -1,9 +1,9 @@
 """The ``fedkron`` command: parses flags into one RunConfig and hands it on.
 
-    fedkron sim       one simulated federation (Ray), the embedded offline default with no flags
-    fedkron compare   several methods/codecs on the same task, partition and client schedule
-                      (the offline default: Kron-LoRA nf4 vs LoRA fp32 on BoolQ)
-    fedkron deploy    certificates, node keys and SuperLink/SuperNode commands for real edge nodes
+fedkron sim       one simulated federation (Ray), the embedded offline default with no flags
+fedkron compare   several methods/codecs on the same task, partition and client schedule
+                  (the offline default: Kron-LoRA nf4 vs LoRA fp32 on BoolQ)
+fedkron deploy    certificates, node keys and SuperLink/SuperNode commands for real edge nodes
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import argparse
 import dataclasses
 import sys
 
-from fedkron.config import ConfigError, RunConfig, bits_to_codec
+from fedkron.logs import quiet_third_party
+from fedkron.runconfig.fields import ConfigError, RunConfig, bits_to_codec
 from fedkron.server.ledger import MB
 
-
 CLI_ONLY = {  # flags that are not run-config fields: sugar and output
-    "--bits": "uplink bits: 4 = nf4 (or `--quant fp4`), 8 = int8, 16 = fp16, 32 = fp32",
+    "--bits": "uplink bits: 4 = nf4 (or `--uplink fp4`), 8 = int8, 16 = fp16, 32 = fp32",
     "--verbose": "show Flower's, Ray's and transformers' own logs",
 }
 _PER_TASK = ("max_length", "clients", "rounds", "local_steps", "eval_samples")
@@ -53,25 +53,34 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:  # choices are checked with every other value, so all problems are reported at once
             kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            group.add_argument(flag, type=kind, default=None, help=text, metavar=flag[2:].split("-")[-1].upper())
-        if f.name == "quant":
+            aliases = ("--quant",) if f.name == "uplink" else ()  # deprecated name, until 0.3
+            group.add_argument(
+                flag, *aliases, type=kind, default=None, help=text, metavar=flag[2:].split("-")[-1].upper()
+            )
+        if f.name == "uplink":
             group.add_argument("--bits", type=int, choices=(4, 8, 16, 32), help=CLI_ONLY["--bits"] + " (default 4)")
     groups["output"].add_argument("--verbose", action="store_true", help=CLI_ONLY["--verbose"])
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Flags → RunConfig; flags not given keep the config (and task) defaults."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
-              if f.metadata.get("cli", True) and getattr(args, f.name, None) is not None}
-    zeros = [f"--{k.replace('_', '-')} must be ≥ 1 (got 0; leave it out for the task's default)"
-             for k in _PER_TASK if k != "eval_samples" and values.get(k) == 0]
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(RunConfig)
+        if f.metadata.get("cli", True) and getattr(args, f.name, None) is not None
+    }
+    zeros = [
+        f"--{k.replace('_', '-')} must be ≥ 1 (got 0; leave it out for the task's default)"
+        for k in _PER_TASK
+        if k != "eval_samples" and values.get(k) == 0
+    ]
     if zeros:
         raise ConfigError("invalid run config:\n  - " + "\n  - ".join(zeros))
     if args.bits is not None:
-        values["quant"] = bits_to_codec(args.bits, args.quant)
+        values["uplink"] = bits_to_codec(args.bits, args.uplink)
     cfg = RunConfig.from_mapping(values)
     if args.out is None:
-        cfg.out = f"results/{cfg.task}-{cfg.method}-{cfg.quant}"
+        cfg.out = f"results/{cfg.task}-{cfg.method}-{cfg.uplink}"
     return cfg
 
 
@@ -79,8 +88,9 @@ def flag_table() -> str:
     """The README's flag table of ``fedkron sim``, made from the parser (a test keeps them equal)."""
     parser = build_parser()
     sim = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "sim")[1]
-    defaults = {"--" + f.name.replace("_", "-"): default_text(f) for f in dataclasses.fields(RunConfig)
-                if f.metadata["cli"]}
+    defaults = {
+        "--" + f.name.replace("_", "-"): default_text(f) for f in dataclasses.fields(RunConfig) if f.metadata["cli"]
+    }
     rows = ["| flag | meaning | default |", "|---|---|---|"]
     for action in sim._actions:
         flags = [o for o in action.option_strings if o.startswith("--") and not o.startswith("--no-")]
@@ -88,8 +98,13 @@ def flag_table() -> str:
             continue
         meaning = (action.help or "").replace("%%", "%").split(" (default ")[0]
         default = defaults.get(flags[0], "off" if flags[0] == "--verbose" else "4" if flags[0] == "--bits" else "")
-        shown = f"`{flags[0]}`, `--no-{flags[0][2:]}`" if isinstance(action, argparse.BooleanOptionalAction) \
-            else f"`{flags[0]} {action.metavar}`" if flags[0] == "--resume" else f"`{flags[0]}`"
+        shown = (
+            f"`{flags[0]}`, `--no-{flags[0][2:]}`"
+            if isinstance(action, argparse.BooleanOptionalAction)
+            else f"`{flags[0]} {action.metavar}`"
+            if flags[0] == "--resume"
+            else f"`{flags[0]}`"
+        )
         rows.append(f"| {shown} | {meaning.replace('|', '/')} | {default or '–'} |")
     return "\n".join(rows)
 
@@ -99,8 +114,11 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from fedkron.sim.simulate import run_sim
 
     cfg = resume_config(args) if args.resume else config_from_args(args).resolved()
-    print(f"fedkron sim: {cfg.method} on {cfg.task} ({cfg.model}), uplink {cfg.quant}, "
-          f"{cfg.clients} clients × {cfg.rounds} rounds × {cfg.local_steps} local steps → {cfg.out}", flush=True)
+    print(
+        f"fedkron sim: {cfg.method} on {cfg.task} ({cfg.model}), uplink {cfg.uplink}, "
+        f"{cfg.clients} clients × {cfg.rounds} rounds × {cfg.local_steps} local steps → {cfg.out}",
+        flush=True,
+    )
     summary = run_sim(cfg, progress=lambda row: print(format_round(row), flush=True), verbose=args.verbose)
     print(summary_text(summary, cfg.out))
     return 0
@@ -118,11 +136,16 @@ def resume_config(args: argparse.Namespace) -> RunConfig:
     saved = folder / "config.json"
     if not saved.is_file():
         raise ConfigError(f"--resume {folder}: no config.json there (not a fedkron results folder)")
-    given = [k for k, v in vars(args).items() if k not in ("resume", "func", "command", "verbose", "rounds")
-             and v is not None]
+    given = [
+        k
+        for k, v in vars(args).items()
+        if k not in ("resume", "func", "command", "verbose", "rounds") and v is not None
+    ]
     if given:
-        raise ConfigError("--resume continues a run with its saved config; drop the other run flags "
-                          "(only --rounds may be given, to extend the run)")
+        raise ConfigError(
+            "--resume continues a run with its saved config; drop the other run flags "
+            "(only --rounds may be given, to extend the run)"
+        )
     cfg = RunConfig.from_mapping(json.loads(saved.read_text()))
     cfg.resume, cfg.out = True, str(folder)
     if args.rounds is not None:
@@ -135,15 +158,17 @@ def resume_config(args: argparse.Namespace) -> RunConfig:
 def summary_text(s: dict, out: str) -> str:
     acc = s.get("final_accuracy")
     acc_txt = "n/a" if acc is None else f"{100 * acc:.1f}%"
-    return "\n".join([
-        f"done: {s['status']} in {s['seconds']:.0f} s",
-        f"  held-out accuracy {acc_txt} (best {100 * (s.get('best_accuracy') or 0):.1f}%, "
-        f"before training {100 * (s.get('initial_accuracy') or 0):.1f}%) vs majority-class baseline "
-        f"{100 * (s['majority_baseline'] or 0):.1f}%  [{s['eval_note']}]",
-        f"  trainable params {s['trainable_params']:,}; uplink {s['bytes_up'] / MB:.3f} MB "
-        f"({s['mb_up_per_client_round']:.4f} MB per client-round, {s['codec']}), downlink {s['bytes_down'] / MB:.3f} MB",
-        f"  results: {out}/ (metrics.jsonl, summary.json, ledger.csv, adapter/, accuracy_and_mb.png)",
-    ])
+    return "\n".join(
+        [
+            f"done: {s['status']} in {s['seconds']:.0f} s",
+            f"  held-out accuracy {acc_txt} (best {100 * (s.get('best_accuracy') or 0):.1f}%, "
+            f"before training {100 * (s.get('initial_accuracy') or 0):.1f}%) vs majority-class baseline "
+            f"{100 * (s['majority_baseline'] or 0):.1f}%  [{s['eval_note']}]",
+            f"  trainable params {s['trainable_params']:,}; uplink {s['bytes_up'] / MB:.3f} MB "
+            f"({s['mb_up_per_client_round']:.4f} MB per client-round, {s['codec']}), downlink {s['bytes_down'] / MB:.3f} MB",
+            f"  results: {out}/ (metrics.jsonl, summary.json, ledger.csv, adapter/, accuracy_and_mb.png)",
+        ]
+    )
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -155,9 +180,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = args.out or f"results/compare-{base.task}"
     print(f"fedkron compare: {', '.join(s.label for s in specs)} on {base.task} ({base.model}) → {out}", flush=True)
     lora = LoraSettings(rank=args.lora_rank, lr=args.lora_lr, targets=args.lora_targets)
-    report = run_compare(base, specs, out, lora=lora, resume=args.resume, downlink=args.downlink,
-                         verbose=args.verbose,
-                         progress=lambda label, row: print(f"[{label}] {format_round(row)}", flush=True))
+    report = run_compare(
+        base,
+        specs,
+        out,
+        lora=lora,
+        resume=args.resume,
+        downlink=args.downlink,
+        verbose=args.verbose,
+        progress=lambda label, row: print(f"[{label}] {format_round(row)}", flush=True),
+    )
     print(f"report: {report}")
     return 0
 
@@ -165,28 +197,40 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from fedkron.sim.compare import DEFAULT_RUNS
 
-    parser = argparse.ArgumentParser(prog="fedkron", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fedkron", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_sim = sub.add_parser("sim", help="run one simulated federation (Ray)")
     _add_run_flags(p_sim)
-    p_sim.add_argument("--resume", metavar="DIR", help="continue the run in results folder DIR from its last completed round")
+    p_sim.add_argument(
+        "--resume", metavar="DIR", help="continue the run in results folder DIR from its last completed round"
+    )
     p_sim.set_defaults(func=cmd_sim)
     p_cmp = sub.add_parser("compare", help="several methods/codecs on one task, seed and client schedule")
-    p_cmp.add_argument("--runs", default=DEFAULT_RUNS,
-                       help=f"comma-separated method:codec[:aggregation] runs, the codec used both ways (default "
-                            f"{DEFAULT_RUNS}); presets: flowertune (LoRA-8 on query,value, fp32: Flower's recipe), "
-                            "ffa-lora[:codec] (LoRA with A frozen: exact); e.g. kron-lora:nf4:exact,lora:nf4,lora:fp32")
+    p_cmp.add_argument(
+        "--runs",
+        default=DEFAULT_RUNS,
+        help=f"comma-separated method:codec[:aggregation] runs, the codec used both ways (default "
+        f"{DEFAULT_RUNS}); presets: flowertune (LoRA-8 on query,value, fp32: Flower's recipe), "
+        "ffa-lora[:codec] (LoRA with A frozen: exact); e.g. kron-lora:nf4:exact,lora:nf4,lora:fp32",
+    )
     p_cmp.add_argument("--lora-rank", type=int, default=8, help="rank of the LoRA runs (default 8)")
     p_cmp.add_argument("--lora-lr", type=float, help="learning rate of the LoRA runs (default: --lr)")
     p_cmp.add_argument("--lora-targets", help="adapted layers of the LoRA runs, e.g. query,value (default: --targets)")
-    p_cmp.add_argument("--resume", action="store_true",
-                       help="continue the compare in --out: keep runs finished there with the same "
-                            "settings, continue a run cut off mid-way from its last checkpoint")
+    p_cmp.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the compare in --out: keep runs finished there with the same "
+        "settings, continue a run cut off mid-way from its last checkpoint",
+    )
     _add_run_flags(p_cmp)
     p_cmp.set_defaults(func=cmd_compare)
-    sub.add_parser("deploy", help="TLS certificates, node keys and SuperLink/SuperNode commands "
-                                  "(fedkron deploy --help; see docs/deployment.md)")
+    sub.add_parser(
+        "deploy",
+        help="TLS certificates, node keys and SuperLink/SuperNode commands "
+        "(fedkron deploy --help; see docs/deployment.md)",
+    )
     return parser
 
 
@@ -198,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         return deploy_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not getattr(args, "verbose", False):
+        quiet_third_party()
     try:
         return args.func(args)
     except ConfigError as err:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -74,8 +75,9 @@ def config_digest(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(dict(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def make_broadcast(encoded: Encoded, run_config: Mapping[str, Any], defaults: Mapping[str, Any],
-                   server: Mapping[str, Any]) -> RecordDict:
+def make_broadcast(
+    encoded: Encoded, run_config: Mapping[str, Any], defaults: Mapping[str, Any], server: Mapping[str, Any]
+) -> RecordDict:
     """The encoded global factors, the run config and this round's ``server`` entries.
 
     Only settings that differ from ``defaults`` travel (both sides run the same fedkron, so they
@@ -104,16 +106,25 @@ def read_broadcast(content: RecordDict, defaults: Mapping[str, Any]) -> Broadcas
     server = {k: sent.pop(k) for k in (ROUND, FROZEN_DIGEST, ROUND_LR, CONFIG_DIGEST) if k in sent}
     unknown = sorted(set(sent) - set(defaults))
     if unknown:
-        raise ValueError(f"the server sent settings this client does not know: {', '.join(unknown)} "
-                         "(server and clients must run the same fedkron version)")
+        raise ValueError(
+            f"the server sent settings this client does not know: {', '.join(unknown)} "
+            "(server and clients must run the same fedkron version)"
+        )
     config = {k: v for k, v in {**defaults, **sent}.items() if k not in SERVER_ONLY}
     if server.get(CONFIG_DIGEST) != config_digest(config):
-        raise ValueError("the run config rebuilt from this client's defaults differs from the server's "
-                         "(server and clients must run the same fedkron version)")
+        raise ValueError(
+            "the run config rebuilt from this client's defaults differs from the server's "
+            "(server and clients must run the same fedkron version)"
+        )
     encoded = from_records(content[ARRAYS], content[MANIFEST])
     lr = server.get(ROUND_LR)
-    return Broadcast(state=decode(encoded), config=config, server_round=int(server[ROUND]),
-                     round_lr=None if lr is None else float(lr), frozen_digest=server.get(FROZEN_DIGEST))
+    return Broadcast(
+        state=decode(encoded),
+        config=config,
+        server_round=int(server[ROUND]),
+        round_lr=None if lr is None else float(lr),
+        frozen_digest=server.get(FROZEN_DIGEST),
+    )
 
 
 # --- client → server ----------------------------------------------------------------------------
@@ -158,8 +169,9 @@ def read_reply(
     """Decode and check one training reply, or raise :class:`RejectedReply` (the partition id it
     reports is compared with the node's by the caller)."""
     content = msg.content
-    arrays, manifest, metrics = _records(content, (ARRAYS, ArrayRecord), (MANIFEST, ConfigRecord),
-                                         (METRICS, MetricRecord))
+    arrays, manifest, metrics = _records(
+        content, (ARRAYS, ArrayRecord), (MANIFEST, ConfigRecord), (METRICS, MetricRecord)
+    )
     pid = _integer(metrics, PARTITION_ID, 0, MAX_PARTITIONS - 1)
     num_examples = _integer(metrics, NUM_EXAMPLES, 1, max_examples)
     numbers = {TRAIN_LOSS: _number(metrics, TRAIN_LOSS, 0.0, math.inf)}
@@ -177,8 +189,14 @@ def read_reply(
     norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in update.values()))
     if norm > max_update_norm:
         raise RejectedReply(f"update norm {norm:.3g} exceeds the bound {max_update_norm:.3g}")
-    return ValidReply(node_id=msg.metadata.src_node_id, partition_id=pid, update=update,
-                      num_examples=num_examples, metrics=numbers, norm=norm)
+    return ValidReply(
+        node_id=msg.metadata.src_node_id,
+        partition_id=pid,
+        update=update,
+        num_examples=num_examples,
+        metrics=numbers,
+        norm=norm,
+    )
 
 
 def read_eval_reply(msg: Message, max_examples: int = 10**9) -> tuple[int, float, float | None]:

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedkron.cli import flag_table  # noqa: E402
-from fedkron.config import RunConfig  # noqa: E402
+from fedkron.runconfig.fields import RunConfig  # noqa: E402
 
 HEADER = """[tool.flwr.app.config]
 # Every key is a fedkron RunConfig field ("-" for "_"), at its default (made by scripts/sync_docs.py):
@@ -37,7 +37,7 @@ def main() -> None:
     text = pyproject.read_text()
     start = text.index("[tool.flwr.app.config]")
     end = text.find("\n[", start + 1)
-    pyproject.write_text(text[:start] + app_config() + ("" if end < 0 else text[end + 1:]))
+    pyproject.write_text(text[:start] + app_config() + ("" if end < 0 else text[end + 1 :]))
     readme = ROOT / "README.md"
     text = readme.read_text()
     start = text.index("| flag | meaning | default |")

@@ -17,9 +17,21 @@ from fedkron.compression import decode, from_records, get_codec, to_records
 from fedkron.protocol import ARRAYS as ARRAYS_KEY
 from fedkron.protocol import MANIFEST as MANIFEST_KEY
 
-FAULTS = ("nan-scales", "truncated", "bad-manifest", "wrong-shape", "scale-100", "sign-flip", "raise",
-          # a reply's other fields (issue: one client could end the run)
-          "nan-partition", "huge-header", "claim-examples", "overflow", "zero-update")
+FAULTS = (
+    "nan-scales",
+    "truncated",
+    "bad-manifest",
+    "wrong-shape",
+    "scale-100",
+    "sign-flip",
+    "raise",
+    # a reply's other fields (issue: one client could end the run)
+    "nan-partition",
+    "huge-header",
+    "claim-examples",
+    "overflow",
+    "zero-update",
+)
 QUERY_FAULTS = ("no-info", "dup-partition", "float-partition")  # answers to the partition query
 
 
@@ -30,7 +42,8 @@ def _reencode(reply: Message, change) -> None:
     encoded = from_records(content[ARRAYS_KEY], content[MANIFEST_KEY])
     update = change(decode(encoded))
     content[ARRAYS_KEY], content[MANIFEST_KEY] = to_records(
-        get_codec(encoded.codec, **encoded.codec_options).encode(update))
+        get_codec(encoded.codec, **encoded.codec_options).encode(update)
+    )
 
 
 def corrupt(reply: Message, fault: str) -> Message:
@@ -73,8 +86,12 @@ def corrupt(reply: Message, fault: str) -> Message:
         arr = arrays["codes"]
         header = b"{'descr': '|u1', 'fortran_order': False, 'shape': (1000000000000,), }"
         header += b" " * (63 - (len(header) + 10) % 64) + b"\n"
-        arrays["codes"] = Array(dtype=arr.dtype, shape=tuple(arr.shape), stype=arr.stype,
-                                data=b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
+        arrays["codes"] = Array(
+            dtype=arr.dtype,
+            shape=tuple(arr.shape),
+            stype=arr.stype,
+            data=b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header,
+        )
     else:
         raise ValueError(f"unknown fault {fault!r}; choose from {FAULTS}")
     return reply

@@ -28,7 +28,9 @@ def _trained():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=420, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=420,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS, trainer)
@@ -53,8 +55,15 @@ def tiny_llama(vocab_size: int = 420, seed: int = 0):
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-        vocab_size=vocab_size, max_position_embeddings=256, tie_word_embeddings=False, initializer_range=0.2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        initializer_range=0.2,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -63,8 +72,9 @@ def tiny_gpt2(vocab_size: int = 420, seed: int = 0):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=vocab_size, n_positions=256, bos_token_id=0,
-                        eos_token_id=0)
+    config = GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, vocab_size=vocab_size, n_positions=256, bos_token_id=0, eos_token_id=0
+    )
     return GPT2LMHeadModel(config).eval()
 
 
@@ -73,8 +83,15 @@ def tiny_t5(vocab_size: int = 420, seed: int = 0):
 
     torch.manual_seed(seed)
     config = T5Config(
-        vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-        decoder_start_token_id=0, pad_token_id=0,
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
     )
     return T5ForConditionalGeneration(config).eval()
 

@@ -16,16 +16,22 @@ Handler = Callable[[Message, Context], Message]
 
 
 class LoopbackGrid(Grid):
-    def __init__(self, num_nodes: int, handler: Handler, node_config: Callable[[int], dict] | None = None,
-                 first_node_id: int = 1001):
+    def __init__(
+        self,
+        num_nodes: int,
+        handler: Handler,
+        node_config: Callable[[int], dict] | None = None,
+        first_node_id: int = 1001,
+    ):
         """``num_nodes`` nodes (node id ``first_node_id + i`` holds partition ``i`` of ``num_nodes``
         unless ``node_config(i)`` says otherwise) that answer every message with ``handler``."""
         self.handler = handler
         self.contexts: dict[int, Context] = {}
         for i in range(num_nodes):
             cfg = node_config(i) if node_config else {"partition-id": i, "num-partitions": num_nodes}
-            self.contexts[first_node_id + i] = Context(run_id=1, node_id=first_node_id + i, node_config=cfg,
-                                                       state=RecordDict(), run_config={})
+            self.contexts[first_node_id + i] = Context(
+                run_id=1, node_id=first_node_id + i, node_config=cfg, state=RecordDict(), run_config={}
+            )
         self.sent: list[Message] = []
         self.dead: set[int] = set()  # nodes that never reply
 
@@ -48,7 +54,7 @@ class LoopbackGrid(Grid):
         ids = []
         for reply in self._answer(messages):
             self._waiting[reply.metadata.reply_to_message_id] = reply
-        for msg in self.sent[-len(list(messages)) if messages else 0:]:
+        for msg in self.sent[-len(list(messages)) if messages else 0 :]:
             ids.append(msg.metadata.message_id)
         return ids
 

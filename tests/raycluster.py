@@ -31,13 +31,20 @@ class RayCluster:
 
     def _ray_start(self, *args: str) -> None:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-        cmd = ["ray", "start", "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}", f"--temp-dir={self.temp_dir}",
-               "--disable-usage-stats", *args]
+        cmd = [
+            "ray",
+            "start",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={self.cpus}",
+            f"--temp-dir={self.temp_dir}",
+            "--disable-usage-stats",
+            *args,
+        ]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         if done.returncode:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
 
-    def __enter__(self) -> "RayCluster":
+    def __enter__(self) -> RayCluster:
         try:
             self._ray_start("--head", f"--port={self.port}", "--include-dashboard=false")
             for _ in range(self.nodes - 1):

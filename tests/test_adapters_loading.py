@@ -21,9 +21,10 @@ from fedkron.adapters import (
     import_peft,
     inject,
     load_adapter,
+    peft_interop,
     save_adapter,
+    storage,
 )
-from fedkron.adapters import peft_interop, storage
 from fedkron.adapters.model import STATE_ATTR
 
 BERT = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, vocab_size=100)
@@ -80,7 +81,9 @@ def test_a_tampered_huge_rank_is_refused_before_anything_is_allocated_or_injecte
     edit_meta(saved, lambda m: m["config"].update(rank=10**9))  # 10^9 × 64 float32 per factor: 256 GB
     model = tiny_bert()
     before = snapshot(model)
-    with pytest.raises(AdapterStateError, match=r"kron_B1' has shape \(\d+, 4\), the model expects \(\d+, 1000000000\)"):
+    with pytest.raises(
+        AdapterStateError, match=r"kron_B1' has shape \(\d+, 4\), the model expects \(\d+, 1000000000\)"
+    ):
         load_adapter(model, saved)
     assert_untouched(model, before)
 
@@ -184,7 +187,11 @@ def peft_lora(tmp_path):
         (lambda m: m.update(r=0, use_rslora=True), PeftExportError, "field 'r' must be a positive int, got 0"),
         (lambda m: m.update(r=True), PeftExportError, "field 'r' must be a positive int"),
         (lambda m: m.update(lora_alpha=float("nan")), PeftExportError, "field 'lora_alpha' must be a finite number"),
-        (lambda m: m.update(r=10**9), AdapterStateError, r"lora_A' has shape \(4, 64\), the model expects \(1000000000, 64\)"),
+        (
+            lambda m: m.update(r=10**9),
+            AdapterStateError,
+            r"lora_A' has shape \(4, 64\), the model expects \(1000000000, 64\)",
+        ),
     ],
 )
 def test_bad_peft_configs_are_refused_before_injection(peft_lora, edit, error, match):

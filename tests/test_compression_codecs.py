@@ -42,9 +42,7 @@ def states(draw, max_abs: float = 1e3):
             shape.append(draw(st.integers(0, min(70, budget))))
             budget //= max(shape[-1], 1)
         shape = tuple(shape)
-        values = draw(
-            arrays(np.float32, shape, elements=st.floats(-1, 1, width=32, allow_subnormal=False))
-        )
+        values = draw(arrays(np.float32, shape, elements=st.floats(-1, 1, width=32, allow_subnormal=False)))
         scale = draw(st.sampled_from([1e-6, 1e-2, 1.0, max_abs]))
         out[f"layer.{i}.factor"] = torch.from_numpy(np.asarray(values * np.float32(scale), dtype=np.float32))
     return out
@@ -149,7 +147,7 @@ def test_stochastic_rounding_reproducible_by_seed():
 
 
 def test_many_tiny_tensors_share_two_buffers():
-    state = {f"block.{i}.A": torch.randn(2, 2) * 10.0**(i % 5 - 2) for i in range(200)}
+    state = {f"block.{i}.A": torch.randn(2, 2) * 10.0 ** (i % 5 - 2) for i in range(200)}
     codec = get_codec("nf4")
     encoded = codec.encode(state)
     assert encoded.codes.shape == (400,) and encoded.scales.shape == (200,)

@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fedkron.compression import ErrorFeedback, PayloadError, decode, from_records, get_codec, message_byte_figures, to_records
+from fedkron.compression import (
+    ErrorFeedback,
+    PayloadError,
+    decode,
+    from_records,
+    get_codec,
+    message_byte_figures,
+    to_records,
+)
 from fedkron.compression.scales import DYNAMIC_MAP, dequantize_scales, quantize_scales_up
 
 FOUR_BIT = ("nf4", "fp4")
@@ -60,7 +68,9 @@ def test_double_quant_is_bitsandbytes_compress_statistics(name, block):
     assert state.nested
     expected_codes = np.concatenate([codes.flatten().numpy(), state.absmax.numpy()])
     assert np.array_equal(encoded.codes, expected_codes)
-    assert np.array_equal(encoded.scales, np.concatenate([[state.offset.item()], state.state2.absmax.numpy()]).astype(np.float32))
+    assert np.array_equal(
+        encoded.scales, np.concatenate([[state.offset.item()], state.state2.absmax.numpy()]).astype(np.float32)
+    )
     assert torch.equal(decode(encoded)["x"], bnbf.dequantize_4bit(codes, quant_state=state).reshape(-1))
 
 
@@ -135,7 +145,11 @@ def test_byte_accounting_is_exact(state, block):
         floats += 1 + -(-blocks // 256) if dq else blocks
     assert (encoded.codes.nbytes, encoded.scales.size) == (code_bytes, floats)
     arrays_, config = to_records(encoded)
-    assert from_records(arrays_, config).nbytes == encoded.nbytes == code_bytes + 4 * floats + len(config["fedkron.manifest"])
+    assert (
+        from_records(arrays_, config).nbytes
+        == encoded.nbytes
+        == code_bytes + 4 * floats + len(config["fedkron.manifest"])
+    )
 
 
 def test_a_large_tensor_costs_about_4_13_bits_per_value():
@@ -154,7 +168,10 @@ def test_error_feedback_owes_the_scale_error_too(stochastic):
     codec, ef = get_codec("nf4", double_quant=True, stochastic=stochastic, seed=0), ErrorFeedback()
     sent = true = 0
     for _ in range(6):
-        update = {"B1": torch.randn(96, 8, generator=gen) * torch.linspace(1e-3, 1, 8), "A": torch.randn(2, 2, generator=gen)}
+        update = {
+            "B1": torch.randn(96, 8, generator=gen) * torch.linspace(1e-3, 1, 8),
+            "A": torch.randn(2, 2, generator=gen),
+        }
         compensated = ef.compensate(update)
         encoded, decoded = ef.step(update, codec)
         assert torch.equal(decoded["B1"], decode(encoded)["B1"])  # the server sees the quantized scales

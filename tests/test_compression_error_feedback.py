@@ -14,7 +14,11 @@ from fedkron.compression import ErrorFeedback, get_codec
 
 def update(seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return {"A": torch.randn(2, 2, generator=gen), "B1": torch.randn(96, 8, generator=gen) * 1e-2, "B2": torch.randn(8, 50, generator=gen)}
+    return {
+        "A": torch.randn(2, 2, generator=gen),
+        "B1": torch.randn(96, 8, generator=gen) * 1e-2,
+        "B2": torch.randn(8, 50, generator=gen),
+    }
 
 
 def flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -22,7 +26,9 @@ def flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @settings(max_examples=25, deadline=None)
-@given(codec_name=st.sampled_from(["int8", "nf4", "fp4", "fp16"]), seed=st.integers(0, 10_000), rounds=st.integers(1, 12))
+@given(
+    codec_name=st.sampled_from(["int8", "nf4", "fp4", "fp16"]), seed=st.integers(0, 10_000), rounds=st.integers(1, 12)
+)
 def test_sum_of_sent_equals_sum_of_updates_minus_current_residual(codec_name, seed, rounds):
     """Telescoping: Σ decoded_t = Σ u_t − e_k, so the total error is one residual, not k of them."""
     codec, ef = get_codec(codec_name), ErrorFeedback()

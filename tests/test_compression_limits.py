@@ -217,7 +217,9 @@ def test_any_corruption_is_a_payload_error_or_decodes(target, position, value, c
         config = ConfigRecord({MANIFEST_KEY: bytes(blob)})
     else:
         old = arrays[target]
-        arrays = ArrayRecord({**{k: arrays[k] for k in arrays}, target: fake_array(old.dtype, tuple(old.shape), bytes(blob))})
+        arrays = ArrayRecord(
+            {**{k: arrays[k] for k in arrays}, target: fake_array(old.dtype, tuple(old.shape), bytes(blob))}
+        )
     try:
         out = decode(from_records(arrays, config, shapes(state) if with_expected else None))
     except PayloadError:

@@ -36,8 +36,15 @@ def make_message(content: RecordDict) -> Message:
     # Message(content, dst_node_id=, message_type=) needs a running app's TaskIdentity;
     # explicit metadata builds the same object outside one.
     metadata = Metadata(
-        run_id=1, message_id="", src_node_id=7, dst_node_id=1, reply_to_message_id="",
-        group_id="3", created_at=0.0, ttl=3600.0, message_type="train",
+        run_id=1,
+        message_id="",
+        src_node_id=7,
+        dst_node_id=1,
+        reply_to_message_id="",
+        group_id="3",
+        created_at=0.0,
+        ttl=3600.0,
+        message_type="train",
     )
     return Message(metadata=metadata, content=content)
 
@@ -184,6 +191,8 @@ def test_nf4_byte_figures_by_hand():
     # 100 values: 50 bytes of packed nibbles, 2 blocks of 64 → 2 float32 scales
     assert (enc.codes.nbytes, enc.scales.nbytes) == (50, 8)
     arrays, config = to_records(enc)
-    figures = message_byte_figures(make_message(RecordDict({"u": arrays, "c": config, "extra": ConfigRecord({"lr": 0.1})})))
+    figures = message_byte_figures(
+        make_message(RecordDict({"u": arrays, "c": config, "extra": ConfigRecord({"lr": 0.1})}))
+    )
     assert figures["payload"] == 58 + len(enc.manifest_bytes) == enc.nbytes
     assert figures["count_bytes"] == (128 + 50 + 5) + (128 + 8 + 6)

@@ -1,25 +1,34 @@
 """Run config and CLI: defaults, flag mapping, and bad input failing before Ray starts."""
 
 import dataclasses
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from fedkron.cli import build_parser, config_from_args, main
-from fedkron.config import TASK_DEFAULTS, ConfigError, RunConfig, bits_to_codec
+from fedkron.runconfig.fields import TASK_DEFAULTS, ConfigError, RunConfig, bits_to_codec
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("bits,quant,codec", [(4, None, "nf4"), (4, "fp4", "fp4"), (8, None, "int8"),
-                                              (16, None, "fp16"), (16, "bf16", "bf16"), (32, None, "fp32")])
+@pytest.mark.parametrize(
+    "bits,quant,codec",
+    [
+        (4, None, "nf4"),
+        (4, "fp4", "fp4"),
+        (8, None, "int8"),
+        (16, None, "fp16"),
+        (16, "bf16", "bf16"),
+        (32, None, "fp32"),
+    ],
+)
 def test_bits_map_to_codecs(bits, quant, codec):
     assert bits_to_codec(bits, quant) == codec
 
 
 def test_bits_reject_impossible_combinations():
-    with pytest.raises(ConfigError, match="--bits 4 takes --quant nf4 or fp4"):
+    with pytest.raises(ConfigError, match="--bits 4 takes --uplink nf4 or fp4"):
         bits_to_codec(4, "int8")
     with pytest.raises(ConfigError, match="one of 4, 8, 16, 32"):
         bits_to_codec(3)
@@ -27,34 +36,93 @@ def test_bits_reject_impossible_combinations():
 
 def test_no_flags_is_the_offline_default():
     cfg = config_from_args(build_parser().parse_args(["sim"])).resolved()
-    assert (cfg.model, cfg.task, cfg.method, cfg.quant, cfg.downlink) == ("minilm-l6", "sst2", "kron-lora", "nf4", "nf4")
+    assert (cfg.model, cfg.task, cfg.method, cfg.uplink, cfg.downlink) == (
+        "minilm-l6",
+        "sst2",
+        "kron-lora",
+        "nf4",
+        "nf4",
+    )
     assert cfg.clients == TASK_DEFAULTS["sst2"]["clients"] and cfg.rounds == TASK_DEFAULTS["sst2"]["rounds"]
     assert cfg.out == "results/sst2-kron-lora-nf4"
 
 
 def test_flags_reach_the_config(tmp_path):
-    args = build_parser().parse_args([
-        "sim", "--task", "sst2", "--method", "lora", "--bits", "32", "--clients", "7", "--rounds", "2",
-        "--fraction", "0.5", "--local-steps", "3", "--batch-size", "4", "--max-length", "16", "--lr", "0.01",
-        "--partition", "dirichlet", "--dirichlet-alpha", "0.3", "--seed", "5", "--data-dir", str(tmp_path),
-        "--out", str(tmp_path / "o"), "--no-error-feedback", "--local-loss", "logit-adjusted"])
+    args = build_parser().parse_args(
+        [
+            "sim",
+            "--task",
+            "sst2",
+            "--method",
+            "lora",
+            "--bits",
+            "32",
+            "--clients",
+            "7",
+            "--rounds",
+            "2",
+            "--fraction",
+            "0.5",
+            "--local-steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "16",
+            "--lr",
+            "0.01",
+            "--partition",
+            "dirichlet",
+            "--dirichlet-alpha",
+            "0.3",
+            "--seed",
+            "5",
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-error-feedback",
+            "--local-loss",
+            "logit-adjusted",
+        ]
+    )
     cfg = config_from_args(args).resolved()
-    assert (cfg.task, cfg.method, cfg.quant, cfg.clients, cfg.rounds) == ("sst2", "lora", "fp32", 7, 2)
+    assert (cfg.task, cfg.method, cfg.uplink, cfg.clients, cfg.rounds) == ("sst2", "lora", "fp32", 7, 2)
     assert (cfg.fraction, cfg.local_steps, cfg.batch_size, cfg.max_length, cfg.lr) == (0.5, 3, 4, 16, 0.01)
     assert (cfg.partition, cfg.dirichlet_alpha, cfg.seed, cfg.error_feedback) == ("dirichlet", 0.3, 5, False)
     assert cfg.local_loss == "logit-adjusted"
 
 
 def test_every_problem_is_reported_at_once():
-    cfg = RunConfig(task="nope", method="kron", rank=-1, fraction=1.5, quant="int3", clients=2, rounds=1,
-                    local_steps=1, max_length=32, data_dir="/definitely/missing", local_loss="focal",
-                    strategy="fedsgd", dp_noise=1.0)
+    cfg = RunConfig(
+        task="nope",
+        method="kron",
+        rank=-1,
+        fraction=1.5,
+        uplink="int3",
+        clients=2,
+        rounds=1,
+        local_steps=1,
+        max_length=32,
+        data_dir="/definitely/missing",
+        local_loss="focal",
+        strategy="fedsgd",
+        dp_noise=1.0,
+    )
     with pytest.raises(ConfigError) as info:
         cfg.validate()
     text = str(info.value)
-    for fragment in ("task 'nope'", "method 'kron'", "rank must be ≥ 1", "fraction must be in (0, 1]",
-                     "'int3'", "data-dir '/definitely/missing'", "local-loss 'focal'", "strategy 'fedsgd'",
-                     "dp-noise needs a clipping norm"):
+    for fragment in (
+        "task 'nope'",
+        "method 'kron'",
+        "rank must be ≥ 1",
+        "fraction must be in (0, 1]",
+        "'int3'",
+        "data-dir '/definitely/missing'",
+        "local-loss 'focal'",
+        "strategy 'fedsgd'",
+        "dp-noise needs a clipping norm",
+    ):
         assert fragment in text
 
 
@@ -69,14 +137,12 @@ def test_cli_fails_before_ray_with_a_clear_message(capsys, monkeypatch):
     assert "rank must be ≥ 1" in err and "method 'dora'" in err
 
 
-def test_configs_saved_before_flowers_strategies_read_as_their_equivalent():
-    """Older results folders saved ``aggregation`` fedavg|median|trimmed-mean and ``server-opt``."""
-    old = RunConfig.from_mapping({"aggregation": "median", "server-opt": "sgd"})
-    assert (old.aggregation, old.strategy) == ("per-factor", "fedmedian")
-    assert RunConfig.from_mapping({"aggregation": "fedavg", "server-opt": "avgm"}).strategy == "fedavgm"
-    assert RunConfig.from_mapping({"aggregation": "exact", "server-opt": "adam"}).aggregation == "exact"
+def test_the_old_uplink_name_still_reads_until_it_is_removed():
+    """``quant`` (0.1's name of the uplink codec) in an older config.json or ``--quant`` on the CLI."""
+    assert RunConfig.from_mapping({"quant": "int8"}).uplink == "int8"
+    assert config_from_args(build_parser().parse_args(["sim", "--quant", "fp4"])).uplink == "fp4"
     with pytest.raises(ConfigError, match="unknown run-config keys: server-opt"):
-        RunConfig.from_mapping({"server-opt": "lamb"})
+        RunConfig.from_mapping({"server-opt": "sgd"})
 
 
 def test_cosine_schedule_is_flowertunes():
@@ -152,15 +218,18 @@ def test_compare_runs_parse_and_share_everything_but_method_codecs_and_aggregati
     assert [s.label for s in specs] == ["kron-lora:nf4:exact", "lora:fp32", "krona:int8", "flowertune", "ffa-lora:nf4"]
     base = RunConfig(task="sst2", seed=3, clients=5, rounds=2, local_steps=4, partition="dirichlet", rank=4, lr=0.004)
     cfgs = run_configs(base, specs, tmp_path, LoraSettings(rank=16, lr=0.001))
-    got = [(c.method, c.quant, c.downlink, c.aggregation, c.rank, c.targets, c.lr) for c in cfgs]
-    assert got == [("kron-lora", "nf4", "nf4", "exact", 4, "all-linear", 0.004),
-                   ("lora", "fp32", "fp32", "per-factor", 16, "all-linear", 0.001),
-                   ("krona", "int8", "int8", "per-factor", 4, "all-linear", 0.004),
-                   ("lora", "fp32", "fp32", "per-factor", 16, "query,value", 0.001),  # FlowerTune's recipe
-                   ("lora", "nf4", "nf4", "exact", 16, "all-linear", 0.001)]  # FFA-LoRA
+    got = [(c.method, c.uplink, c.downlink, c.aggregation, c.rank, c.targets, c.lr) for c in cfgs]
+    assert got == [
+        ("kron-lora", "nf4", "nf4", "exact", 4, "all-linear", 0.004),
+        ("lora", "fp32", "fp32", "per-factor", 16, "all-linear", 0.001),
+        ("krona", "int8", "int8", "per-factor", 4, "all-linear", 0.004),
+        ("lora", "fp32", "fp32", "per-factor", 16, "query,value", 0.001),  # FlowerTune's recipe
+        ("lora", "nf4", "nf4", "exact", 16, "all-linear", 0.001),
+    ]  # FFA-LoRA
     assert {(c.seed, c.clients, c.rounds, c.partition, c.task) for c in cfgs} == {(3, 5, 2, "dirichlet", "sst2")}
-    assert [c.out for c in cfgs] == [str(tmp_path / f) for f in
-                                     ("kron-lora-nf4-exact", "lora-fp32", "krona-int8", "flowertune", "ffa-lora-nf4")]
+    assert [c.out for c in cfgs] == [
+        str(tmp_path / f) for f in ("kron-lora-nf4-exact", "lora-fp32", "krona-int8", "flowertune", "ffa-lora-nf4")
+    ]
     assert run_configs(base, specs[:1], tmp_path, downlink="fp32")[0].downlink == "fp32"  # --downlink wins
     with pytest.raises(ConfigError) as info:
         parse_runs("dora:nf4,lora:int3,lora:fp32,lora:fp32")
@@ -197,8 +266,9 @@ def test_resume_plan_reads_a_run_folder_and_takes_keys_it_predates_at_their_defa
 
     from fedkron.sim.compare import parse_runs, resume_plan, run_configs
 
-    cfg = run_configs(RunConfig(model="tiny-bert", task="boolq", clients=2, rounds=2), parse_runs("lora:fp32"),
-                      tmp_path)[0]
+    cfg = run_configs(
+        RunConfig(model="tiny-bert", task="boolq", clients=2, rounds=2), parse_runs("lora:fp32"), tmp_path
+    )[0]
     folder = Path(cfg.out)
     assert resume_plan(cfg) == "fresh"  # nothing there yet
     folder.mkdir(parents=True)

@@ -62,11 +62,20 @@ def test_each_format_loads_with_string_labels_in_sorted_order(tmp_path, fmt):
 
 def test_int_labels_pairs_and_custom_column_names(tmp_path):
     rows = [{"q": f"question {i}", "ctx": f"passage {i}", "y": i % 4} for i in range(20)]
-    spec = custom_task(write(tmp_path / "t.jsonl", rows), None, text_column="q", text_pair_column="ctx", label_column="y")
-    assert (spec.kind, spec.num_labels, spec.label_names, spec.columns) == ("pair", 4, (), ("text", "text_pair", "label"))
+    spec = custom_task(
+        write(tmp_path / "t.jsonl", rows), None, text_column="q", text_pair_column="ctx", label_column="y"
+    )
+    assert (spec.kind, spec.num_labels, spec.label_names, spec.columns) == (
+        "pair",
+        4,
+        (),
+        ("text", "text_pair", "label"),
+    )
     digits = custom_task(write(tmp_path / "t.csv", rows), text_column="q", label_column="y")  # CSV "3" is the int 3
     assert digits.num_labels == 4 and digits.label_names == ()
-    assert sorted(load_splits(digits)["train"][:]["label"] + load_splits(digits)["test"][:]["label"]) == sorted(r["y"] for r in rows)
+    assert sorted(load_splits(digits)["train"][:]["label"] + load_splits(digits)["test"][:]["label"]) == sorted(
+        r["y"] for r in rows
+    )
 
 
 def test_without_eval_a_seeded_tenth_is_held_out(tmp_path):
@@ -117,20 +126,29 @@ def test_bad_custom_data_names_the_file_and_line(tmp_path):
         custom_task(str(tmp_path / "missing.csv"))
     bad = tmp_path / "bad.csv"
     bad.write_text("sentence,label\nfine,pos\n")
-    with pytest.raises(DataFormatError, match=r"bad.csv line 1: the header has columns \['label', 'sentence'\]; "
-                                              r"expected a column 'text' \(set text_column"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"bad.csv line 1: the header has columns \['label', 'sentence'\]; "
+        r"expected a column 'text' \(set text_column",
+    ):
         custom_task(str(bad))
     bad.write_text("text,label\na,pos\nb,neg\nc,\n")
-    with pytest.raises(DataFormatError, match=r"bad.csv line 4: label column 'label' holds ''; expected an int or a string"):
+    with pytest.raises(
+        DataFormatError, match=r"bad.csv line 4: label column 'label' holds ''; expected an int or a string"
+    ):
         custom_task(str(bad))
     bad.write_text("text,label\na,pos\nb,1\n")
-    with pytest.raises(DataFormatError, match=r"labels mix ints \(1 at .*bad.csv line 3\) and strings \('pos' at .*bad.csv line 2\)"):
+    with pytest.raises(
+        DataFormatError, match=r"labels mix ints \(1 at .*bad.csv line 3\) and strings \('pos' at .*bad.csv line 2\)"
+    ):
         custom_task(str(bad))
     bad.write_text("text,label\na,pos\nb,pos\n")
     with pytest.raises(DataFormatError, match=r"1 distinct label\(s\) \(\['pos'\]\); expected at least 2 classes"):
         custom_task(str(bad))
     (tmp_path / "x.parquet").write_text("")
-    with pytest.raises(DataFormatError, match=r"unknown file type '.parquet'; expected one of .csv, .tsv, .json, .jsonl"):
+    with pytest.raises(
+        DataFormatError, match=r"unknown file type '.parquet'; expected one of .csv, .tsv, .json, .jsonl"
+    ):
         custom_task(str(tmp_path / "x.parquet"))
     good = write(tmp_path / "good.csv", ROWS)
     evals = tmp_path / "eval.jsonl"
@@ -144,7 +162,9 @@ def test_bad_custom_data_names_the_file_and_line(tmp_path):
 def test_hub_dataset_id(monkeypatch):
     rows = datasets.Dataset.from_dict(
         {"text": [f"t{i}" for i in range(20)], "label": [i % 2 for i in range(20)]},
-        features=datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["bad", "good"])}),
+        features=datasets.Features(
+            {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["bad", "good"])}
+        ),
     )
     calls = []
 
@@ -163,7 +183,11 @@ def test_hub_dataset_id(monkeypatch):
         custom_task("someone/reviews", "dev")
     with pytest.raises(DataFormatError, match=r"split 'train' has columns \['text', 'label'\]; expected \['review'\]"):
         custom_task("someone/reviews", text_column="review")
-    unlabelled = rows.cast_column("label", datasets.Value("int64")).map(lambda r, i: {"label": -1 if i == 3 else r["label"]}, with_indices=True)
+    unlabelled = rows.cast_column("label", datasets.Value("int64")).map(
+        lambda r, i: {"label": -1 if i == 3 else r["label"]}, with_indices=True
+    )
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.DatasetDict(train=unlabelled))
-    with pytest.raises(DataFormatError, match=r"hub dataset 'someone/reviews' split 'train' row 4: label -1 is negative"):
+    with pytest.raises(
+        DataFormatError, match=r"hub dataset 'someone/reviews' split 'train' row 4: label -1 is negative"
+    ):
         custom_task("someone/reviews")

@@ -30,12 +30,20 @@ def tokenizer():
 
 
 PAIRS = datasets.Dataset.from_dict(
-    {"text": ["is the sky blue", "is ice hot"], "text_pair": ["The sky is blue on clear days. " * 20, "Ice is cold."], "label": [1, 0]}
+    {
+        "text": ["is the sky blue", "is ice hot"],
+        "text_pair": ["The sky is blue on clear days. " * 20, "Ice is cold."],
+        "label": [1, 0],
+    }
 )
 CHOICES = datasets.Dataset.from_dict(
     {
         "context": ["How do I dry wet palms?", "Warm hands fastest?", "Which is a mammal?"],
-        "choices": [["towel", "oil", "lotion", "water"], ["rub dry palms", "wet", "oil", "ice"], ["whale", "shark", "trout", "eel"]],
+        "choices": [
+            ["towel", "oil", "lotion", "water"],
+            ["rub dry palms", "wet", "oil", "ice"],
+            ["whale", "shark", "trout", "eel"],
+        ],
         "label": [0, 0, 0],
     }
 )
@@ -65,10 +73,20 @@ def test_multiple_choice_encoding_shape_and_pairs(tokenizer):
 
 def test_dual_layout_encodes_context_and_each_choice_on_their_own(tokenizer):
     enc = encode_dataset("arc-easy", CHOICES, tokenizer, max_length=24, layout="dual")
-    assert set(enc) == {"input_ids", "attention_mask", "token_type_ids", "context_input_ids",
-                        "context_attention_mask", "context_token_type_ids", "labels"}
+    assert set(enc) == {
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "context_input_ids",
+        "context_attention_mask",
+        "context_token_type_ids",
+        "labels",
+    }
     assert enc["input_ids"].shape[:2] == (3, 4) and enc["context_input_ids"].shape[0] == 3
-    assert enc["input_ids"][1, 0, : len(tokenizer("rub dry palms")["input_ids"])].tolist() == tokenizer("rub dry palms")["input_ids"]
+    assert (
+        enc["input_ids"][1, 0, : len(tokenizer("rub dry palms")["input_ids"])].tolist()
+        == tokenizer("rub dry palms")["input_ids"]
+    )
     ctx = tokenizer("Warm hands fastest?")["input_ids"]
     assert enc["context_input_ids"][1, : len(ctx)].tolist() == ctx
     assert not enc["token_type_ids"].any()  # single texts: one segment
@@ -100,7 +118,9 @@ def test_majority_baseline_and_eval_sample():
         eval_sample(ds, 0)
 
 
-SST2_TRAIN = "sentence\tlabel\n" + "".join(f"review number {i} was {'good' if i % 2 else 'bad'} \t{i % 2}\n" for i in range(40))
+SST2_TRAIN = "sentence\tlabel\n" + "".join(
+    f"review number {i} was {'good' if i % 2 else 'bad'} \t{i % 2}\n" for i in range(40)
+)
 SST2_DEV = "sentence\tlabel\n" + "".join(f"dev {i} \t{int(i < 7)}\n" for i in range(10))
 
 
@@ -119,7 +139,11 @@ class CountingTokenizer:
 
     def __init__(self, inner):
         self.inner, self.texts = inner, 0
-        self.name_or_path, self.pad_token_id, self.padding_side = inner.name_or_path, inner.pad_token_id, inner.padding_side
+        self.name_or_path, self.pad_token_id, self.padding_side = (
+            inner.name_or_path,
+            inner.pad_token_id,
+            inner.padding_side,
+        )
 
     def __call__(self, texts, *args, **kwargs):
         self.texts += len(texts)

@@ -32,17 +32,19 @@ def shared_data_dir() -> Path | None:
     return path if (path / "README.md").is_file() else None
 
 
-needs_shared = pytest.mark.skipif(shared_data_dir() is None, reason="real data not found ($FEDKRON_DATA_DIR or ../shared/data)")
+needs_shared = pytest.mark.skipif(
+    shared_data_dir() is None, reason="real data not found ($FEDKRON_DATA_DIR or ../shared/data)"
+)
 
 # -- a tiny folder in the layout of ../shared/data: a few made-up rows per file, real formats -------
 
 TSV = {
-    "sst2/train.tsv": "sentence\tlabel\nhide new secretions from the parental units \t0\na \" lone quote stays text \t1\nwarm and funny \t1\n",
+    "sst2/train.tsv": 'sentence\tlabel\nhide new secretions from the parental units \t0\na " lone quote stays text \t1\nwarm and funny \t1\n',
     "sst2/dev.tsv": "sentence\tlabel\nit 's a charming journey . \t1\nbleak and desperate \t0\n",
     "rte/train.tsv": "index\tsentence1\tsentence2\tlabel\n0\tNo weapons were found.\tWeapons were found.\tnot_entailment\n"
     "1\tA pope died in Rome.\tA pope died.\tentailment\n2\tIt rained.\tThe ground is wet.\tentailment\n",
     "rte/dev.tsv": "index\tsentence1\tsentence2\tlabel\n0\tDana died at 44.\tDana had an accident.\tnot_entailment\n",
-    "mrpc/train.tsv": "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t702876\t702977\tHe said \" the witness \" lied .\tHe called him \" the witness \" .\n"
+    "mrpc/train.tsv": '\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t702876\t702977\tHe said " the witness " lied .\tHe called him " the witness " .\n'
     "0\t2108705\t2108831\tIt sold for $ 2.5 billion .\tIt was bought for $ 693 million .\n",
     "mrpc/dev.tsv": "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tThe pie fits .\tThe pie does fit .\n",
 }
@@ -54,34 +56,91 @@ JSONL = {
     ],
     "boolq/validation.jsonl": [{"question": "is fire cold", "answer": False, "passage": "Fire is hot."}],
     "winogrande/train_l.jsonl": [
-        {"qID": "a-1", "sentence": "Ian ate the soup because _ was hungry.", "option1": "Ian", "option2": "Dennis", "answer": "1"},
-        {"qID": "a-2", "sentence": "Ian gave Dennis soup because _ was hungry.", "option1": "Ian", "option2": "Dennis", "answer": "2"},
+        {
+            "qID": "a-1",
+            "sentence": "Ian ate the soup because _ was hungry.",
+            "option1": "Ian",
+            "option2": "Dennis",
+            "answer": "1",
+        },
+        {
+            "qID": "a-2",
+            "sentence": "Ian gave Dennis soup because _ was hungry.",
+            "option1": "Ian",
+            "option2": "Dennis",
+            "answer": "2",
+        },
     ],
-    "winogrande/dev.jsonl": [{"qID": "b-1", "sentence": "Sarah beat Maria so _ lost.", "option1": "Sarah", "option2": "Maria", "answer": "2"}],
+    "winogrande/dev.jsonl": [
+        {"qID": "b-1", "sentence": "Sarah beat Maria so _ lost.", "option1": "Sarah", "option2": "Maria", "answer": "2"}
+    ],
     "piqa/valid.jsonl": [{"goal": f"goal {i}", "sol1": f"first {i}", "sol2": f"second {i}"} for i in range(10)],
     "arc_challenge/ARC-Challenge_train.jsonl": [
-        {"id": "c1", "question": "Warm hands fastest?", "choices": {"text": ["dry", "wet", "oil", "lotion"], "label": ["A", "B", "C", "D"]}, "answerKey": "A"},
-        {"id": "c2", "question": "Numbered keys?", "choices": {"text": ["one", "two", "three", "four"], "label": ["1", "2", "3", "4"]}, "answerKey": "3"},
-        {"id": "c3", "question": "Three options?", "choices": {"text": ["x", "y", "z"], "label": ["A", "B", "C"]}, "answerKey": "B"},
+        {
+            "id": "c1",
+            "question": "Warm hands fastest?",
+            "choices": {"text": ["dry", "wet", "oil", "lotion"], "label": ["A", "B", "C", "D"]},
+            "answerKey": "A",
+        },
+        {
+            "id": "c2",
+            "question": "Numbered keys?",
+            "choices": {"text": ["one", "two", "three", "four"], "label": ["1", "2", "3", "4"]},
+            "answerKey": "3",
+        },
+        {
+            "id": "c3",
+            "question": "Three options?",
+            "choices": {"text": ["x", "y", "z"], "label": ["A", "B", "C"]},
+            "answerKey": "B",
+        },
     ],
     "arc_challenge/ARC-Challenge_validation.jsonl": [
-        {"id": "c4", "question": "Five options?", "choices": {"text": list("vwxyz"), "label": list("ABCDE")}, "answerKey": "E"},
-        {"id": "c5", "question": "Ramp?", "choices": {"text": ["group", "height", "objects", "record"], "label": list("ABCD")}, "answerKey": "D"},
+        {
+            "id": "c4",
+            "question": "Five options?",
+            "choices": {"text": list("vwxyz"), "label": list("ABCDE")},
+            "answerKey": "E",
+        },
+        {
+            "id": "c5",
+            "question": "Ramp?",
+            "choices": {"text": ["group", "height", "objects", "record"], "label": list("ABCD")},
+            "answerKey": "D",
+        },
     ],
     "hellaswag/validation.jsonl": [
-        {"ctx": f"Roof shingle removal: A man is on a roof {i}. he", "label": i % 4, "endings": ["wraps skis.", "rips tiles.", "holds a cube.", "pulls up roofing."]}
+        {
+            "ctx": f"Roof shingle removal: A man is on a roof {i}. he",
+            "label": i % 4,
+            "endings": ["wraps skis.", "rips tiles.", "holds a cube.", "pulls up roofing."],
+        }
         for i in range(10)
     ],
 }
 ARC_EASY = {
     "arc_easy/train.json": [
-        {"id": "e1", "question": "Fever cause?", "choices": {"text": ["legs", "bacteria", "skin", "food"], "label": list("ABCD")}, "answerKey": "B"}
+        {
+            "id": "e1",
+            "question": "Fever cause?",
+            "choices": {"text": ["legs", "bacteria", "skin", "food"], "label": list("ABCD")},
+            "answerKey": "B",
+        }
     ],
     "arc_easy/validation.json": [
-        {"id": "e2", "question": "Most recent?", "choices": {"text": ["phone", "tv", "fridge", "plane"], "label": list("ABCD")}, "answerKey": "A"}
+        {
+            "id": "e2",
+            "question": "Most recent?",
+            "choices": {"text": ["phone", "tv", "fridge", "plane"], "label": list("ABCD")},
+            "answerKey": "A",
+        }
     ],
 }
-LABELS = {"winogrande/train_l-labels.lst": "1\n2\n", "winogrande/dev-labels.lst": "2\n", "piqa/valid-labels.lst": "0\n1\n" * 5}
+LABELS = {
+    "winogrande/train_l-labels.lst": "1\n2\n",
+    "winogrande/dev-labels.lst": "2\n",
+    "piqa/valid-labels.lst": "0\n1\n" * 5,
+}
 DOMAINS = ("airline", "books", "dvd", "electronics", "kitchen")
 
 
@@ -111,9 +170,21 @@ EXPECTED = {  # task: (train rows, test rows, first train row)
     "boolq": (2, 1, {"text": "is the sky blue", "text_pair": "Sky -- The sky is blue.", "label": 1}),
     "sst2": (3, 2, {"text": "hide new secretions from the parental units ", "label": 0}),
     "rte": (3, 1, {"text": "No weapons were found.", "text_pair": "Weapons were found.", "label": 1}),
-    "mrpc": (2, 1, {"text": 'He said " the witness " lied .', "text_pair": 'He called him " the witness " .', "label": 1}),
-    "sentiment": (10, 5, {"text": "Horrible book.\n\tI read half of it.\n\nNever again", "label": 0, "domain": "airline"}),
-    "winogrande": (2, 1, {"context": "Ian ate the soup because", "choices": ["Ian was hungry.", "Dennis was hungry."], "label": 0}),
+    "mrpc": (
+        2,
+        1,
+        {"text": 'He said " the witness " lied .', "text_pair": 'He called him " the witness " .', "label": 1},
+    ),
+    "sentiment": (
+        10,
+        5,
+        {"text": "Horrible book.\n\tI read half of it.\n\nNever again", "label": 0, "domain": "airline"},
+    ),
+    "winogrande": (
+        2,
+        1,
+        {"context": "Ian ate the soup because", "choices": ["Ian was hungry.", "Dennis was hungry."], "label": 0},
+    ),
     "arc-easy": (1, 1, {"context": "Fever cause?", "choices": ["legs", "bacteria", "skin", "food"], "label": 1}),
     "arc-challenge": (2, 1, {"context": "Warm hands fastest?", "choices": ["dry", "wet", "oil", "lotion"], "label": 0}),
     "piqa": (8, 2, None),
@@ -125,7 +196,9 @@ def test_registry_covers_the_paper_tasks():
     assert set(TASKS) == set(EXPECTED) | {"openbookqa"}  # openbookqa: below
     assert get_task("rte").label_names == ("entailment", "not_entailment")
     assert get_task("sentiment").natural_id == "domain" and get_task("sst2").natural_id is None
-    assert {get_task(t).kind for t in ("piqa", "winogrande", "arc-easy", "arc-challenge", "hellaswag")} == {"multiple_choice"}
+    assert {get_task(t).kind for t in ("piqa", "winogrande", "arc-easy", "arc-challenge", "hellaswag")} == {
+        "multiple_choice"
+    }
 
 
 @pytest.mark.parametrize("task", sorted(EXPECTED))
@@ -159,7 +232,9 @@ def test_local_specific_layouts(fixture_dir):
 def test_validation_only_tasks_split_deterministically_by_seed(task, fixture_dir):
     a, b, c = (load_splits(task, data_dir=fixture_dir, seed=s) for s in (0, 0, 1))
     assert col(a["test"], "context") == col(b["test"], "context")
-    assert sorted(col(a["train"], "context") + col(a["test"], "context")) == sorted(r.get("goal", r.get("ctx")) for r in JSONL[get_task(task).local_train[0]])
+    assert sorted(col(a["train"], "context") + col(a["test"], "context")) == sorted(
+        r.get("goal", r.get("ctx")) for r in JSONL[get_task(task).local_train[0]]
+    )
     assert set(col(a["test"], "context")).isdisjoint(col(a["train"], "context"))
     assert col(a["test"], "context") != col(c["test"], "context")
 
@@ -210,10 +285,30 @@ HUB_ROWS = {
     "mrpc": {"sentence1": "x .", "sentence2": "y .", "label": 1, "idx": 0},
     "piqa": {"goal": "g", "sol1": "a", "sol2": "b", "label": 1},
     "winogrande": {"sentence": "A hit B so _ cried.", "option1": "A", "option2": "B", "answer": "2"},
-    "arc-easy": {"id": "q", "question": "Q?", "choices": {"text": list("abcd"), "label": list("ABCD")}, "answerKey": "C"},
-    "arc-challenge": {"id": "q", "question": "Q?", "choices": {"text": list("abcd"), "label": list("1234")}, "answerKey": "4"},
-    "hellaswag": {"ind": 4, "activity_label": "Removing ice", "ctx_a": "A man", "ctx_b": "scrapes", "ctx": "A man [header] scrapes",
-                  "endings": ["ice [title] off.", "b", "c", "d"], "source_id": "s", "split": "val", "split_type": "indomain", "label": "2"},
+    "arc-easy": {
+        "id": "q",
+        "question": "Q?",
+        "choices": {"text": list("abcd"), "label": list("ABCD")},
+        "answerKey": "C",
+    },
+    "arc-challenge": {
+        "id": "q",
+        "question": "Q?",
+        "choices": {"text": list("abcd"), "label": list("1234")},
+        "answerKey": "4",
+    },
+    "hellaswag": {
+        "ind": 4,
+        "activity_label": "Removing ice",
+        "ctx_a": "A man",
+        "ctx_b": "scrapes",
+        "ctx": "A man [header] scrapes",
+        "endings": ["ice [title] off.", "b", "c", "d"],
+        "source_id": "s",
+        "split": "val",
+        "split_type": "indomain",
+        "label": "2",
+    },
 }
 HUB_EXPECTED = {
     "boolq": {"text": "is it", "text_pair": "It is.", "label": 1},
@@ -246,7 +341,10 @@ def test_hub_path_calls_load_dataset_with_task_ids(task, monkeypatch):
 def test_hub_ids_are_the_standard_ones():
     ids = {t: (s.hub_id, s.hub_config) for t, s in TASKS.items()}
     assert ids["sst2"] == ("nyu-mll/glue", "sst2") and ids["boolq"] == ("google/boolq", None)
-    assert ids["arc-challenge"] == ("allenai/ai2_arc", "ARC-Challenge") and ids["hellaswag"] == ("Rowan/hellaswag", None)
+    assert ids["arc-challenge"] == ("allenai/ai2_arc", "ARC-Challenge") and ids["hellaswag"] == (
+        "Rowan/hellaswag",
+        None,
+    )
     assert ids["winogrande"] == ("allenai/winogrande", "winogrande_l") and ids["piqa"][0] == "ybisk/piqa"
 
 
@@ -274,13 +372,22 @@ def test_packaged_boolq_reproduces_official_split():
     if root is not None:
         local = load_splits("boolq", data_dir=root)
         assert splits["train"][:] == local["train"][:]  # same rows, order and labels
-        assert col(splits["test"], "text") == col(local["test"], "text") and col(splits["test"], "label") == col(local["test"], "label")
+        assert col(splits["test"], "text") == col(local["test"], "text") and col(splits["test"], "label") == col(
+            local["test"], "label"
+        )
 
 
 SHARED_COUNTS = {  # README of ../shared/data; ARC after dropping non-4-option questions (TaskSpec.notes)
-    "sst2": (67349, 872), "rte": (2490, 277), "mrpc": (3667, 408), "boolq": (9427, 3270),
-    "sentiment": (5 * 1700, 5 * 300), "winogrande": (10234, 1267), "arc-easy": (2241, 567),
-    "arc-challenge": (1117, 295), "piqa": (1470, 368), "hellaswag": (8033, 2009),
+    "sst2": (67349, 872),
+    "rte": (2490, 277),
+    "mrpc": (3667, 408),
+    "boolq": (9427, 3270),
+    "sentiment": (5 * 1700, 5 * 300),
+    "winogrande": (10234, 1267),
+    "arc-easy": (2241, 567),
+    "arc-challenge": (1117, 295),
+    "piqa": (1470, 368),
+    "hellaswag": (8033, 2009),
 }
 
 
@@ -300,14 +407,21 @@ def test_openbookqa_reads_the_llm_adapters_instruction_records(tmp_path):
 
     folder = tmp_path / "llm_adapters_commonsense"
     folder.mkdir()
-    record = {"instruction": "Please choose the correct answer to the question: The sun is responsible for\n\n"
-                             "Answer1: puppies Answer2: children growing up Answer3: wilting Answer4: plants "
-                             "sprouting\n\nAnswer format: answer1/answer2/answer3/answer4",
-              "input": "", "output": "the correct answer is answer4", "answer": "answer4"}
+    record = {
+        "instruction": "Please choose the correct answer to the question: The sun is responsible for\n\n"
+        "Answer1: puppies Answer2: children growing up Answer3: wilting Answer4: plants "
+        "sprouting\n\nAnswer format: answer1/answer2/answer3/answer4",
+        "input": "",
+        "output": "the correct answer is answer4",
+        "answer": "answer4",
+    }
     for split in ("train", "test"):
         (folder / f"openbookqa__{split}.json").write_text(json.dumps([record] * 3))
     splits = load_splits("openbookqa", data_dir=tmp_path, source="local")
     row = splits["train"][0]
-    assert row == {"context": "The sun is responsible for", "label": 3,
-                   "choices": ["puppies", "children growing up", "wilting", "plants sprouting"]}
+    assert row == {
+        "context": "The sun is responsible for",
+        "label": 3,
+        "choices": ["puppies", "children growing up", "wilting", "plants sprouting"],
+    }
     assert len(splits["test"]) == 3

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import fnmatch
 import lzma
-import tomllib
 from pathlib import Path
 
 import datasets
 import pytest
+import tomllib
 
-from fedkron.data import DATA_DIR_ENV, DataFormatError, build_packaged_sst2, load_splits, resolve_source
-from fedkron.data import bundle
+from fedkron.data import DATA_DIR_ENV, DataFormatError, build_packaged_sst2, bundle, load_splits, resolve_source
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,8 +24,16 @@ from fedkron.deploy import (
     write_connection,
 )
 
-TINY = {"model": "tiny-bert", "task": "sst2", "max-length": 32, "local-steps": 2, "batch-size": 8,
-        "eval-samples": 32, "rounds": 2, "clients": 2}
+TINY = {
+    "model": "tiny-bert",
+    "task": "sst2",
+    "max-length": 32,
+    "local-steps": 2,
+    "batch-size": 8,
+    "eval-samples": 32,
+    "rounds": 2,
+    "clients": 2,
+}
 needs_flower = pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="Flower CLIs not on PATH")
 
 
@@ -45,7 +53,7 @@ def test_secure_by_default_and_insecure_only_when_asked(tmp_path):
     with pytest.raises(DeployConfigError, match="outside"):
         supernode_command(superlink="h:1", port=2, partition=(2, 2), insecure=True)
     node = supernode_command(superlink="h:1", port=2, partition=(1, 3), root_certificates=tls.ca_cert)
-    assert node[node.index("--node-config") + 1] == 'partition-id=1 num-partitions=3'
+    assert node[node.index("--node-config") + 1] == "partition-id=1 num-partitions=3"
     assert node[node.index("--isolation") + 1] == "process"
 
 
@@ -83,6 +91,7 @@ def test_server_certificate_verifies_for_its_names_only(tmp_path):
         PolicyBuilder().store(store).build_server_verifier(name).verify(leaf, [])
 
     import ipaddress
+
     verify(tls.ca_cert, x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     verify(tls.ca_cert, x509.DNSName("edge.example.org"))
     with pytest.raises(VerificationError):
@@ -94,8 +103,8 @@ def test_server_certificate_verifies_for_its_names_only(tmp_path):
 
 def test_node_keys_are_openssh_p384_that_flower_loads(tmp_path):
     from cryptography.hazmat.primitives.asymmetric import ec
-    from flwr.cli.supernode.register import try_load_public_key
     from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+    from flwr.cli.supernode.register import try_load_public_key
 
     (key,) = make_node_keys(tmp_path, ["edge-0"])
     assert try_load_public_key(key.public)  # Flower's own reader for `flwr supernode register`
@@ -108,8 +117,10 @@ def test_node_keys_are_openssh_p384_that_flower_loads(tmp_path):
 def test_run_config_and_connection_files(tmp_path):
     import tomllib
 
-    assert format_config({"model": "tiny-bert", "rounds": 2, "lr": 0.5, "error-feedback": False}, "'") == \
-        "model='tiny-bert' rounds=2 lr=0.5 error-feedback=false"
+    assert (
+        format_config({"model": "tiny-bert", "rounds": 2, "lr": 0.5, "error-feedback": False}, "'")
+        == "model='tiny-bert' rounds=2 lr=0.5 error-feedback=false"
+    )
     with pytest.raises(DeployConfigError, match="quotes"):
         format_config({"out": "it's"}, "'")
     ca = make_certificates(tmp_path / "c").ca_cert
@@ -237,8 +248,11 @@ def test_a_supernode_that_joins_late_is_used_from_the_next_round(federation, tmp
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == 5
-    ok_up = {(r["round"], r["partition_id"]) for r in _ledger(out)
-             if r["direction"] == "up" and r["kind"] == "train" and r["status"] == "ok"}
+    ok_up = {
+        (r["round"], r["partition_id"])
+        for r in _ledger(out)
+        if r["direction"] == "up" and r["kind"] == "train" and r["status"] == "ok"
+    }
     assert ("1", "0") in ok_up and ("1", "1") not in ok_up  # round 1: only the early node
     # the late node trains in a later round (which one depends on how soon it connects: a loaded
     # machine can take a few rounds of this tiny model to start a SuperNode)

@@ -69,6 +69,7 @@ def test_an_existing_ca_is_kept_without_force(tmp_path, capsys):
     assert deploy_main(["certs", str(tmp_path), "--host", "10.0.0.1", "--force"]) == 0
     assert all(p.read_bytes() != old for p, old in before.items())
     from fedkron.deploy import subject_names
+
     assert subject_names(tls.server_cert) == ["10.0.0.1"]
 
 
@@ -99,8 +100,7 @@ def test_a_symlink_at_a_key_path_is_refused_and_its_target_untouched(tmp_path, t
     (keys / "edge-0").symlink_to(target)
     (certs / "server.key").symlink_to(target)
 
-    for make in (lambda: make_node_keys(keys, ["edge-0"], force=True),
-                 lambda: make_certificates(certs, force=True)):
+    for make in (lambda: make_node_keys(keys, ["edge-0"], force=True), lambda: make_certificates(certs, force=True)):
         with pytest.raises(KeyFileError, match="symlink"):
             make()
     assert (keys / "edge-0").is_symlink() and (certs / "server.key").is_symlink()

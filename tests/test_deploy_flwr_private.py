@@ -53,8 +53,13 @@ def test_deploy_package_uses_private_flower_only_in_flwr_private():
         if path.name == "flwr_private.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
-                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names = (
+                [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
             for name in names:
                 if (name == "flwr" or name.startswith("flwr.")) and name not in public:
                     offenders.append(f"{path.name}: {name}")
@@ -66,8 +71,9 @@ def _run_script(code: str, env_extra: dict[str, str] | None = None) -> subproces
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(env_extra or {})
     prelude = f"import sys; sys.path.insert(0, {str(DEPLOY)!r}); "
-    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True,
-                          env=env, cwd="/", timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code], capture_output=True, text=True, env=env, cwd="/", timeout=120
+    )
 
 
 def test_warm_worker_script_refuses_untested_flower_and_imports_no_fedkron():
@@ -75,8 +81,10 @@ def test_warm_worker_script_refuses_untested_flower_and_imports_no_fedkron():
     assert res.returncode != 0
     assert "tested with flwr 1.41.x only, but flwr 1.43.1 is installed" in res.stderr
 
-    res = _run_script("import warm_clientapp; "
-                      "print(sorted(m for m in sys.modules if m.split('.')[0] == 'fedkron')); "
-                      f"print({str(DEPLOY)!r} in sys.path)")
+    res = _run_script(
+        "import warm_clientapp; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'fedkron')); "
+        f"print({str(DEPLOY)!r} in sys.path)"
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.split("\n")[:2] == ["[]", "False"]  # no fedkron, and its folder shadows nothing

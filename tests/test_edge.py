@@ -11,12 +11,12 @@ from flwr.app import Message
 from loopback import LoopbackGrid
 
 from fedkron.compression import get_codec
-from fedkron.config import ConfigError, RunConfig
-from fedkron.protocol import make_info, make_reply, read_broadcast
-from fedkron.server.ledger import Ledger, LedgerGrid, LedgerRow
-from fedkron.server.rounds import run_rounds
 from fedkron.devices.profiles import load_mix
 from fedkron.devices.timing import plan_round, read_timing_csv
+from fedkron.protocol import make_info, make_reply, read_broadcast
+from fedkron.runconfig.fields import ConfigError, RunConfig
+from fedkron.server.ledger import Ledger, LedgerGrid, LedgerRow
+from fedkron.server.rounds import run_rounds
 from fedkron.strategies.edge import keep_timing_rows, timing_row
 from fedkron.strategies.registry import build_strategy
 from fedkron.strategies.wrapper import FedKron, from_arrayrecord, to_arrayrecord
@@ -24,8 +24,16 @@ from fedkron.strategies.wrapper import FedKron, from_arrayrecord, to_arrayrecord
 ROLES = {"l.A": "A", "l.B1": "B1", "l.B2": "B2", "head.weight": "full"}
 SHAPES = {"l.A": (2, 2), "l.B1": (3, 2), "l.B2": (2, 3), "head.weight": (4,)}
 DEFAULTS = RunConfig().to_record()
-BOX = {"name": "box", "weight": 1, "speed": 0.5, "down_mbps": 1.0, "up_mbps": 0.5, "latency_ms": 100,
-       "availability": 1.0, "dropout": 0.0}
+BOX = {
+    "name": "box",
+    "weight": 1,
+    "speed": 0.5,
+    "down_mbps": 1.0,
+    "up_mbps": 0.5,
+    "latency_ms": 100,
+    "availability": 1.0,
+    "dropout": 0.0,
+}
 
 
 def _mix(tmp_path, **changes) -> str:
@@ -35,8 +43,19 @@ def _mix(tmp_path, **changes) -> str:
 
 
 def _cfg(**kw):
-    base = dict(model="tiny-bert", task="sst2", clients=6, rounds=1, local_steps=1, quant="fp32", downlink="fp32",
-                error_feedback=False, max_length=16, norm_bound_factor=0, aggregation="per-factor")
+    base = dict(
+        model="tiny-bert",
+        task="sst2",
+        clients=6,
+        rounds=1,
+        local_steps=1,
+        uplink="fp32",
+        downlink="fp32",
+        error_feedback=False,
+        max_length=16,
+        norm_bound_factor=0,
+        aggregation="per-factor",
+    )
     return RunConfig(**{**base, **kw}).resolved()
 
 
@@ -63,10 +82,18 @@ class Clients:
 
 def _run(cfg, clients, known=None):
     ledger = Ledger()
-    strategy = FedKron(build_strategy(cfg), cfg, _initial(), ROLES, ledger=ledger,
-                       partition_sizes={p: 1 for p in range(cfg.clients)}, known_partitions=known)
-    grid = LedgerGrid(LoopbackGrid(cfg.clients, clients), ledger,
-                      partition_of=lambda n: strategy.roster.partition_of.get(n, -1))
+    strategy = FedKron(
+        build_strategy(cfg),
+        cfg,
+        _initial(),
+        ROLES,
+        ledger=ledger,
+        partition_sizes={p: 1 for p in range(cfg.clients)},
+        known_partitions=known,
+    )
+    grid = LedgerGrid(
+        LoopbackGrid(cfg.clients, clients), ledger, partition_of=lambda n: strategy.roster.partition_of.get(n, -1)
+    )
     result = run_rounds(strategy, grid, to_arrayrecord(_initial()), 1, cfg.rounds, lambda r, a: None, timeout=60)
     return strategy, from_arrayrecord(result.arrays), ledger
 
@@ -160,7 +187,9 @@ def test_known_partitions_replace_the_queries(flower_identity, tmp_path):
     assert not [r for r in ledger.rows if r.kind == "query"]
     assert strategy.roster.partition_of == {n: p for n, (p, _) in table.items()}
     # a table for another number of partitions (a compare with more nodes) is not used: nodes are asked
-    strategy, _, ledger = _run(cfg, Clients(_ups(4), [1.0] * 4), known=lambda: {n: (p, 8) for n, (p, _) in table.items()})
+    strategy, _, ledger = _run(
+        cfg, Clients(_ups(4), [1.0] * 4), known=lambda: {n: (p, 8) for n, (p, _) in table.items()}
+    )
     assert len([r for r in ledger.rows if r.kind == "query"]) == 8
 
 
@@ -181,17 +210,22 @@ def test_over_select_draws_ceil_k_times_one_plus_f():
 
 # ---- config and Ray resources ----
 
+
 def test_edge_config_errors_are_named_before_ray(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[[profile]]\nname = "x"\nweight = 1\nspeed = 1\ndown_mbps = -1\nup_mbps = 1\n'
-                   'latency_ms = 1\navailability = 1\ndropout = 0\n')
+    bad.write_text(
+        '[[profile]]\nname = "x"\nweight = 1\nspeed = 1\ndown_mbps = -1\nup_mbps = 1\n'
+        "latency_ms = 1\navailability = 1\ndropout = 0\n"
+    )
     with pytest.raises(ConfigError) as err:
         RunConfig(task="sst2", devices=str(bad), client_cpus=0, client_gpus=-1, max_actors=-2).resolved()
     text = str(err.value)
     assert "bad.toml: profile[0] (x).down_mbps: expected a number > 0, got -1" in text
     assert "client-cpus must be > 0" in text and "client-gpus must be ≥ 0" in text and "max-actors must be ≥ 0" in text
     with pytest.raises(ConfigError) as err:
-        RunConfig(task="sst2", over_select=0.3, round_deadline=60, max_actors=2, ray_address="127.0.0.1:6379").resolved()
+        RunConfig(
+            task="sst2", over_select=0.3, round_deadline=60, max_actors=2, ray_address="127.0.0.1:6379"
+        ).resolved()
     text = str(err.value)
     assert "over-select needs --devices" in text and "round-deadline needs --devices" in text
     assert "max-actors cannot be combined with --ray-address" in text
@@ -217,6 +251,7 @@ def test_ray_resources_become_flowers_backend_config():
 
 # ---- results folder and report ----
 
+
 def test_resumed_timing_table_keeps_completed_rounds_only(tmp_path):
     from fedkron.devices.timing import append_timing_csv, round_time
 
@@ -234,19 +269,43 @@ def test_resumed_timing_table_keeps_completed_rounds_only(tmp_path):
 def _run_folder(root, name, method, codec, accs, sim, split=(0.25, 0.75)):
     folder = root / name
     folder.mkdir()
-    metrics = [{"round": 0, "accuracy": 0.5, "bytes_up_total": 0, "bytes_down_total": 0, "bytes_up": 0,
-                "bytes_down": 0, "sim_seconds": 0.0, "sim_seconds_total": 0.0}]
+    metrics = [
+        {
+            "round": 0,
+            "accuracy": 0.5,
+            "bytes_up_total": 0,
+            "bytes_down_total": 0,
+            "bytes_up": 0,
+            "bytes_down": 0,
+            "sim_seconds": 0.0,
+            "sim_seconds_total": 0.0,
+        }
+    ]
     total = 0.0
     for rnd, (acc, s) in enumerate(zip(accs, sim), start=1):
         total += s
-        metrics.append({"round": rnd, "accuracy": acc, "bytes_up_total": 100 * rnd, "bytes_down_total": 100 * rnd,
-                        "bytes_up": 100, "bytes_down": 100, "sim_seconds": s, "sim_seconds_total": total,
-                        "sim_transfer_seconds": split[0] * s, "sim_compute_seconds": split[1] * s,
-                        "sim_wait_seconds": 0.0})
+        metrics.append(
+            {
+                "round": rnd,
+                "accuracy": acc,
+                "bytes_up_total": 100 * rnd,
+                "bytes_down_total": 100 * rnd,
+                "bytes_up": 100,
+                "bytes_down": 100,
+                "sim_seconds": s,
+                "sim_seconds_total": total,
+                "sim_transfer_seconds": split[0] * s,
+                "sim_compute_seconds": split[1] * s,
+                "sim_wait_seconds": 0.0,
+            }
+        )
     (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-    (folder / "config.json").write_text(json.dumps({"quant": codec, "downlink": codec, "devices": "phones-4g"}))
-    (folder / "summary.json").write_text(json.dumps({"method": method, "trainable_params": 10, "seconds": 1.0,
-                                                    "status": "completed", "majority_baseline": 0.5}))
+    (folder / "config.json").write_text(json.dumps({"uplink": codec, "downlink": codec, "devices": "phones-4g"}))
+    (folder / "summary.json").write_text(
+        json.dumps(
+            {"method": method, "trainable_params": 10, "seconds": 1.0, "status": "completed", "majority_baseline": 0.5}
+        )
+    )
     ledger = Ledger()
     for d in ("down", "up"):
         ledger.add(LedgerRow(1, d, "train", 1, 0, 100, 100, 100))
@@ -257,8 +316,9 @@ def _run_folder(root, name, method, codec, accs, sim, split=(0.25, 0.75)):
 def test_report_gives_simulated_time_to_the_lora_final_accuracy_minus_one_point(tmp_path):
     from fedkron.sim.report import write_report
 
-    kron = _run_folder(tmp_path, "kron-lora-nf4", "kron-lora", "nf4", [0.70, 0.79, 0.80], [100, 100, 100],
-                       split=(0.1, 0.9))
+    kron = _run_folder(
+        tmp_path, "kron-lora-nf4", "kron-lora", "nf4", [0.70, 0.79, 0.80], [100, 100, 100], split=(0.1, 0.9)
+    )
     lora = _run_folder(tmp_path, "lora-fp32", "lora", "fp32", [0.75, 0.78, 0.80], [400, 400, 400])
     out = tmp_path / "report"
     report = write_report(out, [kron, lora]).read_text()
@@ -277,9 +337,25 @@ def test_report_gives_simulated_time_to_the_lora_final_accuracy_minus_one_point(
 def test_cli_flags_reach_the_edge_settings():
     from fedkron.cli import build_parser, config_from_args
 
-    args = build_parser().parse_args(["sim", "--task", "sst2", "--devices", "iot-lte-m", "--over-select", "0.3",
-                                      "--round-deadline", "900", "--client-cpus", "0.5", "--client-gpus", "0.25",
-                                      "--max-actors", "4"])
+    args = build_parser().parse_args(
+        [
+            "sim",
+            "--task",
+            "sst2",
+            "--devices",
+            "iot-lte-m",
+            "--over-select",
+            "0.3",
+            "--round-deadline",
+            "900",
+            "--client-cpus",
+            "0.5",
+            "--client-gpus",
+            "0.25",
+            "--max-actors",
+            "4",
+        ]
+    )
     cfg = config_from_args(args).resolved()
     assert (cfg.devices, cfg.over_select, cfg.round_deadline) == ("iot-lte-m", 0.3, 900.0)
     assert (cfg.client_cpus, cfg.client_gpus, cfg.max_actors, cfg.ray_address) == (0.5, 0.25, 4, "")

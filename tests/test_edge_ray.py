@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from fedkron.config import RunConfig
-from fedkron.server.ledger import Ledger
 from fedkron.devices.profiles import load_mix
 from fedkron.devices.timing import read_timing_csv, transfer_seconds
+from fedkron.runconfig.fields import RunConfig
+from fedkron.server.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 TINY = dict(model="tiny-bert", task="sst2", local_steps=2, batch_size=8, max_length=24, eval_samples=16, lr=5e-3)
@@ -19,8 +19,16 @@ def test_simulated_time_is_computed_from_the_ledgers_bytes(tmp_path):
     the first 2 to finish; in round 2 partition 0 drops out)."""
     from fedkron.sim.simulate import run_sim
 
-    cfg = RunConfig(**TINY, clients=4, rounds=2, fraction=0.5, over_select=0.5, devices="iot-lte-m", seed=11,
-                    out=str(tmp_path / "run"))
+    cfg = RunConfig(
+        **TINY,
+        clients=4,
+        rounds=2,
+        fraction=0.5,
+        over_select=0.5,
+        devices="iot-lte-m",
+        seed=11,
+        out=str(tmp_path / "run"),
+    )
     summary = run_sim(cfg)
     folder = tmp_path / "run"
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -36,10 +44,12 @@ def test_simulated_time_is_computed_from_the_ledgers_bytes(tmp_path):
             dev = mix.profile_for(t["client"], 11)
             assert t["kind"] == dev.kind
             if t["status"] in ("ok", "surplus"):
-                assert t["download_s"] == pytest.approx(transfer_seconds(sent["down", t["client"]], dev.down_bps,
-                                                                         dev.latency_s), rel=1e-5)
-                assert t["upload_s"] == pytest.approx(transfer_seconds(sent["up", t["client"]], dev.up_bps,
-                                                                       dev.latency_s), rel=1e-5)
+                assert t["download_s"] == pytest.approx(
+                    transfer_seconds(sent["down", t["client"]], dev.down_bps, dev.latency_s), rel=1e-5
+                )
+                assert t["upload_s"] == pytest.approx(
+                    transfer_seconds(sent["up", t["client"]], dev.up_bps, dev.latency_s), rel=1e-5
+                )
         ok = sorted((t["total_s"], t["client"]) for t in clients if t["status"] == "ok")
         assert len(ok) == 2  # k = 2 kept
         closing = next(t for t in clients if t["client"] == ok[-1][1])

@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 
 from fedkron.adapters import adapter_factor_roles, adapter_layers, adapter_state_dict, load_adapter_state_dict
 from fedkron.client.worker import handle_train, select_trainable
-from fedkron.config import RunConfig
 from fedkron.models import build_model
 from fedkron.protocol import sent_names
+from fedkron.runconfig.fields import RunConfig
 from fedkron.strategies.exactness import aggregation_error
 
 
@@ -34,8 +34,13 @@ def _deltas(model, state):
 
 def _client_updates(global_state, names, n, seed):
     g = torch.Generator().manual_seed(seed)
-    return [{k: 0.05 * torch.randn(global_state[k].shape, generator=g) if k in names else torch.zeros_like(v)
-             for k, v in global_state.items()} for _ in range(n)]
+    return [
+        {
+            k: 0.05 * torch.randn(global_state[k].shape, generator=g) if k in names else torch.zeros_like(v)
+            for k, v in global_state.items()
+        }
+        for _ in range(n)
+    ]
 
 
 @settings(max_examples=10, deadline=None)
@@ -44,8 +49,9 @@ def test_exact_mode_mean_of_factors_is_mean_of_delta_w(model, n, seed, weights):
     roles = adapter_factor_roles(model)
     global_state = {k: v.clone() for k, v in adapter_state_dict(model).items()}
     g = torch.Generator().manual_seed(seed + 1)  # a non-zero B1, as after a few rounds
-    global_state = {k: v + 0.1 * torch.randn(v.shape, generator=g) if roles[k] == "B1" else v
-                    for k, v in global_state.items()}
+    global_state = {
+        k: v + 0.1 * torch.randn(v.shape, generator=g) if roles[k] == "B1" else v for k, v in global_state.items()
+    }
     updates = _client_updates(global_state, set(exact_names(roles)), n, seed)
     w = weights[:n]
     mean = weighted_mean(updates, w)
@@ -69,14 +75,17 @@ def test_per_factor_mode_is_not_exact(model):
 def test_ffa_lora_and_exact_krona_are_exact_too():
     """Exact mode for LoRA (FFA-LoRA: A frozen) and KronA (A frozen): ΔW is linear in B."""
     for method in ("lora", "krona"):
-        cfg = RunConfig(model="tiny-bert", task="sst2", method=method, clients=2, rounds=1, local_steps=1,
-                        max_length=16)
+        cfg = RunConfig(
+            model="tiny-bert", task="sst2", method=method, clients=2, rounds=1, local_steps=1, max_length=16
+        )
         m = build_model(cfg, num_labels=2)
         roles = adapter_factor_roles(m)
         state = {k: v.clone() for k, v in adapter_state_dict(m).items()}
         g = torch.Generator().manual_seed(2)
-        state = {k: v + 0.1 * torch.randn(v.shape, generator=g) if roles[k] in ("B", "lora_B") else v
-                 for k, v in state.items()}
+        state = {
+            k: v + 0.1 * torch.randn(v.shape, generator=g) if roles[k] in ("B", "lora_B") else v
+            for k, v in state.items()
+        }
         updates = _client_updates(state, set(exact_names(roles)), 3, seed=5)
         assert {roles[n] for n in exact_names(roles)} == {"full", "B" if method == "krona" else "lora_B"}
         assert aggregation_error(state, updates, [1, 2, 3], roles) < 1e-5
@@ -103,16 +112,26 @@ def exact_round(flower_identity):
     from fedkron.strategies.registry import build_strategy
     from fedkron.strategies.wrapper import FedKron
 
-    cfg = RunConfig(model="tiny-bert", task="boolq", clients=2, rounds=1, local_steps=2, batch_size=4,
-                    max_length=16, aggregation="exact", error_feedback=False).resolved()
+    cfg = RunConfig(
+        model="tiny-bert",
+        task="boolq",
+        clients=2,
+        rounds=1,
+        local_steps=2,
+        batch_size=4,
+        max_length=16,
+        aggregation="exact",
+        error_feedback=False,
+    ).resolved()
     server_model = build_model(cfg, num_labels=2)
     state = adapter_state_dict(server_model)
     roles = adapter_factor_roles(server_model)
     strategy = FedKron(build_strategy(cfg), cfg, state, roles)
 
     def answer(content):
-        context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
-                          state=RecordDict(), run_config={})
+        context = Context(
+            run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(), run_config={}
+        )
         return handle_train(Message(content, dst_node_id=1, message_type="train"), context)
 
     return cfg, state, roles, strategy, answer, lambda: strategy._broadcast(1, ConfigRecord())

@@ -30,14 +30,22 @@ def _ours(home: Path) -> list[psutil.Process]:
 
 def test_flwr_run_dot_runs_the_app_and_writes_the_results_folder(tmp_path):
     home, out = tmp_path / "flwr-home", tmp_path / "results"
-    env = dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0",
-               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
-    run_config = (f"model='tiny-bert' task='sst2' clients=2 rounds=1 local-steps=2 batch-size=4 max-length=16 "
-                  f"eval-samples=16 out='{out}'")
+    env = dict(
+        os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1"
+    )
+    run_config = (
+        f"model='tiny-bert' task='sst2' clients=2 rounds=1 local-steps=2 batch-size=4 max-length=16 "
+        f"eval-samples=16 out='{out}'"
+    )
     try:
-        proc = subprocess.run(["flwr", "run", ".", "--stream", "--federation-config", "num-supernodes=2",
-                               "--run-config", run_config], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=420)
+        proc = subprocess.run(
+            ["flwr", "run", ".", "--stream", "--federation-config", "num-supernodes=2", "--run-config", run_config],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
         summary_file = out / "summary.json"
         deadline = time.time() + 120
         while not summary_file.is_file() and time.time() < deadline:  # --stream may return before the end

@@ -3,19 +3,18 @@
 import logging
 import re
 
-import pytest
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import arrays_size_mod, message_size_mod
+from loopback import LoopbackGrid
 
-from fedkron.client.worker import handle_train
-from fedkron.config import RunConfig
-from fedkron.models import build_model
 from fedkron.adapters import adapter_factor_roles, adapter_state_dict
+from fedkron.client.worker import handle_train
+from fedkron.models import build_model
+from fedkron.runconfig.fields import RunConfig
 from fedkron.server.ledger import Ledger, LedgerGrid, LedgerRow
 from fedkron.strategies.registry import build_strategy
 from fedkron.strategies.wrapper import FedKron, to_arrayrecord
-from loopback import LoopbackGrid
 
 
 def test_ledger_totals_and_csv_round_trip(tmp_path):
@@ -38,14 +37,24 @@ def test_ledger_totals_and_csv_round_trip(tmp_path):
 
 
 def _tiny_run(num_nodes, handler, **kw):
-    cfg = RunConfig(model="tiny-bert", task="sst2", clients=num_nodes, rounds=1, local_steps=1, batch_size=4,
-                    max_length=16, eval_samples=8, **kw).resolved()
+    cfg = RunConfig(
+        model="tiny-bert",
+        task="sst2",
+        clients=num_nodes,
+        rounds=1,
+        local_steps=1,
+        batch_size=4,
+        max_length=16,
+        eval_samples=8,
+        **kw,
+    ).resolved()
     model = build_model(cfg, num_labels=2)
     initial = {k: v.clone() for k, v in adapter_state_dict(model).items()}
     ledger = Ledger()
     strategy = FedKron(build_strategy(cfg), cfg, initial, adapter_factor_roles(model), ledger=ledger)
-    grid = LedgerGrid(LoopbackGrid(num_nodes, handler), ledger,
-                      partition_of=lambda n: strategy.roster.partition_of.get(n, -1))
+    grid = LedgerGrid(
+        LoopbackGrid(num_nodes, handler), ledger, partition_of=lambda n: strategy.roster.partition_of.get(n, -1)
+    )
     strategy.start(grid, to_arrayrecord(initial), num_rounds=1, timeout=60)
     return ledger, grid
 
@@ -93,7 +102,9 @@ def test_every_message_is_counted_once_with_its_round_kind_and_partition(flower_
     ledger, grid = _tiny_run(3, handler)
     assert len(ledger.rows) == 2 * len(grid.grid.sent) == 12
     assert sorted((r.round, r.kind, r.direction) for r in ledger.rows) == sorted(
-        [(0, "query", d) for d in ("down", "up") for _ in range(3)] + [(1, "train", d) for d in ("down", "up") for _ in range(3)])
+        [(0, "query", d) for d in ("down", "up") for _ in range(3)]
+        + [(1, "train", d) for d in ("down", "up") for _ in range(3)]
+    )
     train = [r for r in ledger.rows if r.kind == "train"]
     assert sorted(r.partition_id for r in train) == [0, 0, 1, 1, 2, 2]
     assert sorted(r.partition_id for r in ledger.rows if r.kind == "query" and r.direction == "up") == [0, 1, 2]

@@ -47,8 +47,11 @@ def test_lm_eval_templates():
     no_passage = mc_requests({"context": "is it true?", "choices": ["no", "yes"], "label": 1}, "boolq")
     assert no_passage[0][0] == "Question: is it true?\nAnswer:"  # one '?' even when the question has one
     wino = {"sentence": "Anna beat Bo so _ smiled.", "options": ["Anna", "Bo"], "label": 0}
-    assert mc_requests(wino, "winogrande") == (["Anna beat Bo so Anna", "Anna beat Bo so Bo"], [" smiled."] * 2,
-                                                ["Anna beat Bo so Anna", "Anna beat Bo so Bo"])
+    assert mc_requests(wino, "winogrande") == (
+        ["Anna beat Bo so Anna", "Anna beat Bo so Bo"],
+        [" smiled."] * 2,
+        ["Anna beat Bo so Anna", "Anna beat Bo so Bo"],
+    )
     with pytest.raises(PromptError, match="'sentence'.*'options'"):
         mc_requests({"context": "Anna beat Bo so", "choices": ["Anna smiled.", "Bo smiled."], "label": 0}, "winogrande")
     with pytest.raises(PromptError, match="no multiple-choice prompt for task 'mnli'"):
@@ -111,15 +114,22 @@ def test_alpaca_formatting_and_response_only_loss(tok):
     for i, text in enumerate(["blue", "hi"]):
         kept = enc["labels"][i] != -100
         assert tok.decode(enc["labels"][i][kept]) == text + EOS
-        assert tok.decode(enc["input_ids"][i][: int(enc["attention_mask"][i].sum())]).endswith("### Response:\n" + text + EOS)
+        assert tok.decode(enc["input_ids"][i][: int(enc["attention_mask"][i].sum())]).endswith(
+            "### Response:\n" + text + EOS
+        )
 
 
 def test_chat_template_formatting():
     tok = prepare_tokenizer(bpe_tokenizer(chat=True))
     prompt, response = format_instruction({"instruction": "Name a colour.", "input": "sky", "output": "blue"}, tok)
     assert prompt == "<|user|>\nName a colour.\n\nsky" + EOS + "\n<|assistant|>\n" and response == "blue" + EOS + "\n"
-    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                         {"role": "assistant", "content": "yes"}]}
+    chat = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "yes"},
+        ]
+    }
     enc = encode_instructions([chat], tok, 128)
     assert tok.decode(enc["labels"][0][enc["labels"][0] != -100]) == "yes" + EOS + "\n"
     assert format_instruction(chat, tok, use_chat_template=True)[0].startswith("<|system|>\nBe brief.")
@@ -144,19 +154,39 @@ def _record(instruction, answer):
 
 
 def test_llm_adapters_records_parse_into_choices():
-    arc = _record("Please choose the correct answer to the question: Which is hot? Answer1: no\n\nAnswer1: ice "
-                  "Answer2: fire Answer3: snow\n\nAnswer format: answer1/answer2/answer3", "answer2")
-    assert llm_adapters_to_mc(arc) == {"context": "Which is hot? Answer1: no", "choices": ["ice", "fire", "snow"], "label": 1}
-    piqa = _record("Please choose the correct solution to the question: Open a jar\n\nSolution1: twist \n\n"
-                   "Solution2: smash\n\nAnswer format: solution1/solution2", "solution1")
+    arc = _record(
+        "Please choose the correct answer to the question: Which is hot? Answer1: no\n\nAnswer1: ice "
+        "Answer2: fire Answer3: snow\n\nAnswer format: answer1/answer2/answer3",
+        "answer2",
+    )
+    assert llm_adapters_to_mc(arc) == {
+        "context": "Which is hot? Answer1: no",
+        "choices": ["ice", "fire", "snow"],
+        "label": 1,
+    }
+    piqa = _record(
+        "Please choose the correct solution to the question: Open a jar\n\nSolution1: twist \n\n"
+        "Solution2: smash\n\nAnswer format: solution1/solution2",
+        "solution1",
+    )
     assert llm_adapters_to_mc(piqa) == {"context": "Open a jar", "choices": ["twist", "smash"], "label": 0}
-    boolq = _record("Please answer the following question with true or false, question: is ice cold?\n\n"
-                    "Answer format: true/false", "true")
+    boolq = _record(
+        "Please answer the following question with true or false, question: is ice cold?\n\nAnswer format: true/false",
+        "true",
+    )
     assert llm_adapters_to_mc(boolq) == {"context": "is ice cold?", "choices": ["no", "yes"], "label": 1}
-    wino = _record("Please choose the correct answer to fill in the blank to complete the given sentence: "
-                   "Anna beat Bo so _ smiled.\n\nOption1: Anna Option2: Bo Answer format: option1/option2", "option2")
-    assert llm_adapters_to_mc(wino) == {"context": "Anna beat Bo so", "choices": ["Anna smiled.", "Bo smiled."],
-                                        "label": 1, "sentence": "Anna beat Bo so _ smiled.", "options": ["Anna", "Bo"]}
+    wino = _record(
+        "Please choose the correct answer to fill in the blank to complete the given sentence: "
+        "Anna beat Bo so _ smiled.\n\nOption1: Anna Option2: Bo Answer format: option1/option2",
+        "option2",
+    )
+    assert llm_adapters_to_mc(wino) == {
+        "context": "Anna beat Bo so",
+        "choices": ["Anna smiled.", "Bo smiled."],
+        "label": 1,
+        "sentence": "Anna beat Bo so _ smiled.",
+        "options": ["Anna", "Bo"],
+    }
     with pytest.raises(PromptError, match="answer 'answer5' is not one of"):
         llm_adapters_to_mc(_record(arc["instruction"], "answer5"))
 

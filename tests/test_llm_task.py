@@ -9,7 +9,8 @@ from llm_fixtures import bpe_tokenizer, tiny_gpt2, tiny_llama
 
 from fedkron.adapters import adapter_state_dict, inject
 from fedkron.data.lm_encode import encode_instructions, encode_mc_for_lm, encode_mc_for_training
-from fedkron.lm_task import (
+from fedkron.models.causal_lm import lm_adapter_config, prepare_tokenizer
+from fedkron.training.language_model import (
     causal_lm_loss,
     eval_causal_lm,
     mc_loglikelihoods,
@@ -18,7 +19,6 @@ from fedkron.lm_task import (
     score_mc,
     train_causal_lm,
 )
-from fedkron.models.causal_lm import lm_adapter_config, prepare_tokenizer
 
 ROWS = [
     {"context": "What is the capital of France?", "choices": ["Paris", "London café"], "label": 0},
@@ -36,7 +36,7 @@ def hand_loglikelihood(model, tok, context: str, continuation: str, with_count: 
     """Plain forward on the unpadded sequence, log-softmax, sum over the continuation tokens."""
     ctx = tok(context, add_special_tokens=False)["input_ids"] if context else [tok.eos_token_id]
     whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
-    cont = whole[len(ctx):] if context else whole
+    cont = whole[len(ctx) :] if context else whole
     ids = torch.tensor([ctx + cont])
     with torch.no_grad():
         logp = model(input_ids=ids).logits[0].double().log_softmax(-1)
@@ -50,7 +50,9 @@ def test_mc_loglikelihoods_equal_a_hand_computation(build, tok):
     enc = encode_mc_for_lm(ROWS, tok, 64, task="piqa")
     lls = mc_loglikelihoods(model, enc, batch_size=3)  # batches mix lengths: padding must not leak in
     expected = [
-        hand_loglikelihood(model, tok, f"Question: {r['context']}\nAnswer:", " " + c) for r in ROWS for c in r["choices"]
+        hand_loglikelihood(model, tok, f"Question: {r['context']}\nAnswer:", " " + c)
+        for r in ROWS
+        for c in r["choices"]
     ]
     torch.testing.assert_close(lls, torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-4)
     scores = score_mc(model, enc, batch_size=2)
@@ -65,7 +67,9 @@ def test_mc_loglikelihoods_equal_a_hand_computation(build, tok):
 def test_acc_norm_divides_by_characters_and_acc_bytes_by_utf8_bytes():
     # choices "ab" (2 chars, 2 bytes), "éé" (2 chars, 4 bytes), "abcd" (4 chars, 4 bytes)
     encoded = {
-        "row_index": torch.tensor([0, 0, 0]), "choice_index": torch.tensor([0, 1, 2]), "gold": torch.tensor([2]),
+        "row_index": torch.tensor([0, 0, 0]),
+        "choice_index": torch.tensor([0, 1, 2]),
+        "gold": torch.tensor([2]),
         "choice_chars": torch.tensor([2.0, 2.0, 4.0], dtype=torch.float64),
         "choice_bytes": torch.tensor([2.0, 4.0, 4.0], dtype=torch.float64),
         "continuation_mask": torch.tensor([[0, 1, 1, 0], [0, 1, 1, 0], [0, 1, 1, 1]], dtype=torch.bool),
@@ -105,11 +109,15 @@ def test_training_on_a_repeated_example_lowers_its_masked_loss(method, tok):
 
 def test_eval_perplexity_is_token_weighted_and_batch_size_free(tok):
     model = tiny_gpt2(len(tok))
-    rows = [{"instruction": "Say hi", "output": "hi"},
-            {"instruction": "Name a colour.", "input": "sky", "output": "blue green red"}]
+    rows = [
+        {"instruction": "Say hi", "output": "hi"},
+        {"instruction": "Name a colour.", "input": "sky", "output": "blue green red"},
+    ]
     data = encode_instructions(rows, tok, 128)
     one, two = eval_causal_lm(model, data, batch_size=1), eval_causal_lm(model, data, batch_size=2)
-    assert one["loss"] == pytest.approx(two["loss"], rel=1e-5) and one["perplexity"] == pytest.approx(math.exp(one["loss"]))
+    assert one["loss"] == pytest.approx(two["loss"], rel=1e-5) and one["perplexity"] == pytest.approx(
+        math.exp(one["loss"])
+    )
     assert one["tokens"] == int((data["labels"][:, 1:] != -100).sum())
     per_row = [eval_causal_lm(model, {k: v[i : i + 1] for k, v in data.items()}) for i in range(2)]
     weighted = sum(r["loss"] * r["tokens"] for r in per_row) / sum(r["tokens"] for r in per_row)

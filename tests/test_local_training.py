@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from fedkron.config import RunConfig
 from fedkron.models import build_model
-from fedkron.task import label_log_prior, train_local
+from fedkron.runconfig.fields import RunConfig
+from fedkron.training.local import label_log_prior, train_local
 
 
 def _skewed_client(n: int = 64, positives: int = 60, length: int = 12):
@@ -18,14 +18,12 @@ def _skewed_client(n: int = 64, positives: int = 60, length: int = 12):
     labels = torch.zeros(n, dtype=torch.long)
     labels[torch.randperm(n, generator=torch.Generator().manual_seed(0))[:positives]] = 1
     row = torch.randint(1000, 5000, (1, length), generator=torch.Generator().manual_seed(1))
-    return {"input_ids": row.repeat(n, 1), "attention_mask": torch.ones(n, length, dtype=torch.long),
-            "labels": labels}
+    return {"input_ids": row.repeat(n, 1), "attention_mask": torch.ones(n, length, dtype=torch.long), "labels": labels}
 
 
 @pytest.fixture(scope="module")
 def cfg():
-    return RunConfig(model="tiny-bert", task="sst2", method="lora", clients=1, rounds=1, local_steps=1,
-                     max_length=16)
+    return RunConfig(model="tiny-bert", task="sst2", method="lora", clients=1, rounds=1, local_steps=1, max_length=16)
 
 
 def test_label_log_prior_is_add_one_smoothed_per_class(cfg):
@@ -71,8 +69,9 @@ def test_sgd_moves_a_fitted_single_class_client_far_less_than_adamw(cfg):
     for opt in ("adamw", "sgd"):
         model = build_model(cfg, 2).eval()
         before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        result = train_local(model, data, steps=10, batch_size=16, lr=5e-3, seed=1,
-                             local_loss="logit-adjusted", optimizer=opt)
+        result = train_local(
+            model, data, steps=10, batch_size=16, lr=5e-3, seed=1, local_loss="logit-adjusted", optimizer=opt
+        )
         assert result.loss < 0.1  # the adjusted loss is already small: log(65/66)-ish plus noise
         ratios[opt] = _update_norm(model, before)
     assert ratios["sgd"] < 0.05 * ratios["adamw"]

@@ -12,27 +12,67 @@ import pytest
 
 pytestmark = pytest.mark.slow  # real `fedkron sim` processes (their imports take seconds each)
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model", "tiny-bert", "--task", "sst2", "--clients", "2", "--rounds", "1", "--local-steps", "1",
-        "--max-length", "16", "--eval-samples", "8"]
+TINY = [
+    "--model",
+    "tiny-bert",
+    "--task",
+    "sst2",
+    "--clients",
+    "2",
+    "--rounds",
+    "1",
+    "--local-steps",
+    "1",
+    "--max-length",
+    "16",
+    "--eval-samples",
+    "8",
+]
 
 
 def _fedkron(*args, timeout=120):
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "fedkron", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedkron", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
     return proc, time.perf_counter() - t0
 
 
 def test_bad_values_are_all_reported_at_once_before_ray(tmp_path):
-    proc, _ = _fedkron("sim", *TINY, "--shape-policy", "square", "--block-size", "16", "--alpha", "inf",
-                       "--server-lr", "nan", "--seed", str(2**40), "--rank", str(10**6), "--min-replies", "3",
-                       "--fraction", "0.5", "--out", str(tmp_path / "o"))
+    proc, _ = _fedkron(
+        "sim",
+        *TINY,
+        "--shape-policy",
+        "square",
+        "--block-size",
+        "16",
+        "--alpha",
+        "inf",
+        "--server-lr",
+        "nan",
+        "--seed",
+        str(2**40),
+        "--rank",
+        str(10**6),
+        "--min-replies",
+        "3",
+        "--fraction",
+        "0.5",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     err = proc.stderr
-    for fragment in ("shape-policy 'square' is not one of paper, peft", "block-size 16 does not suit the quant codec nf4",
-                     "alpha must be a finite number", "server-lr must be a finite number", "seed must be in [0, 2^32)",
-                     "rank must be ≤ 4096", "min-replies must be in [1, the 1 clients sampled per round]"):
+    for fragment in (
+        "shape-policy 'square' is not one of paper, peft",
+        "block-size 16 does not suit the quant codec nf4",
+        "alpha must be a finite number",
+        "server-lr must be a finite number",
+        "seed must be in [0, 2^32)",
+        "rank must be ≤ 4096",
+        "min-replies must be in [1, the 1 clients sampled per round]",
+    ):
         assert fragment in err, fragment
     assert "Ray" not in proc.stdout + err and not (tmp_path / "o").exists()  # values: checked before any folder
 
@@ -42,10 +82,13 @@ def test_explicit_zero_clients_is_refused_not_silently_defaulted(tmp_path):
     assert proc.returncode == 2 and "--clients must be ≥ 1 (got 0" in proc.stderr
 
 
-@pytest.mark.parametrize("model, message", [
-    ("/definitely/not/a/model", "model folder '/definitely/not/a/model' does not exist"),
-    ("./models/missing", "model folder './models/missing' does not exist"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("/definitely/not/a/model", "model folder '/definitely/not/a/model' does not exist"),
+        ("./models/missing", "model folder './models/missing' does not exist"),
+    ],
+)
 def test_a_model_that_cannot_be_found_is_one_line(tmp_path, model, message):
     proc, seconds = _fedkron("sim", *TINY, "--model", model, "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and message in proc.stderr
@@ -68,11 +111,19 @@ def test_an_unwritable_results_folder_and_bad_data_stop_before_ray(tmp_path):
 
 
 def _a_finished_looking_run(folder: Path, rounds=2, checkpoint=True):
-    from fedkron.config import RunConfig
+    from fedkron.runconfig.fields import RunConfig
 
     folder.mkdir(parents=True)
-    cfg = RunConfig(model="tiny-bert", task="sst2", clients=2, rounds=rounds, local_steps=1, max_length=16,
-                    eval_samples=8, out=str(folder)).resolved()
+    cfg = RunConfig(
+        model="tiny-bert",
+        task="sst2",
+        clients=2,
+        rounds=rounds,
+        local_steps=1,
+        max_length=16,
+        eval_samples=8,
+        out=str(folder),
+    ).resolved()
     (folder / "config.json").write_text(json.dumps(cfg.to_record()))
     (folder / "metrics.jsonl").write_text("".join(json.dumps({"round": r}) + "\n" for r in range(rounds + 1)))
     if checkpoint:
@@ -93,7 +144,6 @@ def test_a_run_is_never_overwritten_without_overwrite(tmp_path):
 
 
 def test_overwrite_clears_the_old_run_before_the_new_one(tmp_path, monkeypatch):
-    import fedkron.sim.simulate as simulate
     from fedkron.cli import main
 
     folder = tmp_path / "run"
@@ -121,7 +171,7 @@ def test_resume_refuses_a_lost_checkpoint_and_changed_settings(tmp_path):
     edited = tmp_path / "edited"
     _a_finished_looking_run(edited)
     saved = json.loads((edited / "config.json").read_text())
-    saved.update({"quant": "int8", "seed": 7})
+    saved.update({"uplink": "int8", "seed": 7})
     (edited / "config.json").write_text(json.dumps(saved))
     proc, _ = _fedkron("sim", "--resume", str(edited), "--rounds", "3")
     assert proc.returncode == 2

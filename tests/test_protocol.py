@@ -5,13 +5,27 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ConfigRecord, Message, MetricRecord, RecordDict
-
 from faulty import corrupt
+from flwr.app import Array, ConfigRecord, Message, RecordDict
+
 from fedkron.compression import get_codec
-from fedkron.protocol import (ARRAYS, CONFIG, INFO, METRICS, ROUND, Broadcast, RejectedReply, make_broadcast,
-                              make_eval_reply, make_info, make_reply, read_broadcast, read_eval_reply, read_info,
-                              read_reply, sent_names)
+from fedkron.protocol import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    ROUND,
+    Broadcast,
+    RejectedReply,
+    make_broadcast,
+    make_eval_reply,
+    make_info,
+    make_reply,
+    read_broadcast,
+    read_eval_reply,
+    read_info,
+    read_reply,
+    sent_names,
+)
 
 SHAPES = {"layer.A": torch.Size([2, 3]), "layer.B1": torch.Size([4, 2]), "head.weight": torch.Size([5])}
 
@@ -46,18 +60,21 @@ def test_corrupted_replies_are_rejected(flower_identity, update, fault):
         _read(corrupt(_reply(update), fault))
 
 
-@pytest.mark.parametrize("metrics, message", [
-    ({"num-examples": 0}, "num-examples 0"),
-    ({"num-examples": 2.5}, "not an integer"),
-    ({"num-examples": math.inf}, "num-examples"),
-    ({"num-examples": 10**12}, "num-examples"),
-    ({"partition-id": math.nan}, "partition-id nan"),
-    ({"partition-id": 10**8}, "partition-id"),
-    ({"partition-id": -1}, "partition-id -1"),
-    ({"train-loss": math.inf}, "train-loss"),
-    ({"train-seconds": -1.0}, "train-seconds"),
-    ({"train-loss": [1.0, 2.0]}, "not a number"),
-])
+@pytest.mark.parametrize(
+    "metrics, message",
+    [
+        ({"num-examples": 0}, "num-examples 0"),
+        ({"num-examples": 2.5}, "not an integer"),
+        ({"num-examples": math.inf}, "num-examples"),
+        ({"num-examples": 10**12}, "num-examples"),
+        ({"partition-id": math.nan}, "partition-id nan"),
+        ({"partition-id": 10**8}, "partition-id"),
+        ({"partition-id": -1}, "partition-id -1"),
+        ({"train-loss": math.inf}, "train-loss"),
+        ({"train-seconds": -1.0}, "train-seconds"),
+        ({"train-loss": [1.0, 2.0]}, "not a number"),
+    ],
+)
 def test_every_metric_is_checked(flower_identity, update, metrics, message):
     with pytest.raises(RejectedReply, match=message):
         _read(_reply(update, **metrics))
@@ -114,8 +131,9 @@ def test_broadcast_sends_only_what_differs_from_the_defaults_and_checks_the_rest
     with pytest.raises(ValueError, match="differs from the server's"):  # a client with other defaults
         read_broadcast(content, {**defaults, "lr": 0.01})
     with pytest.raises(ValueError, match="does not know: bogus"):
-        read_broadcast(make_broadcast(get_codec("fp32").encode(update), {**run, "bogus": 1}, defaults, {ROUND: 1}),
-                       defaults)
+        read_broadcast(
+            make_broadcast(get_codec("fp32").encode(update), {**run, "bogus": 1}, defaults, {ROUND: 1}), defaults
+        )
 
 
 def test_info_and_evaluation_replies_are_checked(flower_identity):
@@ -135,7 +153,15 @@ def test_info_and_evaluation_replies_are_checked(flower_identity):
 
 
 def test_exact_mode_sends_the_output_side_factor_of_every_method():
-    roles = {"a.A": "A", "a.B1": "B1", "a.B2": "B2", "b.A": "A", "b.B": "B", "c.lora_A": "lora_A",
-             "c.lora_B": "lora_B", "head.weight": "full"}
+    roles = {
+        "a.A": "A",
+        "a.B1": "B1",
+        "a.B2": "B2",
+        "b.A": "A",
+        "b.B": "B",
+        "c.lora_A": "lora_A",
+        "c.lora_B": "lora_B",
+        "head.weight": "full",
+    }
     assert sent_names(roles, "exact") == ["a.B1", "b.B", "c.lora_B", "head.weight"]
     assert sent_names(roles, "per-factor") == list(roles)

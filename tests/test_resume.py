@@ -16,15 +16,42 @@ from fedkron.server.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ["--model", "tiny-bert", "--task", "sst2", "--clients", "3", "--rounds", "3", "--local-steps", "3",
-         "--batch-size", "8", "--max-length", "32", "--eval-samples", "32", "--lr", "0.005", "--bits", "4"]
+FLAGS = [
+    "--model",
+    "tiny-bert",
+    "--task",
+    "sst2",
+    "--clients",
+    "3",
+    "--rounds",
+    "3",
+    "--local-steps",
+    "3",
+    "--batch-size",
+    "8",
+    "--max-length",
+    "32",
+    "--eval-samples",
+    "32",
+    "--lr",
+    "0.005",
+    "--bits",
+    "4",
+]
 
 
 def _sim(args, **kw):
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
-    return subprocess.Popen([sys.executable, "-m", "fedkron", "sim", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedkron", "sim", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def _finish(proc, limit=400):
@@ -35,8 +62,11 @@ def _finish(proc, limit=400):
 
 def _train_totals(folder: Path, figure: str) -> tuple[int, int, int]:
     rows = [r for r in Ledger.read_csv(folder / "ledger.csv").rows if r.kind == "train"]
-    return (sum(getattr(r, figure) for r in rows if r.direction == "up"),
-            sum(getattr(r, figure) for r in rows if r.direction == "down"), len(rows))
+    return (
+        sum(getattr(r, figure) for r in rows if r.direction == "up"),
+        sum(getattr(r, figure) for r in rows if r.direction == "down"),
+        len(rows),
+    )
 
 
 def test_sigkill_mid_round_then_resume_matches_an_uninterrupted_run(tmp_path):

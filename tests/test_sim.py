@@ -8,14 +8,23 @@ import torch
 from safetensors.torch import load_file
 
 from fedkron.adapters import adapter_state_dict
-from fedkron.config import RunConfig
-from fedkron.server.ledger import Ledger
 from fedkron.models import build_model
+from fedkron.runconfig.fields import RunConfig
+from fedkron.server.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 
-TINY = dict(model="tiny-bert", task="sst2", clients=3, rounds=2, local_steps=3, batch_size=8,
-            max_length=32, eval_samples=48, lr=5e-3)
+TINY = dict(
+    model="tiny-bert",
+    task="sst2",
+    clients=3,
+    rounds=2,
+    local_steps=3,
+    batch_size=8,
+    max_length=32,
+    eval_samples=48,
+    lr=5e-3,
+)
 
 
 def _payload_per_message(ledger: Ledger) -> float:
@@ -29,6 +38,7 @@ def runs(tmp_path_factory):
     kron-lora fp32 (partition 1 raises) and kron-lora nf4 exact (clean), same task, seed and
     client schedule."""
     from faulty import make_faulty_app
+
     from fedkron.sim.compare import parse_runs, run_compare
     from fedkron.sim.simulate import run_sim
 
@@ -41,18 +51,27 @@ def runs(tmp_path_factory):
     def run(cfg, progress=None):
         if cfg.aggregation == "exact":
             return run_sim(cfg, progress=progress)
-        fault = ("nan-scales", (0,)) if cfg.quant == "nf4" else ("raise", (1,))
+        fault = ("nan-scales", (0,)) if cfg.uplink == "nf4" else ("raise", (1,))
         app = make_faulty_app(*fault)
         return run_sim(cfg, progress=progress, client_app=app)
 
     try:
-        report = run_compare(RunConfig(**TINY), parse_runs("kron-lora:nf4:per-factor,kron-lora:fp32:per-factor,kron-lora:nf4:exact"),
-                             root, run=run)
+        report = run_compare(
+            RunConfig(**TINY),
+            parse_runs("kron-lora:nf4:per-factor,kron-lora:fp32:per-factor,kron-lora:nf4:exact"),
+            root,
+            run=run,
+        )
     finally:
         logging.getLogger("fedkron").removeHandler(handler)
-    return {"root": root, "report": report, "logs": [r.getMessage() for r in records],
-            "nf4": root / "kron-lora-nf4-per-factor", "fp32": root / "kron-lora-fp32-per-factor",
-            "exact": root / "kron-lora-nf4-exact"}
+    return {
+        "root": root,
+        "report": report,
+        "logs": [r.getMessage() for r in records],
+        "nf4": root / "kron-lora-nf4-per-factor",
+        "fp32": root / "kron-lora-fp32-per-factor",
+        "exact": root / "kron-lora-nf4-exact",
+    }
 
 
 def test_results_folder_is_complete(runs):
@@ -158,9 +177,20 @@ def test_dual_multiple_choice_head_runs_on_ray_and_trains_its_temperature(tmp_pa
     """The dual layout reaches Ray clients and the server's evaluation alike (real ARC-Easy rows)."""
     from fedkron.sim.simulate import run_sim
 
-    cfg = RunConfig(model="tiny-bert", task="arc-easy", mc_head="dual", data_dir=str(shared_data), clients=2,
-                    rounds=1, local_steps=3, batch_size=8, max_length=32, eval_samples=32, lr=5e-2,
-                    out=str(tmp_path / "dual"))
+    cfg = RunConfig(
+        model="tiny-bert",
+        task="arc-easy",
+        mc_head="dual",
+        data_dir=str(shared_data),
+        clients=2,
+        rounds=1,
+        local_steps=3,
+        batch_size=8,
+        max_length=32,
+        eval_samples=32,
+        lr=5e-2,
+        out=str(tmp_path / "dual"),
+    )
     summary = run_sim(cfg)
     assert summary["status"] == "completed" and 0.0 <= summary["final_accuracy"] <= 1.0
     final = load_file(str(tmp_path / "dual" / "adapter" / "adapter_model.safetensors"))
@@ -178,7 +208,7 @@ def _copy_compare(runs, tmp_path):
 def test_resumed_compare_keeps_finished_runs_and_refuses_other_settings(runs, tmp_path):
     import csv
 
-    from fedkron.config import ConfigError
+    from fedkron.runconfig.fields import ConfigError
     from fedkron.sim.compare import parse_runs, run_compare
 
     root = _copy_compare(runs, tmp_path)

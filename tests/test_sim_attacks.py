@@ -13,20 +13,30 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedkron.config import RunConfig
+from fedkron.runconfig.fields import RunConfig
 from fedkron.server.ledger import Ledger
 
 pytestmark = pytest.mark.slow
-BASE = dict(model="tiny-bert", task="sst2", clients=4, rounds=2, local_steps=3, batch_size=8, max_length=24,
-            eval_samples=32, lr=5e-3)
+BASE = dict(
+    model="tiny-bert",
+    task="sst2",
+    clients=4,
+    rounds=2,
+    local_steps=3,
+    batch_size=8,
+    max_length=24,
+    eval_samples=32,
+    lr=5e-3,
+)
 
 
 def _simulate(client_app, cfgs):
     from fedkron.sim.simulate import prepared, run_many
 
     prepared_cfgs = {name: prepared(cfg) for name, cfg in cfgs.items()}
-    return dict(zip(prepared_cfgs, run_many(list(prepared_cfgs.values()), client_app=client_app,
-                                            query_partitions=True)))
+    return dict(
+        zip(prepared_cfgs, run_many(list(prepared_cfgs.values()), client_app=client_app, query_partitions=True))
+    )
 
 
 def _rows(folder):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedkron.config import RunConfig
+from fedkron.runconfig.fields import RunConfig
 
 pytestmark = pytest.mark.slow
 SMALL = dict(clients=2, rounds=2, local_steps=3, batch_size=4, max_length=48, eval_samples=24, lr=1e-2)
@@ -31,14 +31,20 @@ def runs(tmp_path_factory):
     from tokenizers.processors import TemplateProcessing
 
     eos = (t5_tokenizer.eos_token, t5_tokenizer.eos_token_id)
-    t5_tokenizer._tokenizer.post_processor = TemplateProcessing(single=f"$A {eos[0]}", pair=f"$A {eos[0]} $B {eos[0]}",
-                                                                special_tokens=[eos])
+    t5_tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single=f"$A {eos[0]}", pair=f"$A {eos[0]} $B {eos[0]}", special_tokens=[eos]
+    )
     t5_model = tiny_t5(vocab_size=len(t5_tokenizer))
     t5_model.config.eos_token_id, t5_model.config.pad_token_id = eos[1], t5_tokenizer.pad_token_id
     t5 = save_folder(t5_model, t5_tokenizer, root / "models" / "t5")
     instruct = root / "alpaca.jsonl"
-    instruct.write_text("".join(json.dumps({"instruction": f"Name colour {i}.", "input": "",
-                                            "output": ["blue", "red", "green"][i % 3]}) + "\n" for i in range(40)))
+    instruct.write_text(
+        "".join(
+            json.dumps({"instruction": f"Name colour {i}.", "input": "", "output": ["blue", "red", "green"][i % 3]})
+            + "\n"
+            for i in range(40)
+        )
+    )
     custom = root / "reviews.csv"
     with custom.open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -50,8 +56,14 @@ def runs(tmp_path_factory):
         "gpt2": RunConfig(model=gpt2, task="sst2", targets="c_attn,c_fc", **SMALL),
         "t5": RunConfig(model=t5, task="sst2", method="lora", **SMALL),
         "instruct": RunConfig(model="tiny-llama", task="instruct", train_file=str(instruct), **SMALL),
-        "custom": RunConfig(model="tiny-bert", task="custom", train_file=str(custom), text_column="review",
-                            label_column="verdict", **SMALL),
+        "custom": RunConfig(
+            model="tiny-bert",
+            task="custom",
+            train_file=str(custom),
+            text_column="review",
+            label_column="verdict",
+            **SMALL,
+        ),
     }
     cfgs = {k: prepared(RunConfig(**{**c.__dict__, "out": str(root / k)})) for k, c in cfgs.items()}
     summaries = dict(zip(cfgs, run_many(list(cfgs.values()))))
@@ -74,9 +86,9 @@ def test_each_model_and_task_runs_two_rounds_on_ray(runs, name):
 
 
 def test_language_models_score_choices_and_round_zero_is_zero_shot(runs):
+    from fedkron.data.client_data import eval_data
     from fedkron.models import build_model
-    from fedkron.task import evaluate_metrics
-    from fedkron.task_data import eval_data
+    from fedkron.training.local import evaluate_metrics
 
     root, cfgs, _ = runs
     for name in ("llama", "gpt2"):
@@ -99,14 +111,15 @@ def test_gpt2_adapts_its_conv1d_projections_and_t5_trains_a_classification_head(
 def test_instruction_tuning_reports_perplexity_and_writes_samples(runs):
     root, _, _ = runs
     rows = _rows(root / "instruct")
-    assert all(r["accuracy"] is None and r["perplexity"] == pytest.approx(2.718281828 ** r["loss"], rel=1e-6)
-               for r in rows)
+    assert all(
+        r["accuracy"] is None and r["perplexity"] == pytest.approx(2.718281828 ** r["loss"], rel=1e-6) for r in rows
+    )
     samples = [json.loads(x) for x in (root / "instruct" / "generations.jsonl").read_text().splitlines()]
     assert {s["round"] for s in samples} == {0, 1, 2} and all("### Instruction" in s["prompt"] for s in samples)
 
 
 def test_a_csv_task_of_your_own_with_string_labels(runs):
-    from fedkron.task_data import task_spec
+    from fedkron.data.client_data import task_spec
 
     root, cfgs, summaries = runs
     spec = task_spec(cfgs["custom"])

@@ -11,13 +11,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedkron.config import RunConfig
+from fedkron.runconfig.fields import RunConfig
 from fedkron.server.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 
-BASE = dict(model="tiny-bert", task="sst2", clients=4, rounds=2, local_steps=3, batch_size=8, max_length=24,
-            eval_samples=32, lr=5e-3)
+BASE = dict(
+    model="tiny-bert",
+    task="sst2",
+    clients=4,
+    rounds=2,
+    local_steps=3,
+    batch_size=8,
+    max_length=24,
+    eval_samples=32,
+    lr=5e-3,
+)
 RUNS = {
     "fedavg": {},
     "fedavgm": {"strategy": "fedavgm", "server_lr": 0.8},
@@ -67,11 +76,13 @@ def test_strategy_runs_two_rounds_on_ray(runs, name):
 def test_strategies_aggregate_differently(runs):
     """Each strategy is really in charge: the same clients' updates give different global adapters."""
     root, _, _ = runs
-    finals = {n: load_file(str(root / n / "adapter" / "adapter_model.safetensors")) for n in
-              ("fedavg", "fedavgm", "fedadam", "fedmedian", "krum", "dp-fixed")}
+    finals = {
+        n: load_file(str(root / n / "adapter" / "adapter_model.safetensors"))
+        for n in ("fedavg", "fedavgm", "fedadam", "fedmedian", "krum", "dp-fixed")
+    }
     names = list(finals)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert any(not torch.allclose(finals[a][k], finals[b][k]) for k in finals[a]), (a, b)
 
 

@@ -9,19 +9,19 @@ import math
 import numpy as np
 import pytest
 import torch
+from faulty import corrupt
 from flwr.app import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loopback import LoopbackGrid
 
-from faulty import corrupt
 from fedkron.compression import get_codec
-from fedkron.config import RunConfig
 from fedkron.protocol import make_reply, read_broadcast
+from fedkron.runconfig.fields import RunConfig
 from fedkron.server.ledger import Ledger, LedgerGrid
 from fedkron.server.rounds import run_rounds
 from fedkron.strategies.registry import build_strategy
 from fedkron.strategies.wrapper import FedKron, from_arrayrecord, to_arrayrecord
-from loopback import LoopbackGrid
 
 ROLES = {"l.A": "A", "l.B1": "B1", "l.B2": "B2", "head.weight": "full"}
 SHAPES = {"l.A": (2, 2), "l.B1": (3, 2), "l.B2": (2, 3), "head.weight": (4,)}
@@ -39,9 +39,19 @@ def _updates(n, seed, names=tuple(SHAPES)):
 
 
 def _cfg(**kw):
-    base = dict(model="tiny-bert", task="sst2", clients=4, rounds=2, local_steps=1, quant="fp32", downlink="fp32",
-                aggregation="per-factor", lr=2e-3,
-                error_feedback=False, max_length=16)
+    base = dict(
+        model="tiny-bert",
+        task="sst2",
+        clients=4,
+        rounds=2,
+        local_steps=1,
+        uplink="fp32",
+        downlink="fp32",
+        aggregation="per-factor",
+        lr=2e-3,
+        error_feedback=False,
+        max_length=16,
+    )
     return RunConfig(**{**base, **kw}).resolved()
 
 
@@ -61,9 +71,13 @@ class Clients:
         b = read_broadcast(msg.content, DEFAULTS)
         self.seen.append({"round": b.server_round, "pid": pid, "state": b.state})
         update = self.per_round[b.server_round][pid]
-        reply = Message(make_reply(get_codec("fp32").encode(update),
-                                   {"num-examples": self.examples[pid], "train-loss": 0.1 * (pid + 1),
-                                    "partition-id": pid}), reply_to=msg)
+        reply = Message(
+            make_reply(
+                get_codec("fp32").encode(update),
+                {"num-examples": self.examples[pid], "train-loss": 0.1 * (pid + 1), "partition-id": pid},
+            ),
+            reply_to=msg,
+        )
         fault = self.faults.get(pid)
         if fault == "raise":
             raise RuntimeError("injected")
@@ -76,10 +90,10 @@ def _run(cfg, clients, initial=None, rounds=None, ledger=None, sizes="known"):
     ledger = ledger if ledger is not None else Ledger()
     sizes = dict(enumerate(clients.examples)) if sizes == "known" else sizes
     strategy = FedKron(build_strategy(cfg), cfg, initial, ROLES, ledger=ledger, partition_sizes=sizes)
-    grid = LedgerGrid(LoopbackGrid(cfg.clients, clients), ledger,
-                      partition_of=lambda n: strategy.roster.partition_of.get(n, -1))
-    result = run_rounds(strategy, grid, to_arrayrecord(initial), 1, rounds or cfg.rounds,
-                        lambda r, a: None, timeout=60)
+    grid = LedgerGrid(
+        LoopbackGrid(cfg.clients, clients), ledger, partition_of=lambda n: strategy.roster.partition_of.get(n, -1)
+    )
+    result = run_rounds(strategy, grid, to_arrayrecord(initial), 1, rounds or cfg.rounds, lambda r, a: None, timeout=60)
     return strategy, from_arrayrecord(result.arrays), ledger
 
 
@@ -146,8 +160,9 @@ def test_fedprox_sends_its_proximal_term_to_the_clients(flower_identity):
     strategy, _, ledger = _run(_cfg(rounds=1, strategy="fedprox", proximal_mu=0.3), clients)
     sent = [r for r in ledger.rows if r.kind == "train" and r.direction == "down"]
     assert len(sent) == 4
-    cfg = RunConfig(**{k.replace("-", "_"): v for k, v in
-                       read_broadcast(_broadcast_of(strategy), DEFAULTS).config.items()})
+    cfg = RunConfig(
+        **{k.replace("-", "_"): v for k, v in read_broadcast(_broadcast_of(strategy), DEFAULTS).config.items()}
+    )
     assert cfg.proximal_mu == 0.3 and cfg.strategy == "fedprox"
 
 
@@ -196,11 +211,18 @@ def test_bad_replies_are_rejected_counted_and_marked_in_the_ledger(flower_identi
     ups = {1: _updates(4, 1)}
     clients = Clients(ups, [1, 1, 1, 1], faults={0: "truncated", 2: "raise"})
     strategy, final, ledger = _run(_cfg(rounds=1), clients)
-    assert {k: strategy.round_stats[1][k] for k in ("accepted", "rejected", "failed")} == \
-        {"accepted": 2, "rejected": 1, "failed": 1}
+    assert {k: strategy.round_stats[1][k] for k in ("accepted", "rejected", "failed")} == {
+        "accepted": 2,
+        "rejected": 1,
+        "failed": 1,
+    }
     ups_rows = [r for r in ledger.rows if r.kind == "train" and r.direction == "up"]
-    assert sorted((r.partition_id, r.status) for r in ups_rows) == [(0, "rejected"), (1, "ok"), (2, "failed"),
-                                                                    (3, "ok")]
+    assert sorted((r.partition_id, r.status) for r in ups_rows) == [
+        (0, "rejected"),
+        (1, "ok"),
+        (2, "failed"),
+        (3, "ok"),
+    ]
     for k in SHAPES:  # the mean of the two valid updates only
         torch.testing.assert_close(final[k], _initial()[k] + (ups[1][1][k] + ups[1][3][k]) / 2, rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="only 2 valid replies .* at least 3 needed"):
@@ -219,9 +241,18 @@ def test_a_reply_that_claims_another_partition_is_rejected(flower_identity):
     assert strategy.round_stats[1]["rejected"] == 1 and strategy.round_stats[1]["accepted"] == 3
 
 
-@pytest.mark.parametrize("name, kw", [("fedavgm", {"server_lr": 0.7}), ("fedadam", {}), ("fedyogi", {}),
-                                      ("fedadagrad", {}), ("fedavg", {"adaptive_clipping": True}),
-                                      ("fedavgm", {"downlink": "nf4"}), ("fedavg", {"downlink": "int8"})])
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("fedavgm", {"server_lr": 0.7}),
+        ("fedadam", {}),
+        ("fedyogi", {}),
+        ("fedadagrad", {}),
+        ("fedavg", {"adaptive_clipping": True}),
+        ("fedavgm", {"downlink": "nf4"}),
+        ("fedavg", {"downlink": "int8"}),
+    ],
+)
 def test_strategy_state_survives_a_checkpoint(flower_identity, name, kw):
     """Three rounds in one go equal two rounds, a save, a fresh strategy loaded, and round three
     (the inner strategy's server state and a quantized broadcast's error feedback included)."""
@@ -278,7 +309,7 @@ def test_downlink_error_feedback_keeps_the_sum_of_broadcasts_on_the_sum_of_state
 
 
 def test_settings_a_strategy_cannot_work_with_are_refused_before_the_run():
-    from fedkron.config import ConfigError
+    from fedkron.runconfig.fields import ConfigError
 
     with pytest.raises(ConfigError, match="bulyan needs at least 4·num-malicious \\+ 3 = 7 clients a round"):
         _cfg(strategy="bulyan", num_malicious=1, clients=6)

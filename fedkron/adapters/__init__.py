@@ -18,9 +18,9 @@ from .model import (
     trainable_parameter_count,
     unmerge,
 )
-from .storage import load_adapter, save_adapter
 from .peft_interop import PeftExportError, export_peft, import_peft
 from .shapes import FactorShapeError, KronShape
+from .storage import load_adapter, save_adapter
 from .targets import TargetError
 
 __all__ = [

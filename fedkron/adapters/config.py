@@ -74,7 +74,11 @@ class AdapterConfig:
             raise AdapterConfigError(f"unknown shape_policy {self.shape_policy!r}; expected one of {SHAPE_POLICIES}")
         if not isinstance(self.init, str) or self.init not in INITS:
             raise AdapterConfigError(f"unknown init {self.init!r}; expected one of {INITS}")
-        if not (_is_int(self.paper_a_in) and _is_int(self.paper_b_out)) or self.paper_a_in <= 0 or self.paper_b_out <= 0:
+        if (
+            not (_is_int(self.paper_a_in) and _is_int(self.paper_b_out))
+            or self.paper_a_in <= 0
+            or self.paper_b_out <= 0
+        ):
             raise AdapterConfigError(
                 f"paper_a_in and paper_b_out must be positive ints, got {self.paper_a_in!r}, {self.paper_b_out!r}"
             )
@@ -85,13 +89,19 @@ class AdapterConfig:
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
         if not _names_or_str(self.target_modules) or not self.target_modules:
-            raise AdapterConfigError(f"target_modules must be a non-empty str or list of str, got {self.target_modules!r}")
+            raise AdapterConfigError(
+                f"target_modules must be a non-empty str or list of str, got {self.target_modules!r}"
+            )
         if isinstance(self.modules_to_save, tuple):
             self.modules_to_save = list(self.modules_to_save)
         if self.modules_to_save is not None and not _names_or_str(self.modules_to_save):
-            raise AdapterConfigError(f"modules_to_save must be None, a str or a list of str, got {self.modules_to_save!r}")
+            raise AdapterConfigError(
+                f"modules_to_save must be None, a str or a list of str, got {self.modules_to_save!r}"
+            )
         if not isinstance(self.factor_shapes, dict):
-            raise AdapterConfigError(f"factor_shapes must map module suffix -> (a_out, a_in), got {self.factor_shapes!r}")
+            raise AdapterConfigError(
+                f"factor_shapes must map module suffix -> (a_out, a_in), got {self.factor_shapes!r}"
+            )
         shapes = {}
         for key, value in self.factor_shapes.items():
             pair = tuple(value) if isinstance(value, (list, tuple)) else ()
@@ -113,7 +123,7 @@ class AdapterConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AdapterConfig":
+    def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
         if not isinstance(data, dict):
             raise AdapterConfigError(f"an AdapterConfig must be a JSON object / dict, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}

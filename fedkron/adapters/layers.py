@@ -33,7 +33,7 @@ def base_layer_sizes(base: nn.Module) -> tuple[int, int]:
 
 
 def quantized_kind(base: nn.Module) -> str | None:
-    """"Linear4bit" / "Linear8bitLt" for a bitsandbytes base (whatever its storage dtype: 4-bit
+    """ "Linear4bit" / "Linear8bitLt" for a bitsandbytes base (whatever its storage dtype: 4-bit
     weights may be packed into a float ``quant_storage``), else None."""
     bnb = sys.modules.get("bitsandbytes")  # a bitsandbytes layer exists only once bitsandbytes is imported
     if bnb is None:

@@ -200,9 +200,15 @@ def _lokr_import(meta: dict, adapters: dict[str, dict[str, torch.Tensor]], metho
     if meta.get("decompose_both") or any("lokr_w1_a" in t or "lokr_t2" in t for t in adapters.values()):
         raise PeftExportError("LoKr adapters with a decomposed w1 or a conv t2 have no fedkron equivalent")
     rank, alpha = int(_number(meta, "r", positive_int=True)), _number(meta, "alpha")
-    incomplete = [n for n, t in adapters.items() if "lokr_w1" not in t or ("lokr_w2" not in t and {"lokr_w2_a", "lokr_w2_b"} - set(t))]
+    incomplete = [
+        n
+        for n, t in adapters.items()
+        if "lokr_w1" not in t or ("lokr_w2" not in t and {"lokr_w2_a", "lokr_w2_b"} - set(t))
+    ]
     if incomplete:
-        raise PeftExportError(f"LoKr module {incomplete[0]!r} lacks lokr_w1 or its w2 factors (has {sorted(adapters[incomplete[0]])})")
+        raise PeftExportError(
+            f"LoKr module {incomplete[0]!r} lacks lokr_w1 or its w2 factors (has {sorted(adapters[incomplete[0]])})"
+        )
     all_full = all("lokr_w2" in t for t in adapters.values())
     method = method or ("krona" if all_full else "kron-lora")
     if method == "krona" and not all_full:
@@ -230,7 +236,9 @@ def _lora_import(meta: dict, adapters: dict[str, dict[str, torch.Tensor]], metho
         alpha = alpha * rank / math.sqrt(rank)  # same s = alpha / sqrt(r) under fedkron's s = alpha / r
     incomplete = [n for n, t in adapters.items() if set(t) != {"lora_A.weight", "lora_B.weight"}]
     if incomplete:
-        raise PeftExportError(f"LoRA module {incomplete[0]!r} lacks lora_A or lora_B (has {sorted(adapters[incomplete[0]])})")
+        raise PeftExportError(
+            f"LoRA module {incomplete[0]!r} lacks lora_A or lora_B (has {sorted(adapters[incomplete[0]])})"
+        )
     state = {}
     for name, t in adapters.items():
         state[f"{name}.lora_A"], state[f"{name}.lora_B"] = t["lora_A.weight"], t["lora_B.weight"]

@@ -78,7 +78,9 @@ def read_adapter_meta(path: str | Path) -> dict:
             f"(format={meta.get('format')!r}, version={meta.get('format_version')!r})"
         )
     if not isinstance(meta.get("config"), dict):
-        raise AdapterConfigError(f"{config_file}: field 'config' must be an AdapterConfig object, got {meta.get('config')!r}")
+        raise AdapterConfigError(
+            f"{config_file}: field 'config' must be an AdapterConfig object, got {meta.get('config')!r}"
+        )
     for key in ("targets", "modules_to_save"):
         value = meta.get(key)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -104,7 +106,9 @@ def weights_header(path: Path, error: type[Exception] = AdapterStateError) -> di
     return header
 
 
-def planned_shapes(model: nn.Module, config: AdapterConfig, targets: list[str], modules_to_save: list[str]) -> dict[str, tuple[int, ...]]:
+def planned_shapes(
+    model: nn.Module, config: AdapterConfig, targets: list[str], modules_to_save: list[str]
+) -> dict[str, tuple[int, ...]]:
     """The adapter state names and shapes ``inject(model, config)`` would create, built on the meta device."""
     shapes: dict[str, tuple[int, ...]] = {}
     for name in targets:
@@ -128,7 +132,9 @@ def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[in
         )
     for name, shape in expected.items():
         if tuple(found[name]) != tuple(shape):
-            raise AdapterStateError(f"{source}: tensor {name!r} has shape {tuple(found[name])}, the model expects {tuple(shape)}")
+            raise AdapterStateError(
+                f"{source}: tensor {name!r} has shape {tuple(found[name])}, the model expects {tuple(shape)}"
+            )
 
 
 def adapter_plan(model: nn.Module, config: AdapterConfig) -> tuple[list[str], list[str], dict[str, tuple[int, ...]]]:
@@ -164,7 +170,10 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
         if diff:
             raise AdapterStateError(f"model was injected with a different config than {str(path)!r}: {diff}")
     targets, saved, expected = adapter_plan(model, config)
-    for kind, ours, theirs in (("targets", targets, meta["targets"]), ("modules_to_save", saved, meta["modules_to_save"])):
+    for kind, ours, theirs in (
+        ("targets", targets, meta["targets"]),
+        ("modules_to_save", saved, meta["modules_to_save"]),
+    ):
         if ours != theirs:
             raise AdapterStateError(
                 f"{kind} differ between model and {str(path)!r}: model only {sorted(set(ours) - set(theirs))[:3]}, "

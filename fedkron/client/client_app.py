@@ -4,6 +4,9 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedkron.client.worker import handle_evaluate, handle_query, handle_train
+from fedkron.logs import quiet_third_party
+
+quiet_third_party()  # an entry point: every simulated client (Ray actor) imports this module
 
 app = ClientApp()
 

@@ -17,13 +17,24 @@ from flwr.app import Context, Message
 from fedkron.adapters import adapter_factor_roles, adapter_state_dict, load_adapter_state_dict
 from fedkron.client.state import ResidualStore
 from fedkron.compression import ErrorFeedback, get_codec
-from fedkron.config import RunConfig
-from fedkron.lm_task import peak_memory_bytes
+from fedkron.data.client_data import client_data, model_shape
 from fedkron.models import build_model, model_key, resolved_device
-from fedkron.protocol import (NUM_EXAMPLES, PARTITION_ID, PEAK_MEMORY, TRAIN_LOSS, Broadcast, frozen_digest,
-                              make_eval_reply, make_info, make_reply, read_broadcast, sent_names)
-from fedkron.task import evaluate_metrics, num_rows, train_local
-from fedkron.task_data import client_data, model_shape
+from fedkron.protocol import (
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    PEAK_MEMORY,
+    TRAIN_LOSS,
+    Broadcast,
+    frozen_digest,
+    make_eval_reply,
+    make_info,
+    make_reply,
+    read_broadcast,
+    sent_names,
+)
+from fedkron.runconfig.fields import RunConfig
+from fedkron.training.language_model import peak_memory_bytes
+from fedkron.training.local import evaluate_metrics, num_rows, train_local
 
 log = logging.getLogger("fedkron")
 DEFAULTS = RunConfig().to_record()
@@ -43,8 +54,9 @@ def cached_model(cfg: RunConfig) -> tuple[torch.nn.Module, dict[str, torch.Tenso
     return _MODELS[key]
 
 
-def full_global_state(cfg: RunConfig, received: dict[str, torch.Tensor], init: dict[str, torch.Tensor],
-                      digest: str | None = None) -> dict[str, torch.Tensor]:
+def full_global_state(
+    cfg: RunConfig, received: dict[str, torch.Tensor], init: dict[str, torch.Tensor], digest: str | None = None
+) -> dict[str, torch.Tensor]:
     """The whole adapter state from a broadcast. In ``exact`` mode the server sends only the
     output-side factors and full modules (the others never leave their seeded init, so sending
     them would be wasted downlink); the rest comes from this process's own seeded build, checked
@@ -53,9 +65,11 @@ def full_global_state(cfg: RunConfig, received: dict[str, torch.Tensor], init: d
         return received
     mine = frozen_digest(init, list(received))
     if digest != mine:
-        raise ValueError(f"exact mode: this client's seeded frozen factors (digest {mine}) differ from the "
-                         f"server's ({digest}); server and clients must build adapters with the same seed, "
-                         "model and library versions")
+        raise ValueError(
+            f"exact mode: this client's seeded frozen factors (digest {mine}) differ from the "
+            f"server's ({digest}); server and clients must build adapters with the same seed, "
+            "model and library versions"
+        )
     return {**{k: v for k, v in init.items() if k not in received}, **received}
 
 
@@ -78,13 +92,16 @@ def node_partition(context: Context) -> tuple[int, int]:
     if "partition-id" not in nc and "num-partitions" not in nc:
         if nc.get("data-dir"):
             return 0, 1
-        raise KeyError("this SuperNode has no data: start it with --node-config \"data-dir=<folder>\" "
-                       "(its own data) or \"partition-id=<i> num-partitions=<n>\" (a share of a common set)")
+        raise KeyError(
+            'this SuperNode has no data: start it with --node-config "data-dir=<folder>" '
+            '(its own data) or "partition-id=<i> num-partitions=<n>" (a share of a common set)'
+        )
     try:
         pid, num = int(nc["partition-id"]), int(nc["num-partitions"])
     except (KeyError, TypeError, ValueError):
-        raise ValueError("the node config needs both partition-id and num-partitions as integers "
-                         f"(got {dict(nc)})") from None
+        raise ValueError(
+            f"the node config needs both partition-id and num-partitions as integers (got {dict(nc)})"
+        ) from None
     if not 0 <= pid < num:
         raise ValueError(f"partition-id {pid} is outside [0, num-partitions={num})")
     return pid, num
@@ -111,15 +128,22 @@ def handle_train(msg: Message, context: Context) -> Message:
     load_adapter_state_dict(model, global_state)
 
     t_train = time.perf_counter()
-    result = train_local(model, data, cfg.local_steps, cfg.batch_size, broadcast.round_lr or cfg.lr,
-                         seed=cfg.seed * 1_000_003 + broadcast.server_round * 1009 + pid,
-                         local_loss=cfg.local_loss, optimizer=cfg.local_opt,
-                         proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0)
+    result = train_local(
+        model,
+        data,
+        cfg.local_steps,
+        cfg.batch_size,
+        broadcast.round_lr or cfg.lr,
+        seed=cfg.seed * 1_000_003 + broadcast.server_round * 1009 + pid,
+        local_loss=cfg.local_loss,
+        optimizer=cfg.local_opt,
+        proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
+    )
     train_seconds = time.perf_counter() - t_train
 
     local = adapter_state_dict(model)
     update = {k: local[k].detach().float() - global_state[k].float() for k in sent}
-    codec = get_codec(cfg.quant, **cfg.codec_options(cfg.quant))
+    codec = get_codec(cfg.uplink, **cfg.codec_options(cfg.uplink))
     if cfg.error_feedback:
         store = ResidualStore(cfg.client_state_dir, pid, context)
         ef = ErrorFeedback()
@@ -128,9 +152,14 @@ def handle_train(msg: Message, context: Context) -> Message:
         store.save(broadcast.server_round, ef.state_dict())
     else:
         encoded = codec.encode(update)
-    metrics = {NUM_EXAMPLES: result.num_examples, TRAIN_LOSS: result.loss, PARTITION_ID: pid,
-               "train-seconds": train_seconds, "client-seconds": time.perf_counter() - t0,
-               PEAK_MEMORY: peak_memory_bytes(resolved_device(cfg))}
+    metrics = {
+        NUM_EXAMPLES: result.num_examples,
+        TRAIN_LOSS: result.loss,
+        PARTITION_ID: pid,
+        "train-seconds": train_seconds,
+        "client-seconds": time.perf_counter() - t0,
+        PEAK_MEMORY: peak_memory_bytes(resolved_device(cfg)),
+    }
     return Message(make_reply(encoded, metrics), reply_to=msg)
 
 

@@ -20,7 +20,12 @@ from .payload import BLOCK_SIZES, CODE_BITS, Encoded, PayloadError, build_manife
 from .rounding import CodeTable, block_absmax, pack_nibbles, stochastic_codes
 from .scales import dequantize_scales, pack_quantized_scales, quantize_scales, quantize_scales_up
 
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
+_DTYPE_NAMES = {
+    torch.float32: "float32",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.float64: "float64",
+}
 _DEFAULT_BLOCK = {"int8": 256, "nf4": 64, "fp4": 64}
 
 
@@ -90,7 +95,9 @@ class Codec(ABC):
         """uint8 bytes and float32 values one flat, non-empty float32 tensor adds to the two buffers."""
 
     @abstractmethod
-    def _decode_flat(self, codes: torch.Tensor, scales: torch.Tensor, numel: int, block_size: int | None) -> torch.Tensor:
+    def _decode_flat(
+        self, codes: torch.Tensor, scales: torch.Tensor, numel: int, block_size: int | None
+    ) -> torch.Tensor:
         """Flat float32 values from one tensor's codes and float32 block scales (numel > 0)."""
 
     def __repr__(self) -> str:
@@ -106,7 +113,9 @@ class FloatCodec(Codec):
     def _encode_flat(self, name, flat):
         cast = flat.to(self.dtype)
         if not torch.isfinite(cast).all():
-            raise ValueError(f"fedkron.compression: tensor {name!r} overflows {self.name} (max |x| = {flat.abs().max():.4g})")
+            raise ValueError(
+                f"fedkron.compression: tensor {name!r} overflows {self.name} (max |x| = {flat.abs().max():.4g})"
+            )
         return cast.view(torch.uint8).numpy(), np.zeros(0, np.float32)
 
     def _decode_flat(self, codes, scales, numel, block_size):
@@ -121,7 +130,9 @@ class _BlockCodec(Codec):
 
     def __init__(self, name: str, block_size: int, stochastic: bool, seed: int | None, double_quant: bool) -> None:
         if block_size not in BLOCK_SIZES[name]:
-            raise ValueError(f"fedkron.compression: block_size {block_size} invalid for {name}; allowed {BLOCK_SIZES[name]}")
+            raise ValueError(
+                f"fedkron.compression: block_size {block_size} invalid for {name}; allowed {BLOCK_SIZES[name]}"
+            )
         self.name, self.block_size, self.stochastic, self.double_quant = name, block_size, stochastic, double_quant
         self.generator = torch.Generator()
         if seed is None:
@@ -182,7 +193,9 @@ class FourBitCodec(_BlockCodec):
     """bitsandbytes nf4 / fp4: two codes per byte, one float32 absmax per block (or, with
     ``double_quant``, bnb's ``compress_statistics``: one uint8 per block + offset + absmax per 256)."""
 
-    def __init__(self, name: str, block_size: int, stochastic: bool, seed: int | None, double_quant: bool = False) -> None:
+    def __init__(
+        self, name: str, block_size: int, stochastic: bool, seed: int | None, double_quant: bool = False
+    ) -> None:
         super().__init__(name, block_size, stochastic, seed, double_quant)
         self.table = CodeTable(bnbf.get_4bit_type(name, device="cpu"))
 

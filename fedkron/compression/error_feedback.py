@@ -27,7 +27,9 @@ class ErrorFeedback:
         """update + residual (float32); a residual for a tensor missing from ``update`` is an error."""
         missing = set(self._residual) - set(update)
         if missing:
-            raise KeyError(f"fedkron.compression.ErrorFeedback: update lacks tensors with a residual: {sorted(missing)}")
+            raise KeyError(
+                f"fedkron.compression.ErrorFeedback: update lacks tensors with a residual: {sorted(missing)}"
+            )
         out = {}
         for name, tensor in update.items():
             value = tensor.detach().to("cpu", torch.float32)
@@ -45,7 +47,9 @@ class ErrorFeedback:
     def record(self, sent: Mapping[str, torch.Tensor], decoded: Mapping[str, torch.Tensor]) -> None:
         """Keep sent - decoded, where ``sent`` is the compensated update before quantisation."""
         if set(sent) != set(decoded):
-            raise KeyError(f"fedkron.compression.ErrorFeedback: sent/decoded keys differ: {sorted(set(sent) ^ set(decoded))}")
+            raise KeyError(
+                f"fedkron.compression.ErrorFeedback: sent/decoded keys differ: {sorted(set(sent) ^ set(decoded))}"
+            )
         self._residual = {name: (sent[name].float() - decoded[name].float()).contiguous() for name in sent}
 
     def step(self, update: Mapping[str, torch.Tensor], codec: Codec) -> tuple[Encoded, dict[str, torch.Tensor]]:

@@ -171,7 +171,9 @@ def _check_header(manifest: object) -> tuple[str, int | None, bool, list]:
         raise PayloadError(f"fedkron.compression: unknown payload format {manifest['format']!r}")
     version = manifest["version"]
     if type(version) is not int or version != FORMAT_VERSION:
-        raise PayloadError(f"fedkron.compression: unsupported format version {version!r} (this reader: {FORMAT_VERSION})")
+        raise PayloadError(
+            f"fedkron.compression: unsupported format version {version!r} (this reader: {FORMAT_VERSION})"
+        )
     codec = manifest["codec"]
     if not isinstance(codec, str) or codec not in CODE_BITS:
         raise PayloadError(f"fedkron.compression: unknown codec {codec!r}; known: {sorted(CODE_BITS)}")
@@ -199,11 +201,7 @@ def _check_entry(index: int, entry: object) -> tuple[str, tuple[int, ...], str]:
     name, shape, dtype = entry
     if not isinstance(name, str) or not 0 < len(name) <= _MAX_NAME_CHARS:
         raise PayloadError(f"fedkron.compression: tensor entry {index} has a bad name {name!r}")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > _MAX_NDIM
-        or not all(type(d) is int and d >= 0 for d in shape)
-    ):
+    if not isinstance(shape, list) or len(shape) > _MAX_NDIM or not all(type(d) is int and d >= 0 for d in shape):
         raise PayloadError(f"fedkron.compression: tensor {name!r} has a bad shape {shape!r}")
     if dtype not in SOURCE_DTYPES:
         raise PayloadError(f"fedkron.compression: tensor {name!r} has dtype {dtype!r}; known: {SOURCE_DTYPES}")

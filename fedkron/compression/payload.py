@@ -44,7 +44,7 @@ class Encoded:
     _manifest_bytes: bytes | None = field(default=None, init=False, repr=False)
 
     @classmethod
-    def checked(cls, codes: np.ndarray, scales: np.ndarray, manifest: dict, layout: Layout, raw: bytes) -> "Encoded":
+    def checked(cls, codes: np.ndarray, scales: np.ndarray, manifest: dict, layout: Layout, raw: bytes) -> Encoded:
         """A received payload whose ``layout`` was checked against these buffers and whose
         manifest arrived as ``raw`` (counted as sent, not re-deflated)."""
         encoded = cls(codes, scales, manifest)

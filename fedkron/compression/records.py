@@ -72,7 +72,9 @@ def _from_records(array_record: object, config_record: object, expected: dict | 
             f"({type(array_record).__name__}, {type(config_record).__name__})"
         )
     if set(array_record.keys()) != {CODES_KEY, SCALES_KEY}:
-        raise PayloadError(f"fedkron.compression: array record keys {sorted(array_record.keys())} != ['codes', 'scales']")
+        raise PayloadError(
+            f"fedkron.compression: array record keys {sorted(array_record.keys())} != ['codes', 'scales']"
+        )
     if MANIFEST_KEY not in config_record:
         raise PayloadError(f"fedkron.compression: config record has no {MANIFEST_KEY!r} entry")
     raw = config_record[MANIFEST_KEY]

@@ -18,7 +18,9 @@ DYNAMIC_MAP = bnbf.create_dynamic_map(signed=True).to("cpu")  # what quantize_bl
 _TABLE = CodeTable(DYNAMIC_MAP)
 
 
-def pack_quantized_scales(qscales: torch.Tensor, offset: torch.Tensor, absmax2: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def pack_quantized_scales(
+    qscales: torch.Tensor, offset: torch.Tensor, absmax2: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 bytes for the code buffer, float32 [offset, absmax2...] for the scale buffer)."""
     floats = torch.cat([offset.reshape(1).float(), absmax2.reshape(-1).float()])
     return qscales.reshape(-1).to(torch.uint8).numpy(), floats.numpy()

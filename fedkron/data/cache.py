@@ -44,8 +44,17 @@ def _splits(spec: TaskSpec, source: str, data_dir: str | None, seed: int) -> dat
 
 
 @lru_cache(maxsize=32)
-def _partitions(spec: TaskSpec, source: str, data_dir: str | None, seed: int, split: str,
-                num_partitions: int, scheme: str, alpha: float, min_size: int | None) -> tuple[tuple[int, ...], ...]:
+def _partitions(
+    spec: TaskSpec,
+    source: str,
+    data_dir: str | None,
+    seed: int,
+    split: str,
+    num_partitions: int,
+    scheme: str,
+    alpha: float,
+    min_size: int | None,
+) -> tuple[tuple[int, ...], ...]:
     if scheme == "natural" and spec.natural_id is None:
         raise PartitionError(
             f"fedkron.data: task {spec.name!r} has no natural id; scheme 'natural' needs e.g. 'sentiment'"
@@ -57,8 +66,13 @@ def _partitions(spec: TaskSpec, source: str, data_dir: str | None, seed: int, sp
             f"fedkron.data: task {spec.name} has {len(rows)} {what} rows, fewer than the {num_partitions} clients asked for"
         )
     parts = partition_indices(
-        rows, num_partitions, scheme, alpha=alpha, seed=seed,
-        min_partition_size=min_size, natural_id=spec.natural_id or "domain",
+        rows,
+        num_partitions,
+        scheme,
+        alpha=alpha,
+        seed=seed,
+        min_partition_size=min_size,
+        natural_id=spec.natural_id or "domain",
     )
     return tuple(tuple(p) for p in parts)
 
@@ -81,8 +95,16 @@ def cached_tensors(key: tuple, make) -> dict[str, torch.Tensor]:
 
 
 def get_partition_rows(
-    task: str | TaskSpec, partition_id: int, num_partitions: int, *, scheme: str = "iid", alpha: float = 0.5,
-    seed: int = 0, source: str = "auto", data_dir: str | os.PathLike | None = None, split: str = "train",
+    task: str | TaskSpec,
+    partition_id: int,
+    num_partitions: int,
+    *,
+    scheme: str = "iid",
+    alpha: float = 0.5,
+    seed: int = 0,
+    source: str = "auto",
+    data_dir: str | os.PathLike | None = None,
+    split: str = "train",
     min_partition_size: int | None = None,
 ) -> datasets.Dataset:
     """The rows of one client's partition (normalised columns), as `get_client_data` encodes them."""
@@ -120,8 +142,22 @@ def get_client_data(
     source, data_dir = resolve_source(spec, data_dir, source)
     if not 0 <= partition_id < num_partitions:
         raise PartitionError(f"fedkron.data: partition_id {partition_id} outside range({num_partitions})")
-    key = ("client", spec, source, data_dir, seed, split, scheme, num_partitions, float(alpha),
-           min_partition_size, partition_id, tokenizer_name(tokenizer), max_length, layout)
+    key = (
+        "client",
+        spec,
+        source,
+        data_dir,
+        seed,
+        split,
+        scheme,
+        num_partitions,
+        float(alpha),
+        min_partition_size,
+        partition_id,
+        tokenizer_name(tokenizer),
+        max_length,
+        layout,
+    )
 
     def make() -> dict[str, torch.Tensor]:
         parts = _partitions(
@@ -133,8 +169,14 @@ def get_client_data(
     return _encoded(key, make)
 
 
-def get_eval_split(task: str | TaskSpec, *, max_samples: int | None = None, seed: int = 0,
-                   source: str = "auto", data_dir: str | os.PathLike | None = None) -> datasets.Dataset:
+def get_eval_split(
+    task: str | TaskSpec,
+    *,
+    max_samples: int | None = None,
+    seed: int = 0,
+    source: str = "auto",
+    data_dir: str | os.PathLike | None = None,
+) -> datasets.Dataset:
     """The held-out test split, subsampled to `max_samples` rows with `eval_sample` (None: all)."""
     return eval_sample(get_splits(task, source, data_dir, seed)["test"], max_samples, seed)
 
@@ -154,10 +196,16 @@ def get_eval_data(
     spec = get_task(task)
     source, data_dir = resolve_source(spec, data_dir, source)
     key = ("eval", spec, source, data_dir, seed, max_samples, tokenizer_name(tokenizer), max_length, layout)
-    return _encoded(key, lambda: encode_dataset(
-        spec, get_eval_split(spec, max_samples=max_samples, seed=seed, source=source, data_dir=data_dir),
-        tokenizer, max_length, layout,
-    ))
+    return _encoded(
+        key,
+        lambda: encode_dataset(
+            spec,
+            get_eval_split(spec, max_samples=max_samples, seed=seed, source=source, data_dir=data_dir),
+            tokenizer,
+            max_length,
+            layout,
+        ),
+    )
 
 
 @dataclass(frozen=True)

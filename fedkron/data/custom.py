@@ -72,12 +72,22 @@ def custom_task(
     if label_names:  # a hub ClassLabel: its names, and all its classes even if one never occurs
         num_labels = max(num_labels, len(label_names))
     data = CustomData(
-        train=paths[0], eval=paths[1], text_column=text_column, text_pair_column=text_pair_column,
-        label_column=label_column, label_map=label_map, hub=hub, hub_config=hub_config, fingerprint=fingerprint,
+        train=paths[0],
+        eval=paths[1],
+        text_column=text_column,
+        text_pair_column=text_pair_column,
+        label_column=label_column,
+        label_map=label_map,
+        hub=hub,
+        hub_config=hub_config,
+        fingerprint=fingerprint,
     )
     return TaskSpec(
-        name or f"custom:{Path(train).name if not hub else train}", kind, num_labels,
-        hub_id=train if hub else None, hub_config=hub_config,
+        name or f"custom:{Path(train).name if not hub else train}",
+        kind,
+        num_labels,
+        hub_id=train if hub else None,
+        hub_config=hub_config,
         hub_splits=("train", eval or "") if hub else ("train", "validation"),
         local_test_fraction=None if eval else HELD_OUT,
         label_names=label_map or tuple(label_names or ()),
@@ -86,9 +96,7 @@ def custom_task(
     )
 
 
-def infer_labels(
-    values: list[tuple[object, Loc | None]], label_column: str = "label"
-) -> tuple[int, tuple[str, ...]]:
+def infer_labels(values: list[tuple[object, Loc | None]], label_column: str = "label") -> tuple[int, tuple[str, ...]]:
     """(num_labels, label_map): ints 0..K-1 give (max + 1, ()); strings give (count, sorted strings)."""
     ints: dict[int, Loc | None] = {}
     strings: dict[str, Loc | None] = {}
@@ -100,9 +108,7 @@ def infer_labels(
                 f"fedkron.data: {at}label column {label_column!r} holds {value!r}; expected an int or a string"
             )
         if isinstance(key, int) and key < 0:
-            raise DataFormatError(
-                f"fedkron.data: {at}label {value!r} is negative; expected ints 0, 1, ... or strings"
-            )
+            raise DataFormatError(f"fedkron.data: {at}label {value!r} is negative; expected ints 0, 1, ... or strings")
         (ints if isinstance(key, int) else strings).setdefault(key, loc)
     if ints and strings:
         (i, i_loc), (t, t_loc) = next(iter(ints.items())), next(iter(strings.items()))

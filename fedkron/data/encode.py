@@ -44,8 +44,9 @@ def encode_dataset(
     if len(dataset) == 0:
         raise EncodeError(f"fedkron.data.encode: empty dataset for task {spec.name!r}")
     if layout not in LAYOUTS or (layout == "dual" and not spec.is_multiple_choice):
-        raise EncodeError(f"fedkron.data.encode: layout {layout!r} is not one of {LAYOUTS}"
-                          " ('dual' is for multiple-choice tasks)")
+        raise EncodeError(
+            f"fedkron.data.encode: layout {layout!r} is not one of {LAYOUTS} ('dual' is for multiple-choice tasks)"
+        )
     labels = torch.tensor(column(dataset, "label"), dtype=torch.long)
     kwargs = dict(truncation=True, max_length=max_length)
     if spec.kind == "single":
@@ -84,7 +85,7 @@ def _pad(enc, tokenizer) -> dict[str, torch.Tensor]:
         arr = np.full((len(ids), width), fill, dtype=np.int64)
         for i, row in enumerate(enc[key]):
             if left:
-                arr[i, width - len(row):] = row
+                arr[i, width - len(row) :] = row
             else:
                 arr[i, : len(row)] = row
         out[key] = torch.from_numpy(arr)

@@ -55,7 +55,7 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise DataFormatError(
-            f"fedkron.data: {path} line {line}: byte {data[err.start:err.start + 1]!r} is not UTF-8; expected UTF-8 text"
+            f"fedkron.data: {path} line {line}: byte {data[err.start : err.start + 1]!r} is not UTF-8; expected UTF-8 text"
         ) from None
 
 
@@ -83,7 +83,9 @@ def parse_table(text: str, path: str, delimiter: str, quoting: int = csv.QUOTE_M
             rows.append(dict(zip(header, fields)))
             locs.append((info, start))
     except csv.Error as err:
-        raise DataFormatError(f"fedkron.data: {path} line {reader.line_num}: not valid {kind}-separated text ({err})") from None
+        raise DataFormatError(
+            f"fedkron.data: {path} line {reader.line_num}: not valid {kind}-separated text ({err})"
+        ) from None
     return rows, locs
 
 
@@ -122,7 +124,9 @@ def parse_json(text: str, path: str) -> Rows:
     info = FileInfo(path, "entry")
     for n, row in enumerate(data, 1):
         if not isinstance(row, dict):
-            raise DataFormatError(f"fedkron.data: {path} entry {n}: a JSON {type(row).__name__}; expected a JSON object")
+            raise DataFormatError(
+                f"fedkron.data: {path} entry {n}: a JSON {type(row).__name__}; expected a JSON object"
+            )
     return data, [(info, n) for n in range(1, len(data) + 1)]
 
 
@@ -133,7 +137,9 @@ def read_rows(path: Path, fmt: str | None = None, quoting: int = csv.QUOTE_MINIM
     if fmt in ("csv", "tsv"):
         rows, locs = parse_table(text, str(path), "," if fmt == "csv" else "\t", quoting)
         if not rows:
-            raise DataFormatError(f"fedkron.data: {path} has a header line but no rows; expected at least one row after it")
+            raise DataFormatError(
+                f"fedkron.data: {path} has a header line but no rows; expected at least one row after it"
+            )
         return rows, locs
     rows, locs = (parse_json if fmt == "json" else parse_jsonl)(text, str(path))
     if not rows:

@@ -96,10 +96,8 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id
 
 
-def encode_mc_for_lm(
-    rows: list[dict], tokenizer, max_length: int, task: str | None = None
-) -> dict[str, torch.Tensor]:
-    """One sequence per (row, choice), for `fedkron.lm_task.score_mc`.
+def encode_mc_for_lm(rows: list[dict], tokenizer, max_length: int, task: str | None = None) -> dict[str, torch.Tensor]:
+    """One sequence per (row, choice), for `fedkron.training.language_model.score_mc`.
 
     Keys: ``input_ids``, ``attention_mask`` (M, L); ``continuation_mask`` (M, L) bool, True on the
     choice's continuation tokens; ``row_index``, ``choice_index`` (M,); ``choice_chars`` and

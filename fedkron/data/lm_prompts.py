@@ -163,8 +163,14 @@ def read_instruction_file(path: str | Path) -> list[dict]:
 # --- LLM-Adapters commonsense JSON ----------------------------------------------------------------
 
 LLM_ADAPTERS_FILES = {
-    "arc-easy": "ARC-Easy", "arc-challenge": "ARC-Challenge", "boolq": "boolq", "openbookqa": "openbookqa",
-    "piqa": "piqa", "social-iqa": "social_i_qa", "winogrande": "winogrande", "hellaswag": "hellaswag",
+    "arc-easy": "ARC-Easy",
+    "arc-challenge": "ARC-Challenge",
+    "boolq": "boolq",
+    "openbookqa": "openbookqa",
+    "piqa": "piqa",
+    "social-iqa": "social_i_qa",
+    "winogrande": "winogrande",
+    "hellaswag": "hellaswag",
 }
 _PREFIX = re.compile(r"Please [^:]*: ")
 _FORMAT = re.compile(r"\s*Answer format:\s*(\S+)\s*$")
@@ -204,7 +210,9 @@ def llm_adapters_to_mc(record: dict) -> dict:
     if keys[0].startswith("option") and "_" in question:  # WinoGrande: fill in the blank
         cut = question.index("_")
         rest = question[cut + 1 :]
-        row.update(context=question[:cut].strip(), choices=[c + rest for c in choices], sentence=question, options=choices)
+        row.update(
+            context=question[:cut].strip(), choices=[c + rest for c in choices], sentence=question, options=choices
+        )
     return row
 
 

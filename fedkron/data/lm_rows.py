@@ -15,15 +15,24 @@ from pathlib import Path
 import datasets
 
 # task name → (prompt key of fedkron.data.lm_prompts, or None for a verbalized template below)
-LM_PROMPT = {"piqa": "piqa", "arc-easy": "arc-easy", "arc-challenge": "arc-challenge", "hellaswag": "hellaswag",
-             "openbookqa": "openbookqa", "winogrande": "winogrande", "boolq": "boolq"}
+LM_PROMPT = {
+    "piqa": "piqa",
+    "arc-easy": "arc-easy",
+    "arc-challenge": "arc-challenge",
+    "hellaswag": "hellaswag",
+    "openbookqa": "openbookqa",
+    "winogrande": "winogrande",
+    "boolq": "boolq",
+}
 # lm-eval's GLUE prompts: (template over the row's text fields, choices in label order)
 VERBALIZED = {
     "sst2": ("{text}\nQuestion: Is this sentence positive or negative?\nAnswer:", ["negative", "positive"]),
     "sentiment": ("{text}\nQuestion: Is this review positive or negative?\nAnswer:", ["negative", "positive"]),
     "rte": ("{text}\nQuestion: {text_pair} True or False?\nAnswer:", ["True", "False"]),
-    "mrpc": ("Sentence 1: {text}\nSentence 2: {text_pair}\nQuestion: Do both sentences mean the same thing?\n"
-             "Answer:", ["no", "yes"]),
+    "mrpc": (
+        "Sentence 1: {text}\nSentence 2: {text_pair}\nQuestion: Do both sentences mean the same thing?\nAnswer:",
+        ["no", "yes"],
+    ),
 }
 
 
@@ -41,8 +50,14 @@ def lm_choice_rows(spec, rows: datasets.Dataset) -> tuple[list[dict], str | None
     if template is None:  # a task of your own: the label names are the answers
         template = "{text}\nQuestion: {text_pair}\nAnswer:" if spec.kind == "pair" else "{text}\nAnswer:"
         choices = list(spec.label_names) or [str(i) for i in range(spec.num_labels)]
-    out = [{"context": template.format(text=r["text"], text_pair=r.get("text_pair", "")), "choices": choices,
-            "label": int(r["label"])} for r in records]
+    out = [
+        {
+            "context": template.format(text=r["text"], text_pair=r.get("text_pair", "")),
+            "choices": choices,
+            "label": int(r["label"]),
+        }
+        for r in records
+    ]
     return out, None
 
 
@@ -55,7 +70,7 @@ def _winogrande_partial(row: dict) -> dict:
     n = 0
     while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
         n += 1
-    rest = a[len(a) - n:] if n else ""
+    rest = a[len(a) - n :] if n else ""
     while rest and not rest[0].isspace() and rest[0] not in ".,;:!?'\"":
         rest = rest[1:]
     options = [c[: len(c) - len(rest)] if rest else c for c in (a, b)]

@@ -117,8 +117,14 @@ def _features(spec: TaskSpec) -> datasets.Features:
 
 def _log_dropped(spec: TaskSpec, split: str, before: int, after: int) -> None:
     if after < before:
-        log.info("fedkron.data: task %r %s: kept %d of %d rows (%d dropped, see TaskSpec.notes)",
-                 spec.name, split, after, before, before - after)
+        log.info(
+            "fedkron.data: task %r %s: kept %d of %d rows (%d dropped, see TaskSpec.notes)",
+            spec.name,
+            split,
+            after,
+            before,
+            before - after,
+        )
 
 
 def _row_error(loc: Loc, err: Exception) -> DataFormatError:
@@ -231,6 +237,7 @@ def load_hub(hub_id: str, config: str | None, **kwargs) -> datasets.DatasetDict:
     except Exception as err:  # noqa: BLE001 - datasets raises many types (ConnectionError, DatasetNotFoundError, ...)
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise DataNotFoundError(
-            f"fedkron.data: could not load hub dataset {hub_id!r}" + (f" ({config!r})" if config else "")
+            f"fedkron.data: could not load hub dataset {hub_id!r}"
+            + (f" ({config!r})" if config else "")
             + f": {type(err).__name__}: {first[:300]}; pass data_dir with local files instead"
         ) from err

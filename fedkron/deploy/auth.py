@@ -42,16 +42,19 @@ def make_node_keys(folder: str | Path, names: list[str] | tuple[str, ...], force
         raise ValueError(f"fedkron.deploy.auth: SuperNode names repeat: {list(names)}")
     folder = Path(folder).resolve()
     nodes = [NodeKey(n, folder / n, folder / f"{n}.pub") for n in names]
-    check_targets([p for node in nodes for p in (node.private, node.public)], force=force,
-                  what="fedkron.deploy.auth",
-                  hint="register the new public key; the old one stays registered until removed")
+    check_targets(
+        [p for node in nodes for p in (node.private, node.public)],
+        force=force,
+        what="fedkron.deploy.auth",
+        hint="register the new public key; the old one stays registered until removed",
+    )
     folder.mkdir(parents=True, exist_ok=True)
     for node in nodes:
         key = ec.generate_private_key(ec.SECP384R1())
-        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                    serialization.NoEncryption())
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                               serialization.PublicFormat.OpenSSH)
+        private = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         write_private(node.private, private)
         write_public(node.public, public + f" fedkron-{node.name}\n".encode())
     return nodes

@@ -37,22 +37,24 @@ class TlsFiles:
         return self.ca_cert.with_name("ca.key")
 
     @classmethod
-    def in_folder(cls, folder: str | Path) -> "TlsFiles":
+    def in_folder(cls, folder: str | Path) -> TlsFiles:
         folder = Path(folder).resolve()
         return cls(folder / "ca.crt", folder / "server.pem", folder / "server.key")
 
-    def check(self) -> "TlsFiles":
+    def check(self) -> TlsFiles:
         missing = [str(p) for p in (self.ca_cert, self.server_cert, self.server_key) if not p.is_file()]
         if missing:
             raise FileNotFoundError(
-                "fedkron.deploy.certs: missing TLS files " + ", ".join(missing)
+                "fedkron.deploy.certs: missing TLS files "
+                + ", ".join(missing)
                 + " (create them with `fedkron deploy certs DIR --host <address>`)"
             )
         return self
 
 
-def make_certificates(folder: str | Path, hosts: tuple[str, ...] | list[str] = DEFAULT_HOSTS,
-                      days: int = 365, force: bool = False) -> TlsFiles:
+def make_certificates(
+    folder: str | Path, hosts: tuple[str, ...] | list[str] = DEFAULT_HOSTS, days: int = 365, force: bool = False
+) -> TlsFiles:
     """Create ``ca.crt``/``ca.key`` and ``server.pem``/``server.key`` in ``folder``.
 
     ``hosts`` are every name or IP the SuperLink is reached by; each becomes a subject alternative
@@ -61,13 +63,18 @@ def make_certificates(folder: str | Path, hosts: tuple[str, ...] | list[str] = D
     a symlink at any of the four paths is always refused.
     """
     if not hosts:
-        raise ValueError("fedkron.deploy.certs: at least one host (IP or DNS name) is needed for the server certificate")
+        raise ValueError(
+            "fedkron.deploy.certs: at least one host (IP or DNS name) is needed for the server certificate"
+        )
     if days < 1:
         raise ValueError(f"fedkron.deploy.certs: days must be ≥ 1 (got {days})")
     files = TlsFiles.in_folder(folder)
-    check_targets([files.ca_cert, files.ca_key, files.server_cert, files.server_key], force=force,
-                  what="fedkron.deploy.certs",
-                  hint="every SuperNode and `flwr` connection then needs the new ca.crt")
+    check_targets(
+        [files.ca_cert, files.ca_key, files.server_cert, files.server_key],
+        force=force,
+        what="fedkron.deploy.certs",
+        hint="every SuperNode and `flwr` connection then needs the new ca.crt",
+    )
     files.ca_cert.parent.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
     until = now + dt.timedelta(days=days)
@@ -76,15 +83,27 @@ def make_certificates(folder: str | Path, hosts: tuple[str, ...] | list[str] = D
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedkron SuperLink CA")])
     ca_cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name)
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(until)
+        .not_valid_before(now)
+        .not_valid_after(until)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
@@ -96,7 +115,8 @@ def make_certificates(folder: str | Path, hosts: tuple[str, ...] | list[str] = D
         .issuer_name(ca_name)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(until)
+        .not_valid_before(now)
+        .not_valid_after(until)
         .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -129,5 +149,7 @@ def _san(host: str) -> x509.GeneralName:
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     """Private keys: PEM, unencrypted (Flower reads them without a passphrase), owner-only."""
-    write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    write_private(
+        path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )

@@ -35,11 +35,17 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("certs", help="create a CA and a SuperLink server certificate")
     c.add_argument("outdir")
-    c.add_argument("--host", action="append", help="address the SuperLink is reached by (IP or DNS; repeat). "
-                   f"Default: {', '.join(DEFAULT_HOSTS)}")
+    c.add_argument(
+        "--host",
+        action="append",
+        help=f"address the SuperLink is reached by (IP or DNS; repeat). Default: {', '.join(DEFAULT_HOSTS)}",
+    )
     c.add_argument("--days", type=int, default=365)
-    c.add_argument("--force", action="store_true",
-                   help="replace existing CA and server files (every SuperNode then needs the new ca.crt)")
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing CA and server files (every SuperNode then needs the new ca.crt)",
+    )
 
     k = sub.add_parser("keys", help="create SuperNode key pairs (OpenSSH, NIST P-384)")
     k.add_argument("outdir")
@@ -78,8 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--root-certificates", help="the SuperLink's CA file (ca.crt)")
     e.add_argument("--key", help="this node's private key (from `fedkron deploy keys`)")
     e.add_argument("--port", type=int, default=9094, help="the SuperNode's local Runtime API port")
-    e.add_argument("--cold", action="store_true",
-                   help="Flower's default: a fresh ClientApp process per message (seconds of start-up each)")
+    e.add_argument(
+        "--cold",
+        action="store_true",
+        help="Flower's default: a fresh ClientApp process per message (seconds of start-up each)",
+    )
     e.add_argument("--insecure", action="store_true", help="no TLS")
     _add_grace(e)
     e.add_argument("--dry-run", action="store_true")
@@ -87,9 +96,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_grace(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--grace", type=float, default=DEFAULT_GRACE, metavar="SECONDS",
-                        help="on SIGTERM/SIGINT/SIGHUP, how long the Flower processes may take to exit "
-                             f"before SIGKILL (default {DEFAULT_GRACE:g})")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT/SIGHUP, how long the Flower processes may take to exit "
+        f"before SIGKILL (default {DEFAULT_GRACE:g})",
+    )
 
 
 def deploy_main(argv: list[str] | None = None) -> int:
@@ -107,8 +121,19 @@ def _certs(args) -> int:
     print(f"CA certificate   {files.ca_cert}   (copy to every SuperNode and to the `flwr` machine)")
     print(f"server cert/key  {files.server_cert}, {files.server_key}   (SuperLink only)")
     print(f"valid for        {', '.join(subject_names(files.server_cert))}")
-    print("\nSuperLink flags:  " + shell_line(["--ssl-ca-certfile", str(files.ca_cert), "--ssl-certfile",
-                                              str(files.server_cert), "--ssl-keyfile", str(files.server_key)]))
+    print(
+        "\nSuperLink flags:  "
+        + shell_line(
+            [
+                "--ssl-ca-certfile",
+                str(files.ca_cert),
+                "--ssl-certfile",
+                str(files.server_cert),
+                "--ssl-keyfile",
+                str(files.server_key),
+            ]
+        )
+    )
     print("SuperNode flags:  " + shell_line(["--root-certificates", str(files.ca_cert)]))
     return 0
 
@@ -121,8 +146,14 @@ def _keys(args) -> int:
 
 
 def _connection(args) -> int:
-    path = write_connection(args.flwr_home, args.name, args.address, root_certificates=args.root_certificates,
-                            insecure=args.insecure, make_default=args.default)
+    path = write_connection(
+        args.flwr_home,
+        args.name,
+        args.address,
+        root_certificates=args.root_certificates,
+        insecure=args.insecure,
+        make_default=args.default,
+    )
     print(f"connection {args.name!r} → {args.address} written to {path}; run with: flwr run . {args.name}")
     return 0
 
@@ -139,8 +170,14 @@ def _register(args) -> int:
 
 def _superlink(args) -> int:
     tls = TlsFiles.in_folder(args.certs) if args.certs else None
-    cmd = superlink_command(host=args.host, port=args.port, tls=tls, insecure=args.insecure,
-                            node_auth=not (args.no_node_auth or args.insecure), database=args.database)
+    cmd = superlink_command(
+        host=args.host,
+        port=args.port,
+        tls=tls,
+        insecure=args.insecure,
+        node_auth=not (args.no_node_auth or args.insecure),
+        database=args.database,
+    )
     print(shell_line(cmd, FLOWER_ENV), flush=True)
     if args.dry_run:
         return 0
@@ -152,9 +189,15 @@ def _superlink(args) -> int:
 
 def _supernode(args) -> int:
     cmd = supernode_command(
-        superlink=args.superlink, port=args.port, partition=tuple(args.partition) if args.partition else None,
-        data_dir=args.data_dir, root_certificates=args.root_certificates, private_key=args.key,
-        insecure=args.insecure, isolation="subprocess" if args.cold else "process")
+        superlink=args.superlink,
+        port=args.port,
+        partition=tuple(args.partition) if args.partition else None,
+        data_dir=args.data_dir,
+        root_certificates=args.root_certificates,
+        private_key=args.key,
+        insecure=args.insecure,
+        isolation="subprocess" if args.cold else "process",
+    )
     print(shell_line(cmd, FLOWER_ENV))
     worker = None if args.cold else warm_worker_command(runtime_api=f"127.0.0.1:{args.port}", parent_pid=None)
     if worker:
@@ -168,12 +211,17 @@ def _supernode(args) -> int:
     with Supervisor(args.grace) as sup:
         node = sup.start("SuperNode", cmd, Path(f"supernode-{args.port}.log").resolve(), env)
         if worker:
-            sup.start("warm ClientApp worker",
-                      warm_worker_command(runtime_api=f"127.0.0.1:{args.port}", parent_pid=node.pid),
-                      Path(f"worker-{args.port}.log").resolve(), env)
+            sup.start(
+                "warm ClientApp worker",
+                warm_worker_command(runtime_api=f"127.0.0.1:{args.port}", parent_pid=node.pid),
+                Path(f"worker-{args.port}.log").resolve(),
+                env,
+            )
         logs = f"./supernode-{args.port}.log" + (f" and ./worker-{args.port}.log" if worker else "")
-        print(f"SuperNode PID {node.pid}, logs in {logs}; Ctrl-C or SIGTERM stops "
-              + ("both" if worker else "it"), flush=True)
+        print(
+            f"SuperNode PID {node.pid}, logs in {logs}; Ctrl-C or SIGTERM stops " + ("both" if worker else "it"),
+            flush=True,
+        )
         return sup.wait()
 
 
@@ -185,5 +233,11 @@ def _check_flower_for_worker() -> None:
         raise DeployConfigError(str(err)) from err
 
 
-_COMMANDS = {"certs": _certs, "keys": _keys, "connection": _connection, "register": _register,
-             "superlink": _superlink, "supernode": _supernode}
+_COMMANDS = {
+    "certs": _certs,
+    "keys": _keys,
+    "connection": _connection,
+    "register": _register,
+    "superlink": _superlink,
+    "supernode": _supernode,
+}

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import shlex
 import sys
-import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+import tomllib
 
 from fedkron.deploy.certs import TlsFiles
 
@@ -22,11 +24,17 @@ class DeployConfigError(ValueError):
     """A deployment option is missing or contradicts another."""
 
 
-def superlink_command(*, host: str = "127.0.0.1", port: int = 9091, tls: TlsFiles | None = None,
-                      insecure: bool = False, node_auth: bool = True, database: str | None = None) -> list[str]:
+def superlink_command(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 9091,
+    tls: TlsFiles | None = None,
+    insecure: bool = False,
+    node_auth: bool = True,
+    database: str | None = None,
+) -> list[str]:
     """``flower-superlink``: one HTTP port serves the Fleet, Control and ServerApp Runtime APIs."""
-    cmd = ["flower-superlink", "--host", host, "--port", str(_port(port)),
-           "--disable-runtime-dependency-installation"]
+    cmd = ["flower-superlink", "--host", host, "--port", str(_port(port)), "--disable-runtime-dependency-installation"]
     if insecure:
         if node_auth:
             raise DeployConfigError("SuperNode authentication needs TLS: drop --insecure or use --no-node-auth")
@@ -35,8 +43,14 @@ def superlink_command(*, host: str = "127.0.0.1", port: int = 9091, tls: TlsFile
         if tls is None:
             raise DeployConfigError("a secure SuperLink needs TLS files (--certs DIR), or ask for --insecure")
         tls.check()
-        cmd += ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert),
-                "--ssl-keyfile", str(tls.server_key)]
+        cmd += [
+            "--ssl-ca-certfile",
+            str(tls.ca_cert),
+            "--ssl-certfile",
+            str(tls.server_cert),
+            "--ssl-keyfile",
+            str(tls.server_key),
+        ]
     if node_auth:
         cmd.append("--enable-supernode-auth")
     if database:
@@ -44,11 +58,19 @@ def superlink_command(*, host: str = "127.0.0.1", port: int = 9091, tls: TlsFile
     return cmd
 
 
-def supernode_command(*, superlink: str, port: int, partition: tuple[int, int] | None = None,
-                      data_dir: str | None = None, root_certificates: str | Path | None = None,
-                      private_key: str | Path | None = None, insecure: bool = False,
-                      isolation: str = "process", max_retries: int | None = None,
-                      max_wait_time: float | None = None) -> list[str]:
+def supernode_command(
+    *,
+    superlink: str,
+    port: int,
+    partition: tuple[int, int] | None = None,
+    data_dir: str | None = None,
+    root_certificates: str | Path | None = None,
+    private_key: str | Path | None = None,
+    insecure: bool = False,
+    isolation: str = "process",
+    max_retries: int | None = None,
+    max_wait_time: float | None = None,
+) -> list[str]:
     """``flower-supernode`` for one edge machine.
 
     ``partition`` = (partition id, number of partitions) of the shared task data; ``data_dir`` a
@@ -70,16 +92,26 @@ def supernode_command(*, superlink: str, port: int, partition: tuple[int, int] |
         node_config["data-dir"] = str(Path(data_dir).resolve())
     if not node_config:
         raise DeployConfigError("a SuperNode needs a partition (--partition I N) or its own --data-dir")
-    cmd = ["flower-supernode", "--superlink", superlink, "--port", str(_port(port)),
-           "--isolation", isolation, "--node-config", format_config(node_config, quote='"')]
+    cmd = [
+        "flower-supernode",
+        "--superlink",
+        superlink,
+        "--port",
+        str(_port(port)),
+        "--isolation",
+        isolation,
+        "--node-config",
+        format_config(node_config, quote='"'),
+    ]
     if insecure:
         if private_key:
             raise DeployConfigError("SuperNode authentication needs TLS: drop --insecure or the private key")
         cmd.append("--insecure")
     else:
         if root_certificates is None:
-            raise DeployConfigError("a secure SuperNode needs the SuperLink's CA (--root-certificates ca.crt), "
-                                    "or ask for --insecure")
+            raise DeployConfigError(
+                "a secure SuperNode needs the SuperLink's CA (--root-certificates ca.crt), or ask for --insecure"
+            )
         cmd += ["--root-certificates", str(_existing(root_certificates))]
     if private_key:
         cmd += ["--auth-supernode-private-key", str(_existing(private_key))]
@@ -90,8 +122,9 @@ def supernode_command(*, superlink: str, port: int, partition: tuple[int, int] |
     return cmd
 
 
-def warm_worker_command(*, runtime_api: str, parent_pid: int | None = None,
-                        preload: tuple[str, ...] = ("torch", "transformers")) -> list[str]:
+def warm_worker_command(
+    *, runtime_api: str, parent_pid: int | None = None, preload: tuple[str, ...] = ("torch", "transformers")
+) -> list[str]:
     """The long-lived ClientApp worker for a SuperNode started with ``--isolation process``.
 
     Run as a script file, not ``-m fedkron...``: the worker then imports the app from the FAB that
@@ -106,8 +139,9 @@ def warm_worker_command(*, runtime_api: str, parent_pid: int | None = None,
     return cmd
 
 
-def run_command(*, connection: str, app: str | Path = ".", run_config: Mapping[str, Any] | None = None,
-                stream: bool = True) -> list[str]:
+def run_command(
+    *, connection: str, app: str | Path = ".", run_config: Mapping[str, Any] | None = None, stream: bool = True
+) -> list[str]:
     """``flwr run APP CONNECTION``; ``--stream`` keeps it attached until the run ends."""
     cmd = ["flwr", "run", str(app), connection]
     if run_config:
@@ -131,13 +165,22 @@ def format_config(values: Mapping[str, Any], quote: str) -> str:
                 raise DeployConfigError(f"config value of {key!r} may not contain quotes: {value!r}")
             text = f"{quote}{value}{quote}"
         else:
-            raise DeployConfigError(f"config value of {key!r} must be str, int, float or bool (got {type(value).__name__})")
+            raise DeployConfigError(
+                f"config value of {key!r} must be str, int, float or bool (got {type(value).__name__})"
+            )
         parts.append(f"{key}={text}")
     return " ".join(parts)
 
 
-def write_connection(flwr_home: str | Path, name: str, address: str, *, root_certificates: str | Path | None = None,
-                     insecure: bool = False, make_default: bool = False) -> Path:
+def write_connection(
+    flwr_home: str | Path,
+    name: str,
+    address: str,
+    *,
+    root_certificates: str | Path | None = None,
+    insecure: bool = False,
+    make_default: bool = False,
+) -> Path:
     """Add or replace ``[superlink.<name>]`` in ``$FLWR_HOME/config.toml`` (what ``flwr run`` reads)."""
     import tomli_w  # a Flower dependency
 

@@ -35,10 +35,12 @@ def check_flwr_version(version: str | None = None) -> str:
     if m and (int(m[1]), int(m[2])) in TESTED_FLWR:
         return version
     tested = ", ".join(f"{a}.{b}.x" for a, b in TESTED_FLWR)
-    msg = (f"fedkron's warm ClientApp worker uses private Flower modules tested with flwr {tested} only, "
-           f"but flwr {version} is installed. Install a tested release (pip install 'flwr[simulation]=="
-           f"{TESTED_FLWR[-1][0]}.{TESTED_FLWR[-1][1]}.*'), start the SuperNode with --cold (Flower's own "
-           f"ClientApp processes, no private modules), or set {ALLOW_ENV}=1 to try anyway.")
+    msg = (
+        f"fedkron's warm ClientApp worker uses private Flower modules tested with flwr {tested} only, "
+        f"but flwr {version} is installed. Install a tested release (pip install 'flwr[simulation]=="
+        f"{TESTED_FLWR[-1][0]}.{TESTED_FLWR[-1][1]}.*'), start the SuperNode with --cold (Flower's own "
+        f"ClientApp processes, no private modules), or set {ALLOW_ENV}=1 to try anyway."
+    )
     if os.environ.get(ALLOW_ENV) == "1":
         warnings.warn(f"{msg} Going on: {ALLOW_ENV}=1.", RuntimeWarning, stacklevel=2)
         return version
@@ -63,10 +65,27 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 __all__ = [
-    "ALLOW_ENV", "FLWR_VERSION", "TESTED_FLWR", "UntestedFlowerError", "check_flwr_version",
-    "AcquireTaskRequest", "ErrorCode", "HeartbeatSender", "LoadClientAppError", "RuntimeHttpClient",
-    "RuntimeTokenHttpInterceptor", "RuntimeVersionHttpInterceptor", "SubStatus", "TaskType",
-    "get_load_client_app_fn", "install_from_fab", "log", "make_simple_http_retry_invoker",
-    "make_task_heartbeat_fn_http", "pull_task_input", "push_message", "push_task_output",
+    "ALLOW_ENV",
+    "FLWR_VERSION",
+    "TESTED_FLWR",
+    "UntestedFlowerError",
+    "check_flwr_version",
+    "AcquireTaskRequest",
+    "ErrorCode",
+    "HeartbeatSender",
+    "LoadClientAppError",
+    "RuntimeHttpClient",
+    "RuntimeTokenHttpInterceptor",
+    "RuntimeVersionHttpInterceptor",
+    "SubStatus",
+    "TaskType",
+    "get_load_client_app_fn",
+    "install_from_fab",
+    "log",
+    "make_simple_http_retry_invoker",
+    "make_task_heartbeat_fn_http",
+    "pull_task_input",
+    "push_message",
+    "push_task_output",
     "start_parent_process_monitor",
 ]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -31,13 +31,17 @@ def check_targets(paths: Iterable[str | Path], *, force: bool, what: str, hint: 
     paths = [Path(p) for p in paths]
     links = [str(p) for p in paths if p.is_symlink()]
     if links:
-        raise KeyFileError(f"{what}: refusing to write through a symlink: {', '.join(links)} "
-                           "(remove the link or choose another folder)")
+        raise KeyFileError(
+            f"{what}: refusing to write through a symlink: {', '.join(links)} "
+            "(remove the link or choose another folder)"
+        )
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
         verb = "exists" if len(existing) == 1 else "exist"
-        raise KeyFileError(f"{what}: {', '.join(existing)} already {verb}; not replaced without --force "
-                           f"(pass --force to replace{'; ' + hint if hint else ''})")
+        raise KeyFileError(
+            f"{what}: {', '.join(existing)} already {verb}; not replaced without --force "
+            f"(pass --force to replace{'; ' + hint if hint else ''})"
+        )
     not_files = [str(p) for p in paths if p.exists() and not p.is_file()]
     if not_files:
         raise KeyFileError(f"{what}: {', '.join(not_files)} is not a regular file")

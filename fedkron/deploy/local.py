@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from fedkron.deploy.auth import NodeKey, make_node_keys, register_command
 from fedkron.deploy.certs import TlsFiles, make_certificates
@@ -52,8 +53,9 @@ class Node:
 class LocalFederation:
     """Start pieces one by one; ``with`` (or :meth:`close`) stops every process it started."""
 
-    def __init__(self, root: str | Path, *, secure: bool = True, node_auth: bool = True,
-                 connection: str = "local-edge"):
+    def __init__(
+        self, root: str | Path, *, secure: bool = True, node_auth: bool = True, connection: str = "local-edge"
+    ):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.secure, self.node_auth, self.connection = secure, node_auth and secure, connection
@@ -61,18 +63,25 @@ class LocalFederation:
         self.procs = Processes()
         self.port = free_port(HOST)
         self.address = f"{HOST}:{self.port}"
-        self.tls: TlsFiles | None = make_certificates(self.root / "certs", [HOST, "localhost"],
-                                                                force=True) if secure else None  # its own root
+        self.tls: TlsFiles | None = (
+            make_certificates(self.root / "certs", [HOST, "localhost"], force=True) if secure else None
+        )  # its own root
         self.nodes: dict[str, Node] = {}
         self.superlink: ManagedProcess | None = None
 
     # --- processes --------------------------------------------------------------------------
     def start_superlink(self, timeout: float = 90) -> ManagedProcess:
-        write_connection(self.env["FLWR_HOME"], self.connection, self.address,
-                         root_certificates=self.tls.ca_cert if self.tls else None,
-                         insecure=not self.secure, make_default=True)
-        cmd = superlink_command(host=HOST, port=self.port, tls=self.tls, insecure=not self.secure,
-                                node_auth=self.node_auth)
+        write_connection(
+            self.env["FLWR_HOME"],
+            self.connection,
+            self.address,
+            root_certificates=self.tls.ca_cert if self.tls else None,
+            insecure=not self.secure,
+            make_default=True,
+        )
+        cmd = superlink_command(
+            host=HOST, port=self.port, tls=self.tls, insecure=not self.secure, node_auth=self.node_auth
+        )
         self.superlink = self.procs.start(cmd, self.root / "superlink.log", self.env)
         self.superlink.wait_for_log(r"Uvicorn running on", timeout)
         return self.superlink
@@ -84,22 +93,38 @@ class LocalFederation:
                 self.flwr(register_command(key.public, self.connection))
         return keys
 
-    def start_supernode(self, name: str, partition: tuple[int, int], *, key: NodeKey | None = None,
-                        warm: bool = True, root_certificates: Path | None = None, **extra: Any) -> Node:
+    def start_supernode(
+        self,
+        name: str,
+        partition: tuple[int, int],
+        *,
+        key: NodeKey | None = None,
+        warm: bool = True,
+        root_certificates: Path | None = None,
+        **extra: Any,
+    ) -> Node:
         """A SuperNode (+ warm worker when ``warm``); ``root_certificates`` overrides the CA (tests)."""
         if name in self.nodes and self.nodes[name].alive:
             raise ValueError(f"fedkron.deploy.local: SuperNode {name!r} is already running")
         runtime_port = free_port(HOST)
         cmd = supernode_command(
-            superlink=self.address, port=runtime_port, partition=partition,
+            superlink=self.address,
+            port=runtime_port,
+            partition=partition,
             root_certificates=root_certificates or (self.tls.ca_cert if self.tls else None),
-            private_key=key.private if key else None, insecure=not self.secure,
-            isolation="process" if warm else "subprocess", **extra)
+            private_key=key.private if key else None,
+            insecure=not self.secure,
+            isolation="process" if warm else "subprocess",
+            **extra,
+        )
         supernode = self.procs.start(cmd, self.root / f"supernode-{name}.log", self.env)
         worker = None
         if warm:
-            worker = self.procs.start(warm_worker_command(runtime_api=f"{HOST}:{runtime_port}", parent_pid=supernode.pid),
-                                      self.root / f"worker-{name}.log", self.env)
+            worker = self.procs.start(
+                warm_worker_command(runtime_api=f"{HOST}:{runtime_port}", parent_pid=supernode.pid),
+                self.root / f"worker-{name}.log",
+                self.env,
+            )
         node = self.nodes[name] = Node(name, supernode, worker)
         return node
 
@@ -111,13 +136,15 @@ class LocalFederation:
     def flwr(self, argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
         res = subprocess.run(argv, env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout)
         if res.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv[:3])} failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+            raise RuntimeError(
+                f"{' '.join(argv[:3])} failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+            )
         return res
 
     def node_ids(self) -> dict[int, str]:
         """Node id → status ('online', 'offline', 'registered', ...) as the SuperLink lists them."""
         out = self.flwr(["flwr", "supernode", "list", self.connection, "--format", "json"]).stdout
-        rows = json.loads(out[out.index("{"):])["nodes"]
+        rows = json.loads(out[out.index("{") :])["nodes"]
         return {int(r["node-id"]): r["status"] for r in rows}
 
     def start_run(self, run_config: Mapping[str, Any], log_name: str = "run.log") -> ManagedProcess:
@@ -137,7 +164,7 @@ class LocalFederation:
     def close(self) -> None:
         self.procs.stop_all()
 
-    def __enter__(self) -> "LocalFederation":
+    def __enter__(self) -> LocalFederation:
         return self
 
     def __exit__(self, *exc) -> None:

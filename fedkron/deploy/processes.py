@@ -16,8 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import psutil  # a dependency of peft/accelerate: process trees without parsing /proc
 
@@ -72,8 +72,15 @@ class ManagedProcess:
     ``log_path=None`` leaves stdout/stderr to this process's (a foreground SuperLink's journal).
     """
 
-    def __init__(self, argv: list[str], log_path: str | Path | None, env: Mapping[str, str] | None = None,
-                 cwd: str | Path | None = None, *, die_with_parent: bool = False):
+    def __init__(
+        self,
+        argv: list[str],
+        log_path: str | Path | None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+        *,
+        die_with_parent: bool = False,
+    ):
         self.argv = list(argv)
         self.log_path = Path(log_path) if log_path is not None else None
         self._log = None
@@ -81,9 +88,15 @@ class ManagedProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(
-            self.argv, stdout=self._log, stderr=subprocess.STDOUT if self._log else None,
-            stdin=subprocess.DEVNULL, env=dict(env) if env is not None else None, cwd=cwd,
-            start_new_session=True, preexec_fn=parent_death_signal() if die_with_parent else None)
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT if self._log else None,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=parent_death_signal() if die_with_parent else None,
+        )
         self.pid = self.popen.pid
 
     @property
@@ -106,8 +119,9 @@ class ManagedProcess:
         if m := rx.search(self.log()):
             return m
         state = "running" if self.alive else f"exited with {self.popen.returncode}"
-        raise TimeoutError(f"{self.argv[0]} ({state}) never logged {pattern!r} within {timeout:.0f} s; "
-                           f"log tail:\n{self.log()[-3000:]}")
+        raise TimeoutError(
+            f"{self.argv[0]} ({state}) never logged {pattern!r} within {timeout:.0f} s; log tail:\n{self.log()[-3000:]}"
+        )
 
     def descendants(self) -> list[psutil.Process]:
         try:
@@ -162,8 +176,15 @@ class Processes:
     def __init__(self) -> None:
         self.started: list[ManagedProcess] = []
 
-    def start(self, argv: list[str], log_path: str | Path | None, env: Mapping[str, str] | None = None,
-              cwd: str | Path | None = None, *, die_with_parent: bool = False) -> ManagedProcess:
+    def start(
+        self,
+        argv: list[str],
+        log_path: str | Path | None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+        *,
+        die_with_parent: bool = False,
+    ) -> ManagedProcess:
         proc = ManagedProcess(argv, log_path, env, cwd, die_with_parent=die_with_parent)
         self.started.append(proc)
         return proc
@@ -172,9 +193,8 @@ class Processes:
         while self.started:
             self.started.pop().stop()
 
-    def __enter__(self) -> "Processes":
+    def __enter__(self) -> Processes:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop_all()
-

@@ -16,8 +16,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import psutil
 
@@ -42,7 +42,7 @@ class Supervisor:
         self._signals = 0
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "Supervisor":
+    def __enter__(self) -> Supervisor:
         for sig in STOP_SIGNALS:  # before any child exists: no window where a stop leaves one behind
             self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
@@ -52,8 +52,9 @@ class Supervisor:
         if self.received is None:
             self.received = signum
 
-    def start(self, label: str, argv: list[str], log_path: str | Path | None,
-              env: Mapping[str, str] | None = None) -> ManagedProcess:
+    def start(
+        self, label: str, argv: list[str], log_path: str | Path | None, env: Mapping[str, str] | None = None
+    ) -> ManagedProcess:
         proc = ManagedProcess(argv, log_path, env, die_with_parent=True)
         self.procs.append((label, proc))
         return proc
@@ -65,8 +66,12 @@ class Supervisor:
                 code = proc.popen.poll()
                 if code is not None:
                     where = f"; log: {proc.log_path}" if proc.log_path else ""
-                    print(f"fedkron deploy: {label} (PID {proc.pid}) exited with {_describe(code)}{where}; "
-                          "stopping the rest", file=sys.stderr, flush=True)
+                    print(
+                        f"fedkron deploy: {label} (PID {proc.pid}) exited with {_describe(code)}{where}; "
+                        "stopping the rest",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     return _status(code, main=proc is self.procs[0][1])
             time.sleep(self.poll)
         return 128 + self.received
@@ -96,8 +101,12 @@ class Supervisor:
             leftovers = [p for p in tree if _alive(p)]
             if leftovers:
                 why = "a second stop signal" if self._signals > 1 else f"the {self.grace:g} s grace period"
-                print(f"fedkron deploy: SIGKILL to {[p.pid for p in leftovers]} after {why} "
-                      f"({time.monotonic() - t0:.1f} s)", file=sys.stderr, flush=True)
+                print(
+                    f"fedkron deploy: SIGKILL to {[p.pid for p in leftovers]} after {why} "
+                    f"({time.monotonic() - t0:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 proc.signal_tree(signal.SIGKILL, leftovers)
             try:
                 proc.popen.wait(timeout=5)

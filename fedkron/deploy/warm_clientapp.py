@@ -39,6 +39,7 @@ def _flwr_private():
     path: ``import fedkron`` here would take fedkron from the environment, not from the FAB."""
     if __package__:  # imported as fedkron.deploy.warm_clientapp
         from fedkron.deploy import flwr_private
+
         return flwr_private
     import importlib.util
 
@@ -74,8 +75,10 @@ class WarmClientApp:
 
     def _client(self, *interceptors) -> fp.RuntimeHttpClient:
         return fp.RuntimeHttpClient.from_server_address(
-            server_address=self.address, insecure=self.root_certificates is None,
-            root_certificates=self.root_certificates, interceptors=list(interceptors),
+            server_address=self.address,
+            insecure=self.root_certificates is None,
+            root_certificates=self.root_certificates,
+            interceptors=list(interceptors),
             retry_invoker=fp.make_simple_http_retry_invoker(),
         )
 
@@ -95,8 +98,9 @@ class WarmClientApp:
     def run_task(self, token: str) -> None:
         """Flower's per-task steps (as in ``flwr.supernode.runtime.run_clientapp``) without the exit."""
         t0 = time.perf_counter()
-        client = self._client(fp.RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                              fp.RuntimeTokenHttpInterceptor(token))
+        client = self._client(
+            fp.RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"), fp.RuntimeTokenHttpInterceptor(token)
+        )
         heartbeat = fp.HeartbeatSender(fp.make_task_heartbeat_fn_http(client))
         heartbeat.start()
         message = context = reply = None
@@ -108,8 +112,10 @@ class WarmClientApp:
                 fp.install_from_fab(fab.content, skip_prompt=True)
                 self.warm_fab_hash = fab.hash_str
             elif fab.hash_str != self.warm_fab_hash:
-                raise fp.LoadClientAppError(f"this warm ClientApp serves app {self.warm_fab_hash[:12]}, "
-                                            f"not {fab.hash_str[:12]}; restart the worker")
+                raise fp.LoadClientAppError(
+                    f"this warm ClientApp serves app {self.warm_fab_hash[:12]}, "
+                    f"not {fab.hash_str[:12]}; restart the worker"
+                )
             app = self._load_app(run.fab_id, run.fab_version, fab.hash_str)
             t_app = time.perf_counter()
             reply = app(message=message, context=context)
@@ -117,8 +123,11 @@ class WarmClientApp:
             sub_status, details = fp.SubStatus.COMPLETED, ""
         except Exception as ex:  # the SuperNode must get an error reply, and the worker must live on
             fp.log(ERROR, "ClientApp raised an exception", exc_info=ex)
-            code = fp.ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, fp.LoadClientAppError) \
+            code = (
+                fp.ErrorCode.LOAD_CLIENT_APP_EXCEPTION
+                if isinstance(ex, fp.LoadClientAppError)
                 else fp.ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+            )
             details = f"{type(ex)}:<'{ex}'>"
             if message is not None:
                 reply = Message(Error(code=code, reason=details), reply_to=message)
@@ -132,8 +141,14 @@ class WarmClientApp:
             heartbeat.stop()
             client.close()
         self.tasks_run += 1
-        fp.log(INFO, "[warm-clientapp] task %d done in %.2f s, %.2f s of it in the app (%s)",
-               self.tasks_run, time.perf_counter() - t0, t_app, sub_status)
+        fp.log(
+            INFO,
+            "[warm-clientapp] task %d done in %.2f s, %.2f s of it in the app (%s)",
+            self.tasks_run,
+            time.perf_counter() - t0,
+            t_app,
+            sub_status,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,8 +174,12 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             for name in filter(None, args.preload.split(",")):
                 importlib.import_module(name)
-            fp.log(INFO, "[warm-clientapp] ready on %s (preload %.1f s)", args.runtime_api_address,
-                   time.perf_counter() - t0)
+            fp.log(
+                INFO,
+                "[warm-clientapp] ready on %s (preload %.1f s)",
+                args.runtime_api_address,
+                time.perf_counter() - t0,
+            )
         worker.serve(args.poll_interval, restart_argv)
     except KeyboardInterrupt:  # SIGINT from the parent monitor
         sys.exit(0)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+import tomllib
 
 _DRAW_TAG = 0xDE71CE  # separates the profile stream from the per-round streams in devices.timing
 
@@ -29,12 +30,12 @@ class DeviceProfile(NamedTuple):
     """One client's device. Compact on purpose: a tuple of floats plus a shared kind string."""
 
     kind: str
-    speed: float          # compute speed relative to this machine (client seconds are divided by it)
-    down_bps: float       # downlink bandwidth, bits/s
-    up_bps: float         # uplink bandwidth, bits/s
-    latency_s: float      # one-way latency added to each transfer, seconds
-    availability: float   # probability of being online when sampled
-    dropout: float        # probability of dropping out after the download, before the upload completes
+    speed: float  # compute speed relative to this machine (client seconds are divided by it)
+    down_bps: float  # downlink bandwidth, bits/s
+    up_bps: float  # uplink bandwidth, bits/s
+    latency_s: float  # one-way latency added to each transfer, seconds
+    availability: float  # probability of being online when sampled
+    dropout: float  # probability of dropping out after the download, before the upload completes
 
 
 class Dist(NamedTuple):
@@ -86,9 +87,15 @@ class DeviceMix:
             if u < acc:
                 spec = p
                 break
-        return DeviceProfile(spec.name, spec.speed.draw(z[0]), spec.down_mbps.draw(z[1]) * 1e6,
-                             spec.up_mbps.draw(z[2]) * 1e6, spec.latency_ms.draw(z[3]) / 1e3,
-                             spec.availability, spec.dropout)
+        return DeviceProfile(
+            spec.name,
+            spec.speed.draw(z[0]),
+            spec.down_mbps.draw(z[1]) * 1e6,
+            spec.up_mbps.draw(z[2]) * 1e6,
+            spec.latency_ms.draw(z[3]) / 1e3,
+            spec.availability,
+            spec.dropout,
+        )
 
 
 def draw_profiles(mix: DeviceMix, num_clients: int, seed: int) -> list[DeviceProfile]:
@@ -167,8 +174,9 @@ def mix_from_mapping(data: Mapping, source: str = "device mix") -> DeviceMix:
         if missing:
             raise DeviceMixError(f"{where}: missing field(s) {missing}")
         if set(p) - _PROFILE_KEYS:
-            raise DeviceMixError(f"{where}: unknown field(s) {sorted(set(p) - _PROFILE_KEYS)}; "
-                                 f"expected {sorted(_PROFILE_KEYS)}")
+            raise DeviceMixError(
+                f"{where}: unknown field(s) {sorted(set(p) - _PROFILE_KEYS)}; expected {sorted(_PROFILE_KEYS)}"
+            )
         name = p["name"]
         if not isinstance(name, str) or not name or name in names:
             raise DeviceMixError(f"{where}.name: expected a non-empty, unique string, got {name!r}")
@@ -178,8 +186,15 @@ def mix_from_mapping(data: Mapping, source: str = "device mix") -> DeviceMix:
         if weight <= 0:
             raise DeviceMixError(f"{where}.weight: expected a number > 0, got {p['weight']!r}")
         dists = {f: _dist(p[f], f"{where}.{f}") for f in _DIST_FIELDS}
-        specs.append(ProfileSpec(name, weight, availability=_probability(p["availability"], f"{where}.availability", True),
-                                 dropout=_probability(p["dropout"], f"{where}.dropout", False), **dists))
+        specs.append(
+            ProfileSpec(
+                name,
+                weight,
+                availability=_probability(p["availability"], f"{where}.availability", True),
+                dropout=_probability(p["dropout"], f"{where}.dropout", False),
+                **dists,
+            )
+        )
     name = data.get("name", "custom")
     if not isinstance(name, str):
         raise DeviceMixError(f"{source}: name: expected a string, got {name!r}")
@@ -188,15 +203,28 @@ def mix_from_mapping(data: Mapping, source: str = "device mix") -> DeviceMix:
 
 def mix_to_mapping(mix: DeviceMix) -> dict:
     """The inverse of ``mix_from_mapping`` (fixed values written as plain numbers)."""
+
     def dist(d: Dist):
         if d.sigma == 0 and d.min is None and d.max is None:
             return d.median
         out = {"median": d.median, "sigma": d.sigma}
         out.update({k: v for k, v in (("min", d.min), ("max", d.max)) if v is not None})
         return out
-    return {"name": mix.name, "description": mix.description, "profile": [
-        {"name": p.name, "weight": p.weight, **{f: dist(getattr(p, f)) for f in _DIST_FIELDS},
-         "availability": p.availability, "dropout": p.dropout} for p in mix.profiles]}
+
+    return {
+        "name": mix.name,
+        "description": mix.description,
+        "profile": [
+            {
+                "name": p.name,
+                "weight": p.weight,
+                **{f: dist(getattr(p, f)) for f in _DIST_FIELDS},
+                "availability": p.availability,
+                "dropout": p.dropout,
+            }
+            for p in mix.profiles
+        ],
+    }
 
 
 def save_mix(mix: DeviceMix, path: str | Path) -> Path:
@@ -205,6 +233,7 @@ def save_mix(mix: DeviceMix, path: str | Path) -> Path:
     doc = mix_to_mapping(mix)
     if path.suffix == ".toml":
         import tomli_w  # a Flower dependency
+
         path.write_text(tomli_w.dumps(doc))
     elif path.suffix == ".json":
         path.write_text(json.dumps(doc, indent=2) + "\n")
@@ -221,8 +250,9 @@ def load_mix(spec: str | Path) -> DeviceMix:
         return mix_from_mapping(BUILTIN_MIXES[spec], f"built-in mix {spec!r}")
     path = Path(spec)
     if not path.is_file():
-        raise DeviceMixError(f"unknown device mix {str(spec)!r}: not a built-in ({', '.join(BUILTIN_MIXES)}) "
-                             f"and no such file")
+        raise DeviceMixError(
+            f"unknown device mix {str(spec)!r}: not a built-in ({', '.join(BUILTIN_MIXES)}) and no such file"
+        )
     text = path.read_text()
     try:
         if path.suffix == ".toml":

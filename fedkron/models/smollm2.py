@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from fedkron.models.causal_lm import ModelLoadError
+from fedkron.models.sources import ModelLoadError, minilm_path
 
 SMOLLM2 = "smollm2-135m"
 TINY_LLAMA = "tiny-llama"
@@ -31,8 +31,13 @@ CACHE_ENV = "FEDKRON_CACHE_DIR"  # parent folder of every cached model (default 
 SMOLLM2_ENV = "FEDKRON_SMOLLM2_DIR"  # the SmolLM2 folder itself, if set
 MARKER = "fedkron_model.json"  # written last inside the temporary folder: its presence = complete
 TINY_LLAMA_CONFIG = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    tie_word_embeddings=True,
 )
 
 
@@ -144,13 +149,14 @@ def _build_tiny_llama(out: Path) -> dict:
     WordPiece tokenizer ([SEP] doubles as end of sequence): a fast decoder for tests and smoke runs."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from fedkron.models import minilm_path
-
     tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
     tokenizer.eos_token = tokenizer.sep_token
     config = LlamaConfig(
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id, **TINY_LLAMA_CONFIG,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        **TINY_LLAMA_CONFIG,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from fedkron.config import ConfigError
+from fedkron.runconfig.fields import ConfigError
 from fedkron.server.ledger import Ledger
 
 
@@ -34,12 +34,28 @@ class Checkpoint:
 
 
 # Settings that may change between a checkpoint and its resume (where the run lives, how far it goes).
-PER_FOLDER = ("out", "resume", "client-state-dir", "rounds", "overwrite", "client-cpus", "client-gpus", "max-actors",
-              "ray-address")
+PER_FOLDER = (
+    "out",
+    "resume",
+    "client-state-dir",
+    "rounds",
+    "overwrite",
+    "client-cpus",
+    "client-gpus",
+    "max-actors",
+    "ray-address",
+)
 
 
-def save_checkpoint(out: Path, rnd: int, global_state, strategy_state: tuple[dict, dict], ledger: Ledger,
-                    metrics: list[dict], config: dict) -> Path:
+def save_checkpoint(
+    out: Path,
+    rnd: int,
+    global_state,
+    strategy_state: tuple[dict, dict],
+    ledger: Ledger,
+    metrics: list[dict],
+    config: dict,
+) -> Path:
     """Write round ``rnd``'s checkpoint; ``config`` (the run config record) is kept with it, so a
     resume with other settings is refused instead of mixing two runs."""
     root = Path(out) / "checkpoint"
@@ -52,8 +68,9 @@ def save_checkpoint(out: Path, rnd: int, global_state, strategy_state: tuple[dic
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "strategy.safetensors"))
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     ledger.write_csv(tmp / "ledger.csv")
-    (tmp / "state.json").write_text(json.dumps({"round": rnd, "metrics": metrics, "strategy": values,
-                                                "config": config}))
+    (tmp / "state.json").write_text(
+        json.dumps({"round": rnd, "metrics": metrics, "strategy": values, "config": config})
+    )
     _fsync_dir(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -89,13 +106,18 @@ def resume_problems(cfg) -> list[str]:
     if not (out / "config.json").is_file():
         return [f"--resume {out}: no run there (no config.json)"]
     metrics = out / "metrics.jsonl"
-    done = [json.loads(line)["round"] for line in metrics.read_text().splitlines() if line.strip()] \
-        if metrics.is_file() else []
+    done = (
+        [json.loads(line)["round"] for line in metrics.read_text().splitlines() if line.strip()]
+        if metrics.is_file()
+        else []
+    )
     latest = _latest(out)
     if latest is None:
         if any(r >= 1 for r in done):
-            return [f"--resume {out}: metrics.jsonl has rounds up to {max(done)} but checkpoint/ is missing, so the "
-                    "run cannot go on where it stopped; restore checkpoint/ or start again with --overwrite"]
+            return [
+                f"--resume {out}: metrics.jsonl has rounds up to {max(done)} but checkpoint/ is missing, so the "
+                "run cannot go on where it stopped; restore checkpoint/ or start again with --overwrite"
+            ]
         return []  # stopped before round 1 ended: starting again loses nothing
     saved = json.loads((out / "checkpoint" / latest["folder"] / "state.json").read_text()).get("config")
     if saved is None:
@@ -104,8 +126,10 @@ def resume_problems(cfg) -> list[str]:
     differ = [k for k in now if k not in PER_FOLDER and k in saved and saved[k] != now[k]]
     if differ:
         what = ", ".join(f"{k} {saved[k]!r} (now {now[k]!r})" for k in differ)
-        return [f"--resume {out}: the settings differ from the checkpoint's: {what}; restore config.json, "
-                "or start again with --overwrite"]
+        return [
+            f"--resume {out}: the settings differ from the checkpoint's: {what}; restore config.json, "
+            "or start again with --overwrite"
+        ]
     return []
 
 
@@ -120,7 +144,9 @@ def load_checkpoint(out: Path) -> Checkpoint | None:
     return Checkpoint(
         round=int(state["round"]),
         global_state=load_file(str(folder / "global.safetensors")),
-        strategy_tensors=load_file(str(folder / "strategy.safetensors")) if (folder / "strategy.safetensors").is_file() else {},
+        strategy_tensors=load_file(str(folder / "strategy.safetensors"))
+        if (folder / "strategy.safetensors").is_file()
+        else {},
         strategy_values=state.get("strategy", {}),
         ledger=Ledger.read_csv(folder / "ledger.csv"),
         metrics=state["metrics"],

@@ -10,38 +10,74 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from flwr.app import MetricRecord
 from flwr.serverapp import Grid
 
-from fedkron.adapters import adapter_factor_roles, adapter_state_dict, load_adapter_state_dict, save_adapter, trainable_parameter_count
-from fedkron.config import DEFAULT_ROUND_TIMEOUT, RunConfig, codec_bits
+from fedkron.adapters import (
+    adapter_factor_roles,
+    adapter_state_dict,
+    load_adapter_state_dict,
+    save_adapter,
+    trainable_parameter_count,
+)
+from fedkron.data.client_data import eval_data, generation_prompts, model_shape, task_spec
+from fedkron.devices.timing import append_timing_csv
 from fedkron.models import build_model
+from fedkron.runconfig.fields import DEFAULT_ROUND_TIMEOUT, RunConfig, codec_bits
 from fedkron.server.checkpoint import load_checkpoint, require_rounds_left, save_checkpoint
 from fedkron.server.ledger import MB, Ledger, LedgerGrid
 from fedkron.server.progress import ReplyTicker
 from fedkron.server.results import ResultsFolder
 from fedkron.server.rounds import run_rounds
-from fedkron.devices.timing import append_timing_csv
 from fedkron.strategies.edge import keep_timing_rows, timing_row
 from fedkron.strategies.registry import build_strategy
 from fedkron.strategies.wrapper import FedKron, from_arrayrecord, to_arrayrecord
-from fedkron.task import evaluate_metrics
-from fedkron.task_data import eval_data, generation_prompts, model_shape, task_spec
+from fedkron.training.local import evaluate_metrics
 
 log = logging.getLogger("fedkron")
-SIM_TOTALS = ("sim_seconds", "sim_transfer_seconds", "sim_compute_seconds", "sim_wait_seconds", "offline", "dropped",
-              "late", "surplus")
+SIM_TOTALS = (
+    "sim_seconds",
+    "sim_transfer_seconds",
+    "sim_compute_seconds",
+    "sim_wait_seconds",
+    "offline",
+    "dropped",
+    "late",
+    "surplus",
+)
 Progress = Callable[[dict], None]
-ROUND_STATS = ("accepted", "rejected", "failed", "aggregation_error", "fit_seconds", "client_seconds",
-               "train_seconds", "train_loss", "client_peak_memory_mb", "fed_accuracy", "fed_loss", "fed_examples",
-               "dp_noise_stdev", "dp_clipping_norm", "dp_epsilon", "aggregate_refused", "sample_seconds", "abandoned")
+ROUND_STATS = (
+    "accepted",
+    "rejected",
+    "failed",
+    "aggregation_error",
+    "fit_seconds",
+    "client_seconds",
+    "train_seconds",
+    "train_loss",
+    "client_peak_memory_mb",
+    "fed_accuracy",
+    "fed_loss",
+    "fed_examples",
+    "dp_noise_stdev",
+    "dp_clipping_norm",
+    "dp_epsilon",
+    "aggregate_refused",
+    "sample_seconds",
+    "abandoned",
+)
 
 
-def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None, resume: bool = False,
-                   known_partitions: Callable[[], dict[int, tuple[int, int]]] | None = None) -> dict:
+def run_federation(
+    grid: Grid,
+    cfg: RunConfig,
+    progress: Progress | None = None,
+    resume: bool = False,
+    known_partitions: Callable[[], dict[int, tuple[int, int]]] | None = None,
+) -> dict:
     """Run ``cfg.rounds`` rounds and write the results folder; returns the summary dict.
 
     With ``resume``, continue from the newest checkpoint in ``cfg.out`` (if there is one): the
@@ -63,27 +99,43 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
     model = build_model(cfg, *model_shape(cfg))
     initial = {k: v.clone() for k, v in adapter_state_dict(model).items()}
     ledger = ckpt.ledger if ckpt else Ledger()
-    strategy = FedKron(build_strategy(cfg), cfg, initial, adapter_factor_roles(model), ledger=ledger,
-                       partition_sizes=partition_sizes(cfg), known_partitions=known_partitions)
+    strategy = FedKron(
+        build_strategy(cfg),
+        cfg,
+        initial,
+        adapter_factor_roles(model),
+        ledger=ledger,
+        partition_sizes=partition_sizes(cfg),
+        known_partitions=known_partitions,
+    )
     timing_csv = results.path / "timing.csv"
     if strategy.edge:  # per client-round simulated times; a resumed run keeps the rounds it has
         keep_timing_rows(timing_csv, ckpt.round if ckpt else 0)
     ticker = ReplyTicker() if progress else None
-    ledger_grid = LedgerGrid(grid, ledger, partition_of=lambda node: strategy.roster.partition_of.get(node, -1),
-                             on_reply=ticker)
+    ledger_grid = LedgerGrid(
+        grid, ledger, partition_of=lambda node: strategy.roster.partition_of.get(node, -1), on_reply=ticker
+    )
     if ckpt:  # safetensors loads keys sorted; the wrapper keeps the model's order (the order on the wire)
         strategy.load_state_dict(ckpt.global_state, ckpt.strategy_tensors, ckpt.strategy_values)
         log.info("resuming %s after round %d", cfg.out, ckpt.round)
     summary: dict = {
-        "method": cfg.method, "codec": cfg.quant, "bits": codec_bits(cfg.quant), "downlink": cfg.downlink,
-        "task": cfg.task, "model": cfg.model, "clients": cfg.clients, "rounds": cfg.rounds,
-        "aggregation": cfg.aggregation, "strategy": cfg.strategy,
+        "method": cfg.method,
+        "codec": cfg.uplink,
+        "bits": codec_bits(cfg.uplink),
+        "downlink": cfg.downlink,
+        "task": cfg.task,
+        "model": cfg.model,
+        "clients": cfg.clients,
+        "rounds": cfg.rounds,
+        "aggregation": cfg.aggregation,
+        "strategy": cfg.strategy,
         "trainable_params": sum(initial[n].numel() for n in strategy.expected),
         "adapter_params": trainable_parameter_count(model),
         "majority_baseline": evalset.majority_baseline if evalset else None,
         "eval_rows": evalset.num_rows if evalset else 0,
         "eval_note": evalset.note if evalset else "no central evaluation (--no-central-eval)",
-        "status": "running", "resumed_from_round": ckpt.round if ckpt else None,
+        "status": "running",
+        "resumed_from_round": ckpt.round if ckpt else None,
     }
     last_round_end = [time.perf_counter()]
 
@@ -100,13 +152,17 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
         now = time.perf_counter()
         stats = strategy.round_stats.get(server_round, {})
         row = {
-            "round": server_round, "accuracy": acc, "loss": loss,
+            "round": server_round,
+            "accuracy": acc,
+            "loss": loss,
             "bytes_up": ledger.total("up", round=server_round),
             "bytes_down": ledger.total("down", round=server_round),
-            "bytes_up_total": ledger.total("up"), "bytes_down_total": ledger.total("down"),
+            "bytes_up_total": ledger.total("up"),
+            "bytes_down_total": ledger.total("down"),
             "payload_up": ledger.total("up", "payload", round=server_round),
             "count_bytes_up": ledger.total("up", "count_bytes", round=server_round),
-            "seconds": now - last_round_end[0], "elapsed": now - t_start,
+            "seconds": now - last_round_end[0],
+            "elapsed": now - t_start,
             "majority_baseline": summary["majority_baseline"],
             **{k: v for k, v in scores.items() if k not in ("loss", "accuracy")},
             **{k: stats.get(k, 0 if k in ("accepted", "rejected", "failed") else None) for k in ROUND_STATS},
@@ -123,13 +179,21 @@ def run_federation(grid: Grid, cfg: RunConfig, progress: Progress | None = None,
         if progress:
             progress(row)
         if server_round >= 1:
-            save_checkpoint(results.path, server_round, state, strategy.state_dict(), ledger, results.rows,
-                            cfg.to_record())
+            save_checkpoint(
+                results.path, server_round, state, strategy.state_dict(), ledger, results.rows, cfg.to_record()
+            )
         return MetricRecord({k: v for k, v in (("accuracy", acc), ("loss", loss)) if v is not None})
 
     try:
-        run_rounds(strategy, ledger_grid, to_arrayrecord(strategy.global_state), (ckpt.round + 1) if ckpt else 1,
-                            cfg.rounds, evaluate_round, cfg.round_timeout or DEFAULT_ROUND_TIMEOUT)
+        run_rounds(
+            strategy,
+            ledger_grid,
+            to_arrayrecord(strategy.global_state),
+            (ckpt.round + 1) if ckpt else 1,
+            cfg.rounds,
+            evaluate_round,
+            cfg.round_timeout or DEFAULT_ROUND_TIMEOUT,
+        )
         load_adapter_state_dict(model, strategy.global_state)
         save_adapter(model, results.path / "adapter")
         summary["status"] = "completed"
@@ -152,8 +216,9 @@ def partition_sizes(cfg: RunConfig) -> dict[int, int] | None:
     try:
         if resolve_source(spec, cfg.data_dir or None, "auto")[0] == "hub":
             return None
-        check = check_task_data(spec, cfg.data_dir or None, cfg.clients, cfg.partition, cfg.seed,
-                                alpha=cfg.dirichlet_alpha)
+        check = check_task_data(
+            spec, cfg.data_dir or None, cfg.clients, cfg.partition, cfg.seed, alpha=cfg.dirichlet_alpha
+        )
     except Exception as err:  # a server without the data caps weights by share instead
         log.info("the server cannot read the training data (%s); client weights are capped by share", err)
         return None
@@ -164,8 +229,8 @@ def write_generations(folder: Path, server_round: int, cfg: RunConfig, model) ->
     """A few held-out instructions answered greedily by the global model, appended per round."""
     import json
 
-    from fedkron.lm_task import sample_generations
     from fedkron.models import load_tokenizer
+    from fedkron.training.language_model import sample_generations
 
     prompts = generation_prompts(cfg)
     outputs = sample_generations(model, load_tokenizer(cfg.model), prompts, max_new_tokens=48)
@@ -192,10 +257,12 @@ def _finish(results: ResultsFolder, ledger: Ledger, summary: dict, cfg: RunConfi
         seconds=seconds,
     )
     if any("sim_seconds" in r for r in rows):  # --devices: simulated time, its split, who was not heard
-        summary.update({k.replace("sim_seconds", "sim_seconds_total"): sum(r.get(k) or 0 for r in rows)
-                        for k in SIM_TOTALS}, devices=cfg.devices)
+        summary.update(
+            {k.replace("sim_seconds", "sim_seconds_total"): sum(r.get(k) or 0 for r in rows) for k in SIM_TOTALS},
+            devices=cfg.devices,
+        )
     results.write_json("summary.json", summary)
     try:
-        results.plot(f"{cfg.method} / {cfg.quant} on {cfg.task}")
+        results.plot(f"{cfg.method} / {cfg.uplink} on {cfg.task}")
     except Exception as err:  # a plot must never lose a run's numbers
         log.warning("plot failed: %s", err)

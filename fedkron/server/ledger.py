@@ -75,8 +75,10 @@ class Ledger:
             try:
                 figures = message_byte_figures(msg)
             except Exception:  # a reply whose payload does not even parse (PayloadError...): count what arrived
-                figures = {"payload": 0, "count_bytes": sum(len(a.data) for r in msg.content.array_records.values()
-                                                            for a in r.values())}
+                figures = {
+                    "payload": 0,
+                    "count_bytes": sum(len(a.data) for r in msg.content.array_records.values() for a in r.values()),
+                }
             try:
                 figures["content_bytes"] = content_bytes(msg)
             except Exception:
@@ -86,10 +88,18 @@ class Ledger:
         except Exception:  # a reply that does not even serialize: count its records
             figures["serialized"] = figures.get("content_bytes", 0)
         group = msg.metadata.group_id
-        self.add(LedgerRow(round=int(group) if group.isdigit() else 0, direction=direction,
-                           kind=msg.metadata.message_type, node_id=int(node), partition_id=int(partition_id),
-                           status="failed" if msg.has_error() else "ok", **figures),
-                 message_id=msg.metadata.message_id if direction == "up" else "")
+        self.add(
+            LedgerRow(
+                round=int(group) if group.isdigit() else 0,
+                direction=direction,
+                kind=msg.metadata.message_type,
+                node_id=int(node),
+                partition_id=int(partition_id),
+                status="failed" if msg.has_error() else "ok",
+                **figures,
+            ),
+            message_id=msg.metadata.message_id if direction == "up" else "",
+        )
 
     def annotate(self, msg: Message, **values) -> None:
         """Complete the row of a recorded reply with what was learnt by reading it (its ``status``
@@ -100,8 +110,9 @@ class Ledger:
                 setattr(self.rows[index], key, value)
 
     def total(self, direction: str, figure: str = "serialized", round: int | None = None) -> int:
-        return sum(getattr(r, figure) for r in self.rows
-                   if r.direction == direction and (round is None or r.round == round))
+        return sum(
+            getattr(r, figure) for r in self.rows if r.direction == direction and (round is None or r.round == round)
+        )
 
     def per_round(self, direction: str, figure: str = "serialized") -> dict[int, int]:
         out: dict[int, int] = defaultdict(int)
@@ -133,7 +144,7 @@ class Ledger:
         tmp.replace(path)
 
     @classmethod
-    def read_csv(cls, path: str | Path) -> "Ledger":
+    def read_csv(cls, path: str | Path) -> Ledger:
         ledger = cls()
         with Path(path).open(newline="") as fh:
             for rec in csv.DictReader(fh):
@@ -154,8 +165,14 @@ class LedgerGrid(Grid):
     size of what was sent.
     """
 
-    def __init__(self, grid: Grid, ledger: Ledger, partition_of: Callable[[int], int] = lambda node: -1,
-                 on_reply: Callable[[str, int, int, float], None] | None = None, pull_interval: float = 0.5):
+    def __init__(
+        self,
+        grid: Grid,
+        ledger: Ledger,
+        partition_of: Callable[[int], int] = lambda node: -1,
+        on_reply: Callable[[str, int, int, float], None] | None = None,
+        pull_interval: float = 0.5,
+    ):
         """``on_reply(kind, replies so far, messages sent, seconds)`` is told of each reply as it
         arrives (progress inside a round)."""
         self.grid, self.ledger, self.partition_of = grid, ledger, partition_of

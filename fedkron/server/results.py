@@ -33,7 +33,9 @@ class ResultsFolder:
         self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}  # JSON has no NaN
+        row = {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()
+        }  # JSON has no NaN
         self.rows.append(row)
         with self.metrics_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")

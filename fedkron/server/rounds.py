@@ -22,15 +22,17 @@ class _Shifted(Strategy):
     def __init__(self, strategy: Strategy, offset: int):
         self.strategy, self.offset = strategy, offset
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         return self.strategy.aggregate_train(server_round + self.offset, replies)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.strategy.configure_evaluate(server_round + self.offset, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -40,8 +42,15 @@ class _Shifted(Strategy):
         self.strategy.summary()
 
 
-def run_rounds(strategy: Strategy, grid: Grid, arrays: ArrayRecord, first_round: int, last_round: int,
-               evaluate_fn: EvaluateFn, timeout: float) -> Result:
+def run_rounds(
+    strategy: Strategy,
+    grid: Grid,
+    arrays: ArrayRecord,
+    first_round: int,
+    last_round: int,
+    evaluate_fn: EvaluateFn,
+    timeout: float,
+) -> Result:
     """Rounds ``first_round..last_round`` with ``strategy.start``; ``evaluate_fn`` sees true round
     numbers, and round 0 only when the run starts at round 1."""
     offset = first_round - 1
@@ -51,5 +60,6 @@ def run_rounds(strategy: Strategy, grid: Grid, arrays: ArrayRecord, first_round:
     def shifted_eval(server_round: int, current: ArrayRecord) -> MetricRecord | None:
         return evaluate_fn(server_round + offset, current) if server_round > 0 else None
 
-    return _Shifted(strategy, offset).start(grid, arrays, num_rounds=last_round - offset, timeout=timeout,
-                                            evaluate_fn=shifted_eval)
+    return _Shifted(strategy, offset).start(
+        grid, arrays, num_rounds=last_round - offset, timeout=timeout, evaluate_fn=shifted_eval
+    )

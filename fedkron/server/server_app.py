@@ -1,13 +1,16 @@
 """The Flower ServerApp (``flwr run .`` and deployment): run config → :func:`run_federation`."""
 
+from pathlib import Path
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from pathlib import Path
-
-from fedkron.config import RunConfig
-from fedkron.preflight import clear_run, preflight
+from fedkron.logs import quiet_third_party
+from fedkron.runconfig.fields import RunConfig
 from fedkron.server.federation import run_federation
+from fedkron.server.preflight import clear_run, preflight
+
+quiet_third_party()  # an entry point: every simulated client (Ray actor) imports this module
 
 app = ServerApp()
 

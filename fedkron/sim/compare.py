@@ -9,16 +9,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from fedkron.config import AGGREGATIONS, CODECS, METHODS, ConfigError, RunConfig
+from fedkron.runconfig.fields import AGGREGATIONS, CODECS, METHODS, ConfigError, RunConfig
 
 DEFAULT_RUNS = "kron-lora:nf4,lora:fp32,flowertune"
 # Runs known by a name: the baselines a reader asks for.
 PRESETS = {
     # Flower's recipe; its learning rate chosen on the same grid as the others (LoRA on q,v only)
-    "flowertune": dict(method="lora", quant="fp32", targets="query,value", aggregation="per-factor", lr=2e-3),
+    "flowertune": dict(method="lora", uplink="fp32", targets="query,value", aggregation="per-factor", lr=2e-3),
     "ffa-lora": dict(method="lora", aggregation="exact"),  # LoRA with A frozen at its seeded init (exact)
 }
 
@@ -40,9 +40,9 @@ class RunSpec:
     def settings(self, base: RunConfig) -> dict:
         """The RunConfig fields this run sets (method, codec, aggregation, targets)."""
         out = dict(PRESETS.get(self.method, {"method": self.method}))
-        out.setdefault("quant", self.codec or "fp32")
+        out.setdefault("uplink", self.codec or "fp32")
         if self.codec:
-            out["quant"] = self.codec
+            out["uplink"] = self.codec
         if self.aggregation:
             out["aggregation"] = self.aggregation
         out.setdefault("aggregation", base.aggregation if out["method"] == "kron-lora" else "per-factor")
@@ -80,8 +80,13 @@ class LoraSettings:
     targets: str | None = None  # None: the base config's (flowertune sets its own)
 
 
-def run_configs(base: RunConfig, specs: list[RunSpec], out: str | Path, lora: LoraSettings = LoraSettings(),
-                downlink: str | None = None) -> list[RunConfig]:
+def run_configs(
+    base: RunConfig,
+    specs: list[RunSpec],
+    out: str | Path,
+    lora: LoraSettings = LoraSettings(),
+    downlink: str | None = None,
+) -> list[RunConfig]:
     """One validated config per run: the base config with the run's method, codecs (the run's codec
     both ways, unless ``downlink`` is given), aggregation, LoRA's rank / lr / targets and folder."""
     configs = []
@@ -91,7 +96,7 @@ def run_configs(base: RunConfig, specs: list[RunSpec], out: str | Path, lora: Lo
             settings.update(rank=lora.rank, **({"lr": lora.lr} if lora.lr else {}))
             if lora.targets and "targets" not in settings:
                 settings["targets"] = lora.targets
-        settings["downlink"] = downlink or settings["quant"]
+        settings["downlink"] = downlink or settings["uplink"]
         cfg = dataclasses.replace(base, **settings, out=str(Path(out) / spec.folder))
         configs.append(cfg.resolved())
     return configs
@@ -111,10 +116,14 @@ def resume_plan(cfg: RunConfig) -> str:
     mine = cfg.to_record()
     differ = sorted(k for k in mine if k not in PER_FOLDER and saved[k] != mine[k])
     if differ or saved["rounds"] > cfg.rounds:
-        what = ", ".join(f"{k} {saved[k]!r} (now {mine[k]!r})" for k in differ) or \
-            f"rounds {saved['rounds']} (now {cfg.rounds})"
-        raise ConfigError(f"--resume: {folder} holds a run with other settings: {what}; "
-                          "use another --out or drop --resume to start it again")
+        what = (
+            ", ".join(f"{k} {saved[k]!r} (now {mine[k]!r})" for k in differ)
+            or f"rounds {saved['rounds']} (now {cfg.rounds})"
+        )
+        raise ConfigError(
+            f"--resume: {folder} holds a run with other settings: {what}; "
+            "use another --out or drop --resume to start it again"
+        )
     done = latest_round(folder)
     if done >= cfg.rounds and (folder / "summary.json").is_file():
         return "done"
@@ -137,7 +146,7 @@ def run_compare(
     The runs share one Ray start (``run``, for tests: a function called per run instead). With
     ``resume``, runs already finished in ``out`` with the same settings are kept and a run cut off
     mid-way continues from its last checkpoint (see :func:`resume_plan`)."""
-    from fedkron.preflight import data_problems, holds_a_run, model_problems
+    from fedkron.server.preflight import data_problems, holds_a_run, model_problems
     from fedkron.sim.report import write_report
     from fedkron.sim.simulate import prepared, quiet, run_many
 

@@ -35,30 +35,66 @@ def comparison_plots(out: Path, rows: list[dict]) -> None:
 
     def acc_vs_mb(ax, r):  # training rounds only: round 0 has sent (almost) nothing
         ms = [m for m in scored(r) if m["round"] >= 1]
-        ax.plot([(m["bytes_up_total"] + m["bytes_down_total"]) / MB for m in ms],
-                [100 * m["accuracy"] for m in ms], marker="o", label=r["run"])
+        ax.plot(
+            [(m["bytes_up_total"] + m["bytes_down_total"]) / MB for m in ms],
+            [100 * m["accuracy"] for m in ms],
+            marker="o",
+            label=r["run"],
+        )
 
     def acc_per_round(ax, r):
         ax.plot([m["round"] for m in scored(r)], [100 * m["accuracy"] for m in scored(r)], marker="o", label=r["run"])
 
     def bytes_per_round(ax, r):
         ms = [m for m in r["metrics"] if m["round"] >= 1]
-        ax.plot([m["round"] for m in ms], [(m["bytes_up"] + m["bytes_down"]) / MB for m in ms], marker="o",
-                label=f"{r['run']} (up + down)")
+        ax.plot(
+            [m["round"] for m in ms],
+            [(m["bytes_up"] + m["bytes_down"]) / MB for m in ms],
+            marker="o",
+            label=f"{r['run']} (up + down)",
+        )
 
     def acc_vs_hours(ax, r):
         ms = [m for m in scored(r) if m.get("sim_seconds_total") is not None]
         if ms:
-            ax.plot([m["sim_seconds_total"] / 3600 for m in ms], [100 * m["accuracy"] for m in ms], marker="o",
-                    label=r["run"])
+            ax.plot(
+                [m["sim_seconds_total"] / 3600 for m in ms],
+                [100 * m["accuracy"] for m in ms],
+                marker="o",
+                label=r["run"],
+            )
 
     if any(m.get("sim_seconds_total") is not None for r in rows for m in r["metrics"]):
         mixes = ", ".join(sorted({r["config"].get("devices") or "–" for r in rows}))
-        figure("accuracy_vs_sim_hours.png", acc_vs_hours, xlabel="simulated hours so far",
-               ylabel="held-out accuracy (%)", title=f"Accuracy vs simulated time ({mixes})")
-    figure("accuracy_vs_mb.png", acc_vs_mb, xscale="log", xlabel="MB communicated so far (up + down, log scale)",
-           ylabel="held-out accuracy (%)", title="Accuracy vs communication")
-    figure("accuracy_per_round.png", acc_per_round, integer_x=True, xlabel="round", ylabel="held-out accuracy (%)",
-           title="Accuracy per round")
-    figure("bytes_per_round.png", bytes_per_round, integer_x=True, yscale="log", xlabel="round",
-           ylabel="MB per round (log scale)", title="Bytes per round, both ways")
+        figure(
+            "accuracy_vs_sim_hours.png",
+            acc_vs_hours,
+            xlabel="simulated hours so far",
+            ylabel="held-out accuracy (%)",
+            title=f"Accuracy vs simulated time ({mixes})",
+        )
+    figure(
+        "accuracy_vs_mb.png",
+        acc_vs_mb,
+        xscale="log",
+        xlabel="MB communicated so far (up + down, log scale)",
+        ylabel="held-out accuracy (%)",
+        title="Accuracy vs communication",
+    )
+    figure(
+        "accuracy_per_round.png",
+        acc_per_round,
+        integer_x=True,
+        xlabel="round",
+        ylabel="held-out accuracy (%)",
+        title="Accuracy per round",
+    )
+    figure(
+        "bytes_per_round.png",
+        bytes_per_round,
+        integer_x=True,
+        yscale="log",
+        xlabel="round",
+        ylabel="MB per round (log scale)",
+        title="Bytes per round, both ways",
+    )

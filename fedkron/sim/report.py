@@ -15,14 +15,37 @@ from pathlib import Path
 from fedkron.server.ledger import MB, Ledger
 
 COLUMNS = [
-    ("run", "run"), ("method", "method"), ("targets", "targets"), ("codec", "up / down codec"),
-    ("aggregation", "aggregation"), ("lr", "lr"), ("trainable_params", "values sent"),
-    ("mb_up_total", "up MB"), ("mb_down_total", "down MB"), ("mb_total", "total MB"),
-    ("final_accuracy", "final acc"), ("last3_accuracy", "last-3 acc"), ("best_accuracy", "best acc"),
-    ("mb_to_target", "MB to target"), ("note", "note"),
+    ("run", "run"),
+    ("method", "method"),
+    ("targets", "targets"),
+    ("codec", "up / down codec"),
+    ("aggregation", "aggregation"),
+    ("lr", "lr"),
+    ("trainable_params", "values sent"),
+    ("mb_up_total", "up MB"),
+    ("mb_down_total", "down MB"),
+    ("mb_total", "total MB"),
+    ("final_accuracy", "final acc"),
+    ("last3_accuracy", "last-3 acc"),
+    ("best_accuracy", "best acc"),
+    ("mb_to_target", "MB to target"),
+    ("note", "note"),
 ]
-SETTINGS = ("model", "task", "clients", "fraction", "rounds", "local-steps", "batch-size", "partition",
-            "dirichlet-alpha", "seed", "eval-samples", "local-loss", "strategy")
+SETTINGS = (
+    "model",
+    "task",
+    "clients",
+    "fraction",
+    "rounds",
+    "local-steps",
+    "batch-size",
+    "partition",
+    "dirichlet-alpha",
+    "seed",
+    "eval-samples",
+    "local-loss",
+    "strategy",
+)
 
 
 def read_run(folder: Path) -> dict:
@@ -37,20 +60,38 @@ def read_run(folder: Path) -> dict:
     aggregation = {"fedavg": "per-factor"}.get(config.get("aggregation"), config.get("aggregation", "per-factor"))
     majority = summary.get("majority_baseline")
     return {
-        "run": folder.name, "method": summary["method"], "targets": config.get("targets", "all-linear"),
-        "codec": f"{config.get('quant')} / {config.get('downlink', 'fp32')}", "aggregation": aggregation,
-        "lr": config.get("lr"), "trainable_params": summary["trainable_params"], "config": config,
-        "bytes_up": up, "bytes_down": down, "bytes_total": up + down,
-        "mb_up_total": up / MB, "mb_down_total": down / MB, "mb_total": (up + down) / MB,
+        "run": folder.name,
+        "method": summary["method"],
+        "targets": config.get("targets", "all-linear"),
+        "codec": f"{config.get('uplink')} / {config.get('downlink', 'fp32')}",
+        "aggregation": aggregation,
+        "lr": config.get("lr"),
+        "trainable_params": summary["trainable_params"],
+        "config": config,
+        "bytes_up": up,
+        "bytes_down": down,
+        "bytes_total": up + down,
+        "mb_up_total": up / MB,
+        "mb_down_total": down / MB,
+        "mb_total": (up + down) / MB,
         "mb_up_per_client_round": up / max(ledger.count("up"), 1) / MB,
         "mb_down_per_client_round": down / max(ledger.count("down"), 1) / MB,
-        "payload_up": ledger.total("up", "payload"), "count_bytes_up": ledger.total("up", "count_bytes"),
-        "final_accuracy": accs[-1] if accs else None, "best_accuracy": max(accs) if accs else None,
+        "payload_up": ledger.total("up", "payload"),
+        "count_bytes_up": ledger.total("up", "count_bytes"),
+        "final_accuracy": accs[-1] if accs else None,
+        "best_accuracy": max(accs) if accs else None,
         "last3_accuracy": sum(accs[-3:]) / len(accs[-3:]) if accs else None,
-        "majority_baseline": majority, "seconds": summary["seconds"], "status": summary["status"],
+        "majority_baseline": majority,
+        "seconds": summary["seconds"],
+        "status": summary["status"],
         "eval_note": summary.get("eval_note", ""),
-        "note": ("never above the majority class" if accs and majority is not None and max(accs) <= majority + 0.005
-                 else "" if summary["status"] == "completed" else summary["status"]),
+        "note": (
+            "never above the majority class"
+            if accs and majority is not None and max(accs) <= majority + 0.005
+            else ""
+            if summary["status"] == "completed"
+            else summary["status"]
+        ),
         "metrics": metrics,
     }
 
@@ -74,8 +115,9 @@ def default_target(rows: list[dict]) -> float | None:
     return lora[0]["best_accuracy"] - 0.01 if lora else None
 
 
-def write_report(out: str | Path, folders: list[Path], target: float | None = None,
-                 time_target: float | None = None) -> Path:
+def write_report(
+    out: str | Path, folders: list[Path], target: float | None = None, time_target: float | None = None
+) -> Path:
     """``report.md``, ``results.csv`` and three plots in ``out`` (with ``--devices`` runs, also their
     simulated time to ``time_target`` and a fourth plot); prints the tables."""
     from fedkron.sim import time_report
@@ -93,9 +135,19 @@ def write_report(out: str | Path, folders: list[Path], target: float | None = No
     time_report.add_time_figures(rows, time_target)
     timed = time_report.time_section(rows, time_target)
     with (out / "results.csv").open("w", newline="") as fh:
-        keys = [k for k, _ in COLUMNS] + ["bytes_up", "bytes_down", "bytes_total", "bytes_to_target", "payload_up",
-                                          "count_bytes_up", "mb_up_per_client_round", "mb_down_per_client_round",
-                                          "majority_baseline", "seconds", "status"]
+        keys = [k for k, _ in COLUMNS] + [
+            "bytes_up",
+            "bytes_down",
+            "bytes_total",
+            "bytes_to_target",
+            "payload_up",
+            "count_bytes_up",
+            "mb_up_per_client_round",
+            "mb_down_per_client_round",
+            "majority_baseline",
+            "seconds",
+            "status",
+        ]
         keys += [f"{kind}_saving_vs_{b['run']}" for b in baselines for kind in ("total", "uplink", "to_target")]
         if timed:
             keys += time_report.CSV_KEYS + [f"time_to_target_speedup_vs_{b['run']}" for b in baselines]
@@ -110,8 +162,13 @@ def write_report(out: str | Path, folders: list[Path], target: float | None = No
         "message). Each cell: total (up + down) × / uplink × / bytes to reach the target accuracy ×.\n\n"
         "![accuracy vs MB](accuracy_vs_mb.png)\n\n![accuracy per round](accuracy_per_round.png)\n\n"
         "![bytes per round](bytes_per_round.png)\n"
-        + (f"\n{timed}\n\n![accuracy vs simulated hours](accuracy_vs_sim_hours.png) "
-           "![accuracy vs MB](accuracy_vs_mb.png)\n" if timed else ""))
+        + (
+            f"\n{timed}\n\n![accuracy vs simulated hours](accuracy_vs_sim_hours.png) "
+            "![accuracy vs MB](accuracy_vs_mb.png)\n"
+            if timed
+            else ""
+        )
+    )
     from fedkron.sim.plots import comparison_plots
 
     comparison_plots(out, rows)
@@ -126,9 +183,11 @@ def settings_text(rows: list[dict], target: float | None) -> str:
     shared = ", ".join(f"{k} {cfg.get(k)}" for k in SETTINGS if k in cfg)
     tgt = "none (no LoRA fp32 baseline)" if target is None else f"{100 * target:.1f}%"
     majority = rows[0]["majority_baseline"]
-    return (f"Settings: {shared}; accuracy {rows[0]['eval_note']}. Majority class "
-            f"{'–' if majority is None else f'{100 * majority:.1f}%'}; target accuracy {tgt} "
-            "(the LoRA fp32 baseline's best − 1 point unless given).")
+    return (
+        f"Settings: {shared}; accuracy {rows[0]['eval_note']}. Majority class "
+        f"{'–' if majority is None else f'{100 * majority:.1f}%'}; target accuracy {tgt} "
+        "(the LoRA fp32 baseline's best − 1 point unless given)."
+    )
 
 
 def savings_table(rows: list[dict], baselines: list[dict]) -> str:
@@ -144,8 +203,9 @@ def savings_table(rows: list[dict], baselines: list[dict]) -> str:
                 continue
             total, up = b["bytes_total"] / r["bytes_total"], b["bytes_up"] / r["bytes_up"]
             r[f"total_saving_vs_{b['run']}"], r[f"uplink_saving_vs_{b['run']}"] = total, up
-            reach = (b["bytes_to_target"] / r["bytes_to_target"]
-                     if r["bytes_to_target"] and b["bytes_to_target"] else None)
+            reach = (
+                b["bytes_to_target"] / r["bytes_to_target"] if r["bytes_to_target"] and b["bytes_to_target"] else None
+            )
             r[f"to_target_saving_vs_{b['run']}"] = reach
             cells.append(f"{total:.1f}× / {up:.1f}× / " + (f"{reach:.1f}×" if reach else "–"))
         lines.append(f"| {r['run']} | " + " | ".join(cells) + " |")

@@ -13,13 +13,13 @@ import dataclasses
 import logging
 import os
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
-from fedkron import VERBOSE_ENV
-from fedkron.config import RunConfig
-from fedkron.preflight import clear_run, preflight
+from fedkron.logs import VERBOSE_ENV, quiet_third_party
+from fedkron.runconfig.fields import RunConfig
+from fedkron.server.preflight import clear_run, preflight
 
 log = logging.getLogger("fedkron")
 Progress = Callable[[dict], None]
@@ -58,6 +58,7 @@ def quiet(verbose: bool) -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    quiet_third_party()
     logging.getLogger("flwr").addFilter(_DropDeprecation())
 
 
@@ -74,8 +75,13 @@ def prepared(cfg: RunConfig, checked: bool = False) -> RunConfig:
     return cfg
 
 
-def run_many(cfgs: list[RunConfig], progress: list[Progress | None] | None = None, client_app=None,
-             verbose: bool = False, query_partitions: bool = False) -> list[dict]:
+def run_many(
+    cfgs: list[RunConfig],
+    progress: list[Progress | None] | None = None,
+    client_app=None,
+    verbose: bool = False,
+    query_partitions: bool = False,
+) -> list[dict]:
     """Run several prepared federations one after the other on one Ray start; a run that fails is
     reported in its summary (``status``) and the others go on. The server takes each node's
     partition from the simulation engine instead of asking it (``query_partitions``: ask, as a
@@ -96,16 +102,27 @@ def run_many(cfgs: list[RunConfig], progress: list[Progress | None] | None = Non
     def _main(grid: Grid, context: Context) -> None:
         for cfg, report in zip(cfgs, progress):
             try:
-                summaries.append(run_federation(grid, cfg, progress=report, resume=cfg.resume,
-                                                known_partitions=None if query_partitions else nodes.get))
+                summaries.append(
+                    run_federation(
+                        grid,
+                        cfg,
+                        progress=report,
+                        resume=cfg.resume,
+                        known_partitions=None if query_partitions else nodes.get,
+                    )
+                )
             except Exception as err:  # the summary in the run's folder says so too
                 log.error("run %s failed: %s: %s", cfg.out, type(err).__name__, err)
                 summaries.append({"status": f"failed: {type(err).__name__}: {err}", "out": cfg.out})
 
     with engine_partitions() as nodes:
-        run_simulation(server_app=server_app, client_app=client_app or default_client_app,
-                       num_supernodes=max(c.clients for c in cfgs), backend_config=backend_config(cfgs[0]),
-                       verbose_logging=False)
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app or default_client_app,
+            num_supernodes=max(c.clients for c in cfgs),
+            backend_config=backend_config(cfgs[0]),
+            verbose_logging=False,
+        )
     if len(summaries) < len(cfgs):
         raise RuntimeError(f"the simulation ended after {len(summaries)} of {len(cfgs)} runs; see the log above")
     return summaries

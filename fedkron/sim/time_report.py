@@ -20,7 +20,9 @@ def has_sim_time(row: dict) -> bool:
 
 def default_time_target(rows: list[dict]) -> float | None:
     """The LoRA fp32 baseline's final accuracy minus 1 point (the all-linear, per-factor one first)."""
-    lora = [r for r in rows if r["method"] == "lora" and r["codec"].startswith("fp32") and r["final_accuracy"] is not None]
+    lora = [
+        r for r in rows if r["method"] == "lora" and r["codec"].startswith("fp32") and r["final_accuracy"] is not None
+    ]
     lora.sort(key=lambda r: (r["targets"] != "all-linear", r["aggregation"] != "per-factor"))
     return lora[0]["final_accuracy"] - 0.01 if lora else None
 
@@ -48,16 +50,23 @@ def time_section(rows: list[dict], target: float | None) -> str:
         return ""
     mixes = sorted({r["devices"] for r in timed})
     tgt = "none (no LoRA fp32 baseline)" if target is None else f"{100 * target:.1f}%"
-    lines = [f"## Simulated time on `{'`, `'.join(mixes)}`", "",
-             (f"Target accuracy {tgt} (the LoRA fp32 baseline's final − 1 point unless given). A round lasts "
-              "until its slowest aggregated client finishes (download + compute + upload on its device); "
-              "transfer / compute / wait split that critical path."), "",
-             "| run | simulated h | transfer h | compute h | wait h | transfer share | h to target | final acc |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## Simulated time on `{'`, `'.join(mixes)}`",
+        "",
+        (
+            f"Target accuracy {tgt} (the LoRA fp32 baseline's final − 1 point unless given). A round lasts "
+            "until its slowest aggregated client finishes (download + compute + upload on its device); "
+            "transfer / compute / wait split that critical path."
+        ),
+        "",
+        "| run | simulated h | transfer h | compute h | wait h | transfer share | h to target | final acc |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in timed:
         share = "–" if r["sim_transfer_share"] is None else f"{100 * r['sim_transfer_share']:.1f}%"
-        hours = " | ".join(f"{r[k]:.3g}" for k in ("sim_hours_total", "sim_transfer_hours", "sim_compute_hours",
-                                                     "sim_wait_hours"))
+        hours = " | ".join(
+            f"{r[k]:.3g}" for k in ("sim_hours_total", "sim_transfer_hours", "sim_compute_hours", "sim_wait_hours")
+        )
         lines.append(f"| {r['run']} | {hours} | {share} | {_h(r['hours_to_target'])} | {_pct(r['final_accuracy'])} |")
     baselines = [r for r in timed if r["method"] == "lora"]
     for b in baselines:
@@ -65,9 +74,13 @@ def time_section(rows: list[dict], target: float | None) -> str:
             if r is not b and r["hours_to_target"] and b["hours_to_target"]:
                 r[f"time_to_target_speedup_vs_{b['run']}"] = b["hours_to_target"] / r["hours_to_target"]
     if baselines:
-        lines += ["", "Speed-up to the target (baseline's simulated hours / the run's):", "",
-                  "| run | " + " | ".join(f"vs {b['run']}" for b in baselines) + " |",
-                  "|" + "---|" * (len(baselines) + 1)]
+        lines += [
+            "",
+            "Speed-up to the target (baseline's simulated hours / the run's):",
+            "",
+            "| run | " + " | ".join(f"vs {b['run']}" for b in baselines) + " |",
+            "|" + "---|" * (len(baselines) + 1),
+        ]
         for r in timed:
             cells = ["reference" if r is b else _x(r.get(f"time_to_target_speedup_vs_{b['run']}")) for b in baselines]
             lines.append(f"| {r['run']} | " + " | ".join(cells) + " |")
@@ -86,5 +99,12 @@ def _x(value) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
 
-CSV_KEYS = ["devices", "sim_hours_total", "sim_transfer_hours", "sim_compute_hours", "sim_wait_hours",
-            "sim_transfer_share", "hours_to_target"]
+CSV_KEYS = [
+    "devices",
+    "sim_hours_total",
+    "sim_transfer_hours",
+    "sim_compute_hours",
+    "sim_wait_hours",
+    "sim_transfer_share",
+    "hours_to_target",
+]

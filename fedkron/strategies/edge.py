@@ -54,8 +54,9 @@ def edge_problems(cfg) -> list[str]:
     if cfg.max_actors < 0:
         problems.append(f"max-actors must be ≥ 0 (got {cfg.max_actors}; 0 = as many as the CPUs allow)")
     if cfg.ray_address and cfg.max_actors:
-        problems.append("max-actors cannot be combined with --ray-address (the cluster's CPUs decide; "
-                        "use --client-cpus)")
+        problems.append(
+            "max-actors cannot be combined with --ray-address (the cluster's CPUs decide; use --client-cpus)"
+        )
     if cfg.ray_address and not cfg.ray_address.strip():
         problems.append("ray-address is blank (give host:port of `ray start --head`, or leave it out)")
     return problems
@@ -63,8 +64,11 @@ def edge_problems(cfg) -> list[str]:
 
 def wire_bytes(ledger, server_round: int, direction: str) -> dict[int, int]:
     """Serialized bytes of this round's training messages per node, as the ledger counted them."""
-    return {r.node_id: r.serialized for r in ledger.rows
-            if r.round == server_round and r.direction == direction and r.kind == "train"}
+    return {
+        r.node_id: r.serialized
+        for r in ledger.rows
+        if r.round == server_round and r.direction == direction and r.kind == "train"
+    }
 
 
 class EdgeRounds:
@@ -88,24 +92,29 @@ class EdgeRounds:
         if COMPUTE_KEY not in reply.metrics:
             raise ValueError(f"reports no {COMPUTE_KEY} (simulated time with --devices needs it)")
 
-    def settle(self, server_round: int, valid: list, pairs: list, ledger,
-               note: Callable[..., None]) -> tuple[list, list, RoundTiming]:
+    def settle(
+        self, server_round: int, valid: list, pairs: list, ledger, note: Callable[..., None]
+    ) -> tuple[list, list, RoundTiming]:
         """The replies the round keeps (first ``k`` finishers / those before the deadline) and its
         timing. Clients sent the broadcast without a valid reply (failed, rejected) are left out of
         the timing; they are counted as failed or rejected already."""
         plan, slots, k = self._pending.pop(server_round)
         got = {r.partition_id: r for r in valid}
-        plan = plan._replace(clients=tuple(c for c in plan.clients
-                                           if not c.online or c.dropped or c.client in got))
+        plan = plan._replace(clients=tuple(c for c in plan.clients if not c.online or c.dropped or c.client in got))
         down_of, up_of = wire_bytes(ledger, server_round, "down"), wire_bytes(ledger, server_round, "up")
         down = {s: down_of[n] for s, n in slots.items() if n in down_of}
         broadcast = max(down.values(), default=None)  # what a dropout downloaded (same content)
         for s in plan.dropped:
             if broadcast is not None:
                 down[s] = broadcast
-        timing = round_time(plan, down, {s: up_of[slots[s]] for s in got},
-                            {s: r.metrics[COMPUTE_KEY] for s, r in got.items()}, deadline=self.deadline,
-                            over_select_k=k if self.over_select else None)
+        timing = round_time(
+            plan,
+            down,
+            {s: up_of[slots[s]] for s in got},
+            {s: r.metrics[COMPUTE_KEY] for s, r in got.items()},
+            deadline=self.deadline,
+            over_select_k=k if self.over_select else None,
+        )
         status = {row.client: row.status for row in timing.rows}
         for msg, r in zip(pairs, valid):
             if status[r.partition_id] != "ok":
@@ -120,13 +129,28 @@ def timing_row(timing: RoundTiming | None, total_before: float) -> dict:
     """A metrics row's simulated-time columns: this round's seconds, the run's total so far, the
     critical path's transfer / compute / wait split and the clients not heard from."""
     if timing is None:  # round 0 (the initial model) or a round that sent nothing
-        return {"sim_seconds": 0.0, "sim_seconds_total": total_before, "sim_transfer_seconds": 0.0,
-                "sim_compute_seconds": 0.0, "sim_wait_seconds": 0.0, "offline": 0, "dropped": 0, "late": 0,
-                "surplus": 0}
-    return {"sim_seconds": timing.sim_seconds, "sim_seconds_total": total_before + timing.sim_seconds,
-            "sim_transfer_seconds": timing.transfer_seconds, "sim_compute_seconds": timing.compute_seconds,
-            "sim_wait_seconds": timing.wait_seconds, "offline": timing.offline, "dropped": timing.dropped,
-            "late": timing.late, "surplus": timing.surplus}
+        return {
+            "sim_seconds": 0.0,
+            "sim_seconds_total": total_before,
+            "sim_transfer_seconds": 0.0,
+            "sim_compute_seconds": 0.0,
+            "sim_wait_seconds": 0.0,
+            "offline": 0,
+            "dropped": 0,
+            "late": 0,
+            "surplus": 0,
+        }
+    return {
+        "sim_seconds": timing.sim_seconds,
+        "sim_seconds_total": total_before + timing.sim_seconds,
+        "sim_transfer_seconds": timing.transfer_seconds,
+        "sim_compute_seconds": timing.compute_seconds,
+        "sim_wait_seconds": timing.wait_seconds,
+        "offline": timing.offline,
+        "dropped": timing.dropped,
+        "late": timing.late,
+        "surplus": timing.surplus,
+    }
 
 
 def keep_timing_rows(path: Path, last_round: int) -> None:

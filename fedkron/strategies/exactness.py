@@ -58,6 +58,7 @@ def aggregation_error(
     total = float(sum(weights))
     err_sq = ref_sq = 0.0
     for factors in layer_groups(roles).values():
+
         def local(u: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             return {r: (global_state[n] + u[n] if n in u else global_state[n]).double() for r, n in factors.items()}
 

@@ -8,52 +8,60 @@ combination is refused before Ray starts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the config imports this module for the strategy names
     from flwr.serverapp.strategy import Strategy
 
-    from fedkron.config import RunConfig
+    from fedkron.runconfig.fields import RunConfig
 
 
 @dataclass(frozen=True)
 class StrategySpec:
     flower_class: str  # in flwr.serverapp.strategy
-    options: Callable[["RunConfig"], dict]  # its constructor's own arguments
-    needs: Callable[["RunConfig"], list[str]] = lambda cfg: []  # settings it cannot work with
+    options: Callable[[RunConfig], dict]  # its constructor's own arguments
+    needs: Callable[[RunConfig], list[str]] = lambda cfg: []  # settings it cannot work with
 
-    def build(self, cfg: "RunConfig", **common) -> "Strategy":
+    def build(self, cfg: RunConfig, **common) -> Strategy:
         from flwr.serverapp import strategy as flower
 
         return getattr(flower, self.flower_class)(**common, **self.options(cfg))
 
-    def problems(self, cfg: "RunConfig") -> list[str]:
+    def problems(self, cfg: RunConfig) -> list[str]:
         return self.needs(cfg)
 
 
-def _eta(cfg: "RunConfig") -> dict:
+def _eta(cfg: RunConfig) -> dict:
     """FedOpt's server step; Flower's default (0.1) unless --server-lr is set away from 1."""
     return {"eta": cfg.server_lr} if cfg.server_lr != 1.0 else {}
 
 
-def _krum_needs(cfg: "RunConfig") -> list[str]:
+def _krum_needs(cfg: RunConfig) -> list[str]:
     n, f = cfg.sampled_per_round(), cfg.num_malicious
-    return [] if n > 2 * f + 2 else [f"krum needs more than 2·num-malicious + 2 = {2 * f + 2} clients a round "
-                                     f"(it samples {n})"]
+    return (
+        []
+        if n > 2 * f + 2
+        else [f"krum needs more than 2·num-malicious + 2 = {2 * f + 2} clients a round (it samples {n})"]
+    )
 
 
-def _bulyan_needs(cfg: "RunConfig") -> list[str]:
+def _bulyan_needs(cfg: RunConfig) -> list[str]:
     n, f = cfg.sampled_per_round(), cfg.num_malicious
-    return [] if n >= 4 * f + 3 else [f"bulyan needs at least 4·num-malicious + 3 = {4 * f + 3} clients a round "
-                                      f"(it samples {n})"]
+    return (
+        []
+        if n >= 4 * f + 3
+        else [f"bulyan needs at least 4·num-malicious + 3 = {4 * f + 3} clients a round (it samples {n})"]
+    )
 
 
 STRATEGIES: dict[str, StrategySpec] = {
     # FedAvg with a server learning rate ≠ 1 is FedAvgM without momentum: w + lr · mean(Δ).
     "fedavg": StrategySpec("FedAvg", lambda c: {}),
-    "fedavgm": StrategySpec("FedAvgM", lambda c: {"server_learning_rate": c.server_lr,
-                                                  "server_momentum": c.server_momentum}),
+    "fedavgm": StrategySpec(
+        "FedAvgM", lambda c: {"server_learning_rate": c.server_lr, "server_momentum": c.server_momentum}
+    ),
     "fedadam": StrategySpec("FedAdam", _eta),
     "fedyogi": StrategySpec("FedYogi", _eta),
     "fedadagrad": StrategySpec("FedAdagrad", _eta),
@@ -66,11 +74,12 @@ STRATEGIES: dict[str, StrategySpec] = {
 
 # The wrapper picks the clients itself (seeded) and gives the inner strategy exactly those: it
 # must take all of them and never wait for more.
-_TAKE_WHAT_IS_GIVEN = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
-                           min_available_nodes=1)
+_TAKE_WHAT_IS_GIVEN = dict(
+    fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1
+)
 
 
-def build_strategy(cfg: "RunConfig") -> "Strategy":
+def build_strategy(cfg: RunConfig) -> Strategy:
     """The Flower strategy of a run: ``cfg.strategy``, wrapped in Flower's server-side clipping /
     central DP wrapper when ``--clip-norm``, ``--adaptive-clipping`` or ``--dp-noise`` ask for it."""
     import logging
@@ -91,41 +100,56 @@ def build_strategy(cfg: "RunConfig") -> "Strategy":
     return privacy_wrapper(inner, cfg)
 
 
-def privacy_wrapper(inner: "Strategy", cfg: "RunConfig") -> "Strategy":
+def privacy_wrapper(inner: Strategy, cfg: RunConfig) -> Strategy:
     """Flower's server-side clipping wrappers: fixed (with an RDP accountant when noise is added to
     plain FedAvg, the case Flower accounts for) or adaptive; ``inner`` itself when neither is asked."""
-    from flwr.serverapp.strategy import (DifferentialPrivacyServerSideAdaptiveClipping,
-                                         DifferentialPrivacyServerSideFixedClipping, FedAvg)
+    from flwr.serverapp.strategy import (
+        DifferentialPrivacyServerSideAdaptiveClipping,
+        DifferentialPrivacyServerSideFixedClipping,
+        FedAvg,
+    )
 
     sampled = cfg.sampled_per_round()
     if cfg.adaptive_clipping:
         return DifferentialPrivacyServerSideAdaptiveClipping(
-            inner, noise_multiplier=cfg.dp_noise, num_sampled_clients=sampled,
-            initial_clipping_norm=cfg.clip_norm or 0.1)
+            inner,
+            noise_multiplier=cfg.dp_noise,
+            num_sampled_clients=sampled,
+            initial_clipping_norm=cfg.clip_norm or 0.1,
+        )
     if cfg.clip_norm <= 0:
         return inner
     accountant = None
     if cfg.dp_noise > 0 and isinstance(inner, FedAvg) and type(inner).aggregate_train is FedAvg.aggregate_train:
         from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 
-        accountant = RdpAccountant(PrivacyConfig(
-            target_delta=cfg.dp_delta, population_size=cfg.clients,
-            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-            sampling_method=SamplingMethod.NO_AMPLIFICATION))
-    return DifferentialPrivacyServerSideFixedClipping(inner, noise_multiplier=cfg.dp_noise,
-                                                      clipping_norm=cfg.clip_norm, num_sampled_clients=sampled,
-                                                      accountant=accountant)
+        accountant = RdpAccountant(
+            PrivacyConfig(
+                target_delta=cfg.dp_delta,
+                population_size=cfg.clients,
+                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            )
+        )
+    return DifferentialPrivacyServerSideFixedClipping(
+        inner,
+        noise_multiplier=cfg.dp_noise,
+        clipping_norm=cfg.clip_norm,
+        num_sampled_clients=sampled,
+        accountant=accountant,
+    )
 
 
-def privacy_figures(strategy: "Strategy") -> dict:
+def privacy_figures(strategy: Strategy) -> dict:
     """Noise standard deviation, clipping norm and (ε at the run's δ) of Flower's DP wrapper, if any."""
     from flwr.supercore.differential_privacy import compute_stdv
 
     if not hasattr(strategy, "clipping_norm"):
         return {}
-    out = {"dp_clipping_norm": float(strategy.clipping_norm),
-           "dp_noise_stdev": compute_stdv(strategy.noise_multiplier, strategy.clipping_norm,
-                                          strategy.num_sampled_clients)}
+    out = {
+        "dp_clipping_norm": float(strategy.clipping_norm),
+        "dp_noise_stdev": compute_stdv(strategy.noise_multiplier, strategy.clipping_norm, strategy.num_sampled_clients),
+    }
     spent = strategy.privacy_spent() if hasattr(strategy, "privacy_spent") else None
     if spent is not None:
         out["dp_epsilon"] = spent.epsilon

@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import random
-from typing import Callable
 import time
+from collections.abc import Callable
 
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -27,8 +27,16 @@ QUERY_ROUND = "0"  # group id of the partition queries (the ledger's round 0)
 
 
 class Roster:
-    def __init__(self, num_partitions: int, seed: int, wait_for: int, min_live: int, poll: float = 1.0,
-                 on_answer=lambda msg, slot: None, known: Callable[[], dict[int, tuple[int, int]]] | None = None):
+    def __init__(
+        self,
+        num_partitions: int,
+        seed: int,
+        wait_for: int,
+        min_live: int,
+        poll: float = 1.0,
+        on_answer=lambda msg, slot: None,
+        known: Callable[[], dict[int, tuple[int, int]]] | None = None,
+    ):
         """``known()``: node → (partition id, number of partitions) where the caller knows it."""
         self.num_partitions, self.seed, self.on_answer, self.known = num_partitions, seed, on_answer, known
         self.wait_for, self.min_live, self.poll = wait_for, min_live, poll
@@ -52,8 +60,9 @@ class Roster:
         are drawn (over-selection: the first k to finish are kept)."""
         self._wait(grid, self.wait_for if not self.partition_of else self.min_live)
         self.discover(grid)
-        live = sorted((n for n in grid.get_node_ids() if n in self.partition_of),
-                      key=lambda n: (self.partition_of[n], n))
+        live = sorted(
+            (n for n in grid.get_node_ids() if n in self.partition_of), key=lambda n: (self.partition_of[n], n)
+        )
         k = min(max(1, int(round(len(live) * fraction))), len(live))
         n = min(len(live), math.ceil(k * (1 + extra) - 1e-9))
         rng = random.Random(self.seed * 100_003 + server_round)
@@ -67,8 +76,9 @@ class Roster:
             unknown = self._take_known(unknown)
         if not unknown:
             return
-        msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY, group_id=QUERY_ROUND)
-                for n in unknown]
+        msgs = [
+            Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY, group_id=QUERY_ROUND) for n in unknown
+        ]
         answers = {}
         for reply in grid.send_and_receive(msgs, timeout=600):
             node = reply.metadata.src_node_id

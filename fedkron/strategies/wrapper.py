@@ -23,10 +23,24 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedkron.compression import get_codec
-from fedkron.config import RunConfig
-from fedkron.protocol import (EVAL_ACCURACY, EVAL_LOSS, FROZEN_DIGEST, METRICS, NUM_EXAMPLES, PEAK_MEMORY, ROUND,
-                              ROUND_LR, TIMINGS, TRAIN_LOSS, frozen_digest, make_broadcast, read_eval_reply, read_reply,
-                              sent_names)
+from fedkron.protocol import (
+    EVAL_ACCURACY,
+    EVAL_LOSS,
+    FROZEN_DIGEST,
+    METRICS,
+    NUM_EXAMPLES,
+    PEAK_MEMORY,
+    ROUND,
+    ROUND_LR,
+    TIMINGS,
+    TRAIN_LOSS,
+    frozen_digest,
+    make_broadcast,
+    read_eval_reply,
+    read_reply,
+    sent_names,
+)
+from fedkron.runconfig.fields import RunConfig
 from fedkron.strategies.defences import capped_weights, within_norm_bound
 from fedkron.strategies.downlink import Downlink
 from fedkron.strategies.edge import EdgeRounds
@@ -63,9 +77,16 @@ class _Given:
 
 
 class FedKron(Strategy):
-    def __init__(self, strategy: Strategy, cfg: RunConfig, initial: dict[str, torch.Tensor],
-                 roles: dict[str, str], ledger=None, partition_sizes: dict[int, int] | None = None,
-                 known_partitions=None):
+    def __init__(
+        self,
+        strategy: Strategy,
+        cfg: RunConfig,
+        initial: dict[str, torch.Tensor],
+        roles: dict[str, str],
+        ledger=None,
+        partition_sizes: dict[int, int] | None = None,
+        known_partitions=None,
+    ):
         """``known_partitions()``: node → (partition, partitions) where the simulation knows it."""
         self.strategy, self.cfg, self.roles = strategy, cfg, roles
         self.sent = sent_names(roles, cfg.aggregation)
@@ -74,8 +95,14 @@ class FedKron(Strategy):
         self.downlink = Downlink(get_codec(cfg.downlink, **cfg.codec_options(cfg.downlink)), cfg.error_feedback)
         self.global_state.update(self.downlink.publish({n: initial[n] for n in self.sent}))  # what clients hold
         self.ledger = ledger  # told what reading a reply reveals (rejected, a node's partition)
-        self.roster = Roster(cfg.clients, cfg.seed, wait_for=cfg.clients, min_live=cfg.min_replies,
-                             on_answer=lambda msg, pid: self._note(msg, partition_id=pid), known=known_partitions)
+        self.roster = Roster(
+            cfg.clients,
+            cfg.seed,
+            wait_for=cfg.clients,
+            min_live=cfg.min_replies,
+            on_answer=lambda msg, pid: self._note(msg, partition_id=pid),
+            known=known_partitions,
+        )
         self.edge = EdgeRounds(cfg) if cfg.devices else None  # device profiles and simulated time
         self.measure_error = dense_elements({k: v.shape for k, v in initial.items()}, roles) <= MAX_DENSE_FOR_ERROR
         self.uniform_weights = cfg.dp_noise > 0  # Flower's DP accounting needs equal client weights
@@ -105,8 +132,9 @@ class FedKron(Strategy):
     def _messages(self, content: RecordDict, nodes: Iterable[int], kind: str, server_round: int) -> list[Message]:
         return [Message(content, dst_node_id=n, message_type=kind, group_id=str(server_round)) for n in nodes]
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._t0[server_round] = time.perf_counter()
         self.global_state = from_arrayrecord(arrays)
         nodes, k = self.roster.draw(grid, server_round, self.cfg.fraction, self.cfg.over_select)
@@ -118,15 +146,20 @@ class FedKron(Strategy):
         trained = to_arrayrecord({n: self.global_state[n] for n in self.sent}, np.float64)
         inner = list(self.strategy.configure_train(server_round, trained, config, _Given(grid, nodes)))
         inner_config = next(iter(inner[0].content.config_records.values())) if inner else ConfigRecord()
-        messages = self._messages(self._broadcast(server_round, inner_config),
-                                  [m.metadata.dst_node_id for m in inner], MessageType.TRAIN, server_round)
+        messages = self._messages(
+            self._broadcast(server_round, inner_config),
+            [m.metadata.dst_node_id for m in inner],
+            MessageType.TRAIN,
+            server_round,
+        )
         self._asked[server_round] = len(messages)
         log.info("round %d: sent the global adapter to %d clients", server_round, len(messages))
         return messages
 
     # --- uplink -----------------------------------------------------------------------------
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         failed = max(self._asked.pop(server_round, 0) - len(replies), 0)  # no reply before the timeout
         stats = self.round_stats.setdefault(server_round, {})
@@ -141,20 +174,21 @@ class FedKron(Strategy):
                 log.warning("round %d: client %s (partition %s) failed: %s", server_round, node, pid, msg.error.reason)
                 continue
             try:
-                reply = read_reply(msg, self.expected, (self.cfg.quant,),
-                                   max_update_norm=self.cfg.max_update_norm or math.inf)
+                reply = read_reply(
+                    msg, self.expected, (self.cfg.uplink,), max_update_norm=self.cfg.max_update_norm or math.inf
+                )
                 if reply.partition_id != self.roster.reported(node):
                     raise ValueError(f"reports partition {reply.partition_id}, but holds {self.roster.reported(node)}")
                 if self.clips and not any(bool(v.any()) for v in reply.update.values()):
-                    raise ValueError("an all-zero update cannot go through Flower's clipping (it divides by "
-                                     "the update norm)")
+                    raise ValueError(
+                        "an all-zero update cannot go through Flower's clipping (it divides by the update norm)"
+                    )
                 if self.edge:
                     self.edge.check(reply)
             except Exception as err:  # whatever the reason, it rejects this reply only
                 rejected += 1
                 self._note(msg, status="rejected")
-                log.warning("round %d: rejected reply from client %s (partition %s): %s", server_round, node,
-                            pid, err)
+                log.warning("round %d: rejected reply from client %s (partition %s): %s", server_round, node, pid, err)
                 continue
             valid.append(reply)
             pairs.append(msg)
@@ -165,62 +199,104 @@ class FedKron(Strategy):
         keep = within_norm_bound([r.norm for r in valid], self._last_norms, self.cfg.norm_bound_factor)
         for i in set(range(len(valid))) - set(keep):
             self._note(pairs[i], status="rejected")
-            log.warning("round %d: rejected reply from client %s (partition %s): update norm %.3g is more than "
-                        "%g × the median norm", server_round, valid[i].node_id,
-                        self.roster.partition_of.get(valid[i].node_id), valid[i].norm, self.cfg.norm_bound_factor)
+            log.warning(
+                "round %d: rejected reply from client %s (partition %s): update norm %.3g is more than "
+                "%g × the median norm",
+                server_round,
+                valid[i].node_id,
+                self.roster.partition_of.get(valid[i].node_id),
+                valid[i].norm,
+                self.cfg.norm_bound_factor,
+            )
         outliers = len(valid) - len(keep)
         valid, pairs = [valid[i] for i in keep], [pairs[i] for i in keep]
         rejected += outliers
         stats.update(failed=failed, rejected=rejected, accepted=len(valid))
         if len(valid) < self.cfg.min_replies:
             if self.edge and (heard >= self.cfg.min_replies or not faults):  # the devices, not a fault
-                log.warning("round %d: %d updates in time, %d needed: round abandoned, global adapter unchanged",
-                            server_round, len(valid), self.cfg.min_replies)
+                log.warning(
+                    "round %d: %d updates in time, %d needed: round abandoned, global adapter unchanged",
+                    server_round,
+                    len(valid),
+                    self.cfg.min_replies,
+                )
                 stats.update(abandoned=True, fit_seconds=time.perf_counter() - self._t0.pop(server_round))
                 return to_arrayrecord(self.global_state), MetricRecord({"accepted": len(valid), "failed": failed})
-            raise RuntimeError(f"round {server_round}: only {len(valid)} valid replies ({rejected} rejected, "
-                               f"{failed} failed); at least {self.cfg.min_replies} needed")
+            raise RuntimeError(
+                f"round {server_round}: only {len(valid)} valid replies ({rejected} rejected, "
+                f"{failed} failed); at least {self.cfg.min_replies} needed"
+            )
         order = sorted(range(len(valid)), key=lambda i: (valid[i].partition_id, valid[i].node_id))
         valid, pairs = [valid[i] for i in order], [pairs[i] for i in order]  # arrival order must not matter
-        known = [self.partition_sizes.get(self.roster.partition_of.get(r.node_id))  # the server's split only
-                 if self.roster.shares.get(r.node_id) == self.cfg.clients else None for r in valid]
-        weights = [1.0] * len(valid) if self.uniform_weights else \
-            capped_weights([r.num_examples for r in valid], known, self.cfg.max_weight_share)
+        known = [
+            self.partition_sizes.get(self.roster.partition_of.get(r.node_id))  # the server's split only
+            if self.roster.shares.get(r.node_id) == self.cfg.clients
+            else None
+            for r in valid
+        ]
+        weights = (
+            [1.0] * len(valid)
+            if self.uniform_weights
+            else capped_weights([r.num_examples for r in valid], known, self.cfg.max_weight_share)
+        )
         for msg, reply, weight in zip(pairs, valid, weights):  # what a stock strategy expects
             local = {n: self.global_state[n].double() + reply.update[n].double() for n in self.sent}
-            msg.content = RecordDict({"arrays": to_arrayrecord(local, np.float64), METRICS: MetricRecord(
-                {NUM_EXAMPLES: weight, TRAIN_LOSS: reply.metrics[TRAIN_LOSS]})})
+            msg.content = RecordDict(
+                {
+                    "arrays": to_arrayrecord(local, np.float64),
+                    METRICS: MetricRecord({NUM_EXAMPLES: weight, TRAIN_LOSS: reply.metrics[TRAIN_LOSS]}),
+                }
+            )
         np.random.seed((self.cfg.seed * 1_000_003 + server_round) % 2**32)  # Flower's DP noise draws from here
         arrays, metrics = self.strategy.aggregate_train(server_round, pairs)
         stats.update(privacy_figures(self.strategy))
         if self.measure_error:
-            stats["aggregation_error"] = aggregation_error(self.global_state, [r.update for r in valid], weights,
-                                                           self.roles)
-        new = None if arrays is None else {n: torch.from_numpy(np.asarray(arrays[n].numpy(), np.float32).copy())
-                                           for n in self.sent}
+            stats["aggregation_error"] = aggregation_error(
+                self.global_state, [r.update for r in valid], weights, self.roles
+            )
+        new = (
+            None
+            if arrays is None
+            else {n: torch.from_numpy(np.asarray(arrays[n].numpy(), np.float32).copy()) for n in self.sent}
+        )
         if new is None:
-            log.warning("round %d: %s skipped aggregation; the global adapter is unchanged", server_round,
-                        type(self.strategy).__name__)
+            log.warning(
+                "round %d: %s skipped aggregation; the global adapter is unchanged",
+                server_round,
+                type(self.strategy).__name__,
+            )
         elif not all(bool(torch.isfinite(v).all()) for v in new.values()):
             stats["aggregate_refused"] = True
-            log.error("round %d: the aggregate has non-finite values (overflow); it is refused and the global "
-                      "adapter is unchanged", server_round)
+            log.error(
+                "round %d: the aggregate has non-finite values (overflow); it is refused and the global "
+                "adapter is unchanged",
+                server_round,
+            )
         else:
             self.global_state.update(self.downlink.publish(new))
             set_current_arrays(self.strategy, to_arrayrecord({n: self.global_state[n] for n in self.sent}, np.float64))
         self._last_norms = [r.norm for r in valid]
         train_loss = sum(r.metrics[TRAIN_LOSS] * w for r, w in zip(valid, weights)) / sum(weights)
         peaks = [r.metrics[PEAK_MEMORY] for r in valid if PEAK_MEMORY in r.metrics]
-        stats.update(train_loss=train_loss, fit_seconds=time.perf_counter() - self._t0.pop(server_round),
-                     client_peak_memory_mb=max(peaks) / 1e6 if peaks else None,
-                     **{k.replace("-", "_"): sum(r.metrics.get(k, 0.0) for r in valid) for k in TIMINGS})
-        out = {TRAIN_LOSS: train_loss, "accepted": len(valid), "rejected": rejected, "failed": failed,
-               NUM_EXAMPLES: sum(weights)}
+        stats.update(
+            train_loss=train_loss,
+            fit_seconds=time.perf_counter() - self._t0.pop(server_round),
+            client_peak_memory_mb=max(peaks) / 1e6 if peaks else None,
+            **{k.replace("-", "_"): sum(r.metrics.get(k, 0.0) for r in valid) for k in TIMINGS},
+        )
+        out = {
+            TRAIN_LOSS: train_loss,
+            "accepted": len(valid),
+            "rejected": rejected,
+            "failed": failed,
+            NUM_EXAMPLES: sum(weights),
+        }
         return to_arrayrecord(self.global_state), MetricRecord(out)
 
     # --- federated evaluation ---------------------------------------------------------------
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         if self.cfg.fraction_evaluate <= 0:
             return []
         self.global_state = from_arrayrecord(arrays)
@@ -244,17 +320,30 @@ class FedKron(Strategy):
                 bad += 1
                 if not msg.has_error():
                     self._note(msg, status="rejected")
-                log.warning("round %d: evaluation reply from client %s left out: %s", server_round,
-                            msg.metadata.src_node_id, err)
+                log.warning(
+                    "round %d: evaluation reply from client %s left out: %s",
+                    server_round,
+                    msg.metadata.src_node_id,
+                    err,
+                )
         n = sum(r[0] for r in rows)
         if not n:
             return None
         scored = [r for r in rows if r[2] is not None]
-        stats.update(fed_examples=n, fed_loss=sum(r[0] * r[1] for r in rows) / n, fed_clients=len(rows),
-                     fed_left_out=bad, fed_accuracy=sum(r[0] * r[2] for r in scored) / sum(r[0] for r in scored)
-                     if scored else None)
-        return MetricRecord({EVAL_LOSS: stats["fed_loss"], NUM_EXAMPLES: n,
-                             **({EVAL_ACCURACY: stats["fed_accuracy"]} if scored else {})})
+        stats.update(
+            fed_examples=n,
+            fed_loss=sum(r[0] * r[1] for r in rows) / n,
+            fed_clients=len(rows),
+            fed_left_out=bad,
+            fed_accuracy=sum(r[0] * r[2] for r in scored) / sum(r[0] for r in scored) if scored else None,
+        )
+        return MetricRecord(
+            {
+                EVAL_LOSS: stats["fed_loss"],
+                NUM_EXAMPLES: n,
+                **({EVAL_ACCURACY: stats["fed_accuracy"]} if scored else {}),
+            }
+        )
 
     # --- checkpoint -------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
@@ -263,13 +352,13 @@ class FedKron(Strategy):
         tensors.update({f"downlink/{k}": v for k, v in self.downlink.state_dict().items()})
         return tensors, values
 
-    def load_state_dict(self, global_state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
-                        values: dict) -> None:
+    def load_state_dict(
+        self, global_state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], values: dict
+    ) -> None:
         """Continue from a checkpoint: the global state clients held, the pending broadcast, the
         inner strategy's state."""
-        mine = {k[len("downlink/"):]: v for k, v in tensors.items() if k.startswith("downlink/")}
-        load_strategy_state(self.strategy, {k: v for k, v in tensors.items() if not k.startswith("downlink/")},
-                            values)
+        mine = {k[len("downlink/") :]: v for k, v in tensors.items() if k.startswith("downlink/")}
+        load_strategy_state(self.strategy, {k: v for k, v in tensors.items() if not k.startswith("downlink/")}, values)
         self.global_state = {k: global_state[k].clone() for k in self.global_state}
         if mine:
             self.global_state.update(self.downlink.load_state_dict(mine, self.sent))
@@ -277,7 +366,13 @@ class FedKron(Strategy):
             self.global_state.update(self.downlink.publish({n: self.global_state[n] for n in self.sent}))
 
     def summary(self) -> None:
-        log.info("FedKron: %s over %s; uplink %s, downlink %s, %d of %d clients a round", self.cfg.aggregation,
-                 type(self.strategy).__name__, self.cfg.quant, self.cfg.downlink, self.cfg.sampled_per_round(),
-                 self.cfg.clients)
+        log.info(
+            "FedKron: %s over %s; uplink %s, downlink %s, %d of %d clients a round",
+            self.cfg.aggregation,
+            type(self.strategy).__name__,
+            self.cfg.uplink,
+            self.cfg.downlink,
+            self.cfg.sampled_per_round(),
+            self.cfg.clients,
+        )
         self.strategy.summary()

@@ -13,16 +13,21 @@ from dataclasses import dataclass
 
 import torch
 
-from fedkron.config import RunConfig
 from fedkron.models import is_language_model, load_tokenizer
+from fedkron.runconfig.fields import RunConfig
 
 
 @functools.lru_cache(maxsize=8)
 def _custom_spec(train, eval_file, text_column, text_pair_column, label_column):
     from fedkron.data import custom_task
 
-    return custom_task(train, eval_file or None, text_column=text_column, text_pair_column=text_pair_column or None,
-                       label_column=label_column)
+    return custom_task(
+        train,
+        eval_file or None,
+        text_column=text_column,
+        text_pair_column=text_pair_column or None,
+        label_column=label_column,
+    )
 
 
 def task_spec(cfg: RunConfig):
@@ -65,9 +70,19 @@ def _rows(cfg: RunConfig, split: str, partition: tuple[int, int] | None):
         return rows.select(partition_indices(rows, partition[1], "iid", seed=cfg.seed)[partition[0]])
     spec, data_dir = task_spec(cfg), cfg.data_dir or None
     if partition is None:
-        return eval_sample(get_splits(spec, data_dir=data_dir, seed=cfg.seed)[split], cfg.eval_samples or None, cfg.seed)
-    rows = get_partition_rows(spec, partition[0], partition[1], scheme=cfg.partition, alpha=cfg.dirichlet_alpha,
-                              seed=cfg.seed, data_dir=data_dir, split=split)
+        return eval_sample(
+            get_splits(spec, data_dir=data_dir, seed=cfg.seed)[split], cfg.eval_samples or None, cfg.seed
+        )
+    rows = get_partition_rows(
+        spec,
+        partition[0],
+        partition[1],
+        scheme=cfg.partition,
+        alpha=cfg.dirichlet_alpha,
+        seed=cfg.seed,
+        data_dir=data_dir,
+        split=split,
+    )
     return rows if split == "train" else eval_sample(rows, cfg.eval_samples or None, cfg.seed)
 
 
@@ -78,8 +93,22 @@ def _lm_tensors(cfg: RunConfig, split: str, partition: tuple[int, int] | None, t
     from fedkron.data.lm_encode import encode_instructions, encode_mc_for_lm, encode_mc_for_training
     from fedkron.data.lm_rows import lm_choice_rows
 
-    key = ("lm", cfg.model, cfg.task, cfg.train_file, cfg.eval_file, cfg.data_dir, cfg.seed, cfg.partition,
-           cfg.dirichlet_alpha, split, partition, training, cfg.max_length, cfg.eval_samples)
+    key = (
+        "lm",
+        cfg.model,
+        cfg.task,
+        cfg.train_file,
+        cfg.eval_file,
+        cfg.data_dir,
+        cfg.seed,
+        cfg.partition,
+        cfg.dirichlet_alpha,
+        split,
+        partition,
+        training,
+        cfg.max_length,
+        cfg.eval_samples,
+    )
 
     def make():
         rows, tokenizer = _rows(cfg, split, partition), load_tokenizer(cfg.model)
@@ -100,9 +129,19 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: s
     if is_language_model(cfg.model):
         return _lm_tensors(cfg, split, (partition_id, num_partitions), training=split == "train")
     spec = task_spec(cfg)
-    data = get_client_data(spec, partition_id, num_partitions, load_tokenizer(cfg.model), cfg.max_length,
-                           scheme=cfg.partition, alpha=cfg.dirichlet_alpha, seed=cfg.seed,
-                           data_dir=cfg.data_dir or None, layout=data_layout(cfg, spec), split=split)
+    data = get_client_data(
+        spec,
+        partition_id,
+        num_partitions,
+        load_tokenizer(cfg.model),
+        cfg.max_length,
+        scheme=cfg.partition,
+        alpha=cfg.dirichlet_alpha,
+        seed=cfg.seed,
+        data_dir=cfg.data_dir or None,
+        layout=data_layout(cfg, spec),
+        split=split,
+    )
     rows = int(data["labels"].shape[0])
     if split != "train" and cfg.eval_samples and rows > cfg.eval_samples:  # a seeded sample, as on the server
         keep = torch.randperm(rows, generator=torch.Generator().manual_seed(cfg.seed))[: cfg.eval_samples]
@@ -142,8 +181,17 @@ def eval_data(cfg: RunConfig) -> EvalSet:
         if is_language_model(cfg.model):
             data = _lm_tensors(cfg, "test", None, training=False)
         else:
-            data = get_eval_data(spec, load_tokenizer(cfg.model), cfg.max_length, max_samples=cfg.eval_samples or None,
-                                 seed=cfg.seed, data_dir=cfg.data_dir or None, layout=data_layout(cfg, spec))
+            data = get_eval_data(
+                spec,
+                load_tokenizer(cfg.model),
+                cfg.max_length,
+                max_samples=cfg.eval_samples or None,
+                seed=cfg.seed,
+                data_dir=cfg.data_dir or None,
+                layout=data_layout(cfg, spec),
+            )
     n = len(rows)
-    note = f"scored on all {n} held-out rows" if n == full else f"scored on a seeded sample of {n} of {full} held-out rows"
+    note = (
+        f"scored on all {n} held-out rows" if n == full else f"scored on a seeded sample of {n} of {full} held-out rows"
+    )
     return EvalSet(data=data, num_rows=n, majority_baseline=majority, note=note)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedkron.task import TrainResult, _batches, local_optimizer
+from fedkron.training.common import ProximalTerm, TrainResult, index_batches, local_optimizer
 
 TRAIN_KEYS = ("input_ids", "attention_mask", "labels")
 
@@ -104,12 +104,15 @@ def train_causal_lm(
     seed: int,
     optimizer: str = "adamw",
     max_grad_norm: float | None = None,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Local steps on the masked causal-LM loss (AdamW or SGD+momentum on the trainable tensors only),
-    reshuffling each epoch like `fedkron.task.train_local`. Returns the mean loss over the steps."""
+    reshuffling each epoch like `fedkron.training.local.train_local`, plus FedProx's proximal term
+    when ``proximal_mu`` > 0. Returns the mean loss over the steps."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("train_causal_lm: the model has no trainable parameters (inject adapters first)")
+    proximal = ProximalTerm(params, proximal_mu)
     opt = local_optimizer(params, optimizer, lr)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -117,9 +120,9 @@ def train_causal_lm(
     num_rows = int(data["input_ids"].shape[0])
     model.train()
     total = 0.0
-    for idx in _batches(num_rows, batch_size, steps, generator):
+    for idx in index_batches(num_rows, batch_size, steps, generator):
         batch = {k: v.to(device) for k, v in _trim({k: data[k][idx] for k in TRAIN_KEYS}).items()}
-        loss = causal_lm_loss(model, batch)
+        loss = causal_lm_loss(model, batch) + proximal()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} (lr={lr} too high?)")
         opt.zero_grad(set_to_none=True)
@@ -169,8 +172,14 @@ def sample_generations(
             ids = [prefix + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
             enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(_device(model))
             gen = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=tokenizer.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
             )
             out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     finally:

@@ -14,8 +14,8 @@ import shutil
 import uuid
 from pathlib import Path
 
-from fedkron.config import ConfigError, RunConfig
-from fedkron.task_data import model_shape, task_spec
+from fedkron.data.client_data import model_shape, task_spec
+from fedkron.runconfig.fields import ConfigError, RunConfig
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "ledger.csv", "accuracy_and_mb.png", "timing.csv")
 RUN_FOLDERS = ("checkpoint", "client-state", "adapter")
@@ -38,8 +38,16 @@ def preflight(cfg: RunConfig, *, check_data: bool = True) -> None:
 def _failed_summary(cfg: RunConfig, problems: list[str]) -> None:
     from fedkron.server.results import write_json
 
-    write_json(Path(cfg.out) / "summary.json", {"method": cfg.method, "task": cfg.task, "model": cfg.model,
-                                                "status": "failed: " + "; ".join(problems), "rounds_completed": 0})
+    write_json(
+        Path(cfg.out) / "summary.json",
+        {
+            "method": cfg.method,
+            "task": cfg.task,
+            "model": cfg.model,
+            "status": "failed: " + "; ".join(problems),
+            "rounds_completed": 0,
+        },
+    )
 
 
 def holds_a_run(folder: Path) -> bool:
@@ -55,8 +63,10 @@ def output_problems(cfg: RunConfig) -> list[str]:
     if cfg.resume:
         return resume_problems(cfg)
     if holds_a_run(out) and not cfg.overwrite:
-        return [f"results folder {out} holds a run; pass --overwrite to replace it, --resume to continue it, "
-                "or choose another --out"]
+        return [
+            f"results folder {out} holds a run; pass --overwrite to replace it, --resume to continue it, "
+            "or choose another --out"
+        ]
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{uuid.uuid4().hex}"
@@ -98,8 +108,9 @@ def model_problems(cfg: RunConfig) -> list[str]:
         return ["task instruct needs a language model (e.g. --model smollm2-135m)"]
     try:
         if cfg.model in ("minilm-l6", "tiny-bert"):
-            config = AutoConfig.from_pretrained(minilm_path(), local_files_only=True,
-                                                **(TINY_BERT if cfg.model == "tiny-bert" else {}))
+            config = AutoConfig.from_pretrained(
+                minilm_path(), local_files_only=True, **(TINY_BERT if cfg.model == "tiny-bert" else {})
+            )
         else:
             folder = Path(cfg.model).expanduser()
             if folder.exists() or cfg.model.startswith((".", "/", "~")):
@@ -115,8 +126,7 @@ def model_problems(cfg: RunConfig) -> list[str]:
         return [f"model {cfg.model!r} cannot be loaded: {str(err).splitlines()[0]}"]
     num_labels, multiple_choice = model_shape(cfg)
     dual = multiple_choice and cfg.mc_head == "dual"
-    auto = AutoModel if dual else AutoModelForMultipleChoice if multiple_choice else \
-        AutoModelForSequenceClassification
+    auto = AutoModel if dual else AutoModelForMultipleChoice if multiple_choice else AutoModelForSequenceClassification
     if not multiple_choice:
         config.num_labels = num_labels
     try:
@@ -144,6 +154,11 @@ def lm_problems(cfg: RunConfig) -> list[str]:
     problems = []
     if cfg.mc_head != "cross":
         problems.append("mc-head applies to encoders; a language model scores the choices itself")
+    if cfg.local_loss != "ce":
+        problems.append(
+            f"local-loss {cfg.local_loss} adjusts a classification head's logits; a language model "
+            "trains on its answer tokens (use --local-loss ce)"
+        )
     if cfg.base_quant != "none" and resolved_device(cfg) == "cpu":
         import importlib.util
 
@@ -154,7 +169,9 @@ def lm_problems(cfg: RunConfig) -> list[str]:
         config = AutoConfig.from_pretrained(source, local_files_only=os.path.isdir(source))
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
-            inject(model, lm_adapter_config(cfg.method, cfg.rank, cfg.alpha, cfg.targets, shape_policy=cfg.shape_policy))
+            inject(
+                model, lm_adapter_config(cfg.method, cfg.rank, cfg.alpha, cfg.targets, shape_policy=cfg.shape_policy)
+            )
     except Exception as err:
         problems.append(f"{cfg.method} rank {cfg.rank} does not fit {cfg.model}: {str(err).splitlines()[0]}")
     return problems
@@ -171,8 +188,10 @@ def data_problems(cfg: RunConfig) -> list[str]:
 
             splits = instruction_splits(cfg.train_file, cfg.eval_file or None, cfg.seed)
             if len(splits["train"]) < cfg.clients:
-                return [f"{cfg.train_file} has {len(splits['train'])} instructions, fewer than the {cfg.clients} "
-                        "clients asked for"]
+                return [
+                    f"{cfg.train_file} has {len(splits['train'])} instructions, fewer than the {cfg.clients} "
+                    "clients asked for"
+                ]
             return []
         if resolve_source(spec, cfg.data_dir or None, "auto")[0] == "hub" and os.environ.get("HF_HUB_OFFLINE") == "1":
             return [f"task {cfg.task}: no local copy (give --data-dir) and the hub is offline"]

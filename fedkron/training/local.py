@@ -1,38 +1,21 @@
 """Local training and evaluation: steps on a client's partition, scoring on held-out rows.
 
-The model comes from :mod:`fedkron.models`, the tensors from :mod:`fedkron.task_data`. Encoders
+The model comes from :mod:`fedkron.models`, the tensors from :mod:`fedkron.data.client_data`. Encoders
 (classification and multiple-choice heads) run here; a language model's tensors (answer-only
-labels, choices to score) go to :mod:`fedkron.lm_task`.
+labels, choices to score) go to :mod:`fedkron.training.language_model`. Both loops share
+:mod:`fedkron.training.common` (batches, optimizer, FedProx's proximal term).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from fedkron.data.encode import CONTEXT
-
-
-@dataclass
-class TrainResult:
-    loss: float
-    num_examples: int
-    steps: int
-
-
-def _batches(num_rows: int, batch_size: int, steps: int, generator: torch.Generator):
-    """Yield `steps` index batches, reshuffling each epoch (so small partitions are cycled)."""
-    done = 0
-    while done < steps:
-        perm = torch.randperm(num_rows, generator=generator)
-        for start in range(0, num_rows, batch_size):
-            if done == steps:
-                return
-            yield perm[start : start + batch_size]
-            done += 1
+from fedkron.training.common import ProximalTerm, TrainResult, index_batches, local_optimizer
+from fedkron.training.language_model import eval_causal_lm, score_mc, train_causal_lm
 
 
 def _forward(model: nn.Module, data: dict[str, torch.Tensor], idx: torch.Tensor):
@@ -80,11 +63,9 @@ def train_local(
     with w_start the global values they held before the first step.
     """
     if is_lm_data(data):
-        from fedkron.lm_task import train_causal_lm
-
-        return train_causal_lm(model, data, steps, batch_size, lr, seed, optimizer=optimizer)
+        return train_causal_lm(model, data, steps, batch_size, lr, seed, optimizer=optimizer, proximal_mu=proximal_mu)
     params = [p for p in model.parameters() if p.requires_grad]
-    start = [p.detach().clone() for p in params] if proximal_mu > 0 else None
+    proximal = ProximalTerm(params, proximal_mu)
     log_prior = label_log_prior(data, model) if local_loss == "logit-adjusted" else None
     opt = local_optimizer(params, optimizer, lr)
     generator = torch.Generator().manual_seed(seed)
@@ -92,15 +73,15 @@ def train_local(
     num_rows = int(data["labels"].shape[0])
     model.train()
     total = 0.0
-    for idx in _batches(num_rows, batch_size, steps, generator):
+    for idx in index_batches(num_rows, batch_size, steps, generator):
         out = _forward(model, data, idx)
         if log_prior is None:
             loss = out.loss
         else:
-            loss = torch.nn.functional.cross_entropy(out.logits + log_prior.to(out.logits.device),
-                                                     data["labels"][idx].to(out.logits.device))
-        if start is not None:
-            loss = loss + proximal_mu / 2 * sum((p - s).pow(2).sum() for p, s in zip(params, start))
+            loss = torch.nn.functional.cross_entropy(
+                out.logits + log_prior.to(out.logits.device), data["labels"][idx].to(out.logits.device)
+            )
+        loss = loss + proximal()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} (lr={lr} too high?)")
         opt.zero_grad(set_to_none=True)
@@ -109,15 +90,6 @@ def train_local(
         total += loss.item()
     model.eval()
     return TrainResult(loss=total / max(steps, 1), num_examples=num_rows, steps=steps)
-
-
-def local_optimizer(params: list[nn.Parameter], name: str, lr: float) -> torch.optim.Optimizer:
-    """AdamW without weight decay, or SGD with momentum 0.9, over the trainable tensors."""
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    raise ValueError(f"optimizer must be 'adamw' or 'sgd' (got {name!r})")
 
 
 def label_log_prior(data: dict[str, torch.Tensor], model: nn.Module) -> torch.Tensor:
@@ -131,21 +103,21 @@ def label_log_prior(data: dict[str, torch.Tensor], model: nn.Module) -> torch.Te
 
 def is_lm_data(data: dict[str, torch.Tensor]) -> bool:
     """A language model's tensors: per-token labels, or choices to score."""
-    return "continuation_mask" in data or ("labels" in data and data["labels"].ndim == 2 and "input_ids" in data
-                                           and data["labels"].shape == data["input_ids"].shape)
+    return "continuation_mask" in data or (
+        "labels" in data
+        and data["labels"].ndim == 2
+        and "input_ids" in data
+        and data["labels"].shape == data["input_ids"].shape
+    )
 
 
 def evaluate_metrics(model: nn.Module, data: dict[str, torch.Tensor]) -> dict[str, float | None]:
     """``loss`` and ``accuracy`` (None for instruction data), plus ``acc_norm`` (multiple choice scored
     by a language model) or ``perplexity`` (instruction data)."""
     if "continuation_mask" in data:
-        from fedkron.lm_task import score_mc
-
         scores = score_mc(model, data)
         return {"loss": scores["loss"], "accuracy": scores["acc"], "acc_norm": scores["acc_norm"]}
     if is_lm_data(data):
-        from fedkron.lm_task import eval_causal_lm
-
         scores = eval_causal_lm(model, data)
         return {"loss": scores["loss"], "accuracy": None, "perplexity": scores["perplexity"]}
     loss, acc = evaluate(model, data)

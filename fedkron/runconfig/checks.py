@@ -1,0 +1,138 @@
+"""Every check of a run config's values, one problem message each (the CLI prints them all at once).
+
+Kept apart from :mod:`fedkron.runconfig.fields` so the field definitions stay a plain table; the
+checks read the task registry, the strategies' own needs and the device mixes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fedkron.compression.payload import BLOCK_SIZES
+from fedkron.runconfig.choices import FILE_TASKS, ConfigError, flag
+from fedkron.strategies.edge import edge_problems
+from fedkron.strategies.registry import STRATEGIES
+
+if TYPE_CHECKING:
+    from fedkron.runconfig.fields import RunConfig
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check every value; raise one ConfigError listing all problems."""
+    found = problems(cfg)
+    if found:
+        raise ConfigError("invalid run config:\n  - " + "\n  - ".join(found))
+
+
+def problems(cfg: RunConfig) -> list[str]:
+    """Every problem of ``cfg`` (resolved: task and method defaults filled in)."""
+    found = _value_problems(cfg) + _model_problems(cfg) + _federation_problems(cfg) + _training_problems(cfg)
+    if cfg.strategy in STRATEGIES:
+        found += STRATEGIES[cfg.strategy].problems(cfg)
+    return found + edge_problems(cfg)
+
+
+def _failed(checks: list[tuple[bool, str]]) -> list[str]:
+    return [message for ok, message in checks if not ok]
+
+
+def _value_problems(cfg: RunConfig) -> list[str]:
+    """Choices and finiteness, field by field."""
+    found = []
+    for f in fields(cfg):
+        value, choices = getattr(cfg, f.name), f.metadata.get("choices")
+        if choices and value not in choices:
+            found.append(f"{flag(f.name)} {value!r} is not one of {', '.join(choices)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(f"{flag(f.name)} must be a finite number (got {value})")
+    return found
+
+
+def _model_problems(cfg: RunConfig) -> list[str]:
+    """Task, data, adapter and codec settings."""
+    from fedkron.data import TASKS  # here, not at the top: fedkron.data imports `datasets` (seconds)
+
+    checks = [
+        (
+            cfg.task in TASKS or cfg.task in FILE_TASKS,
+            f"task {cfg.task!r} is not one of {', '.join(sorted(TASKS) + list(FILE_TASKS))}",
+        ),
+        (cfg.task not in FILE_TASKS or bool(cfg.train_file), f"task {cfg.task!r} needs --train-file"),
+        (cfg.rank >= 1, f"rank must be ≥ 1 (got {cfg.rank})"),
+        (cfg.rank <= 4096, f"rank must be ≤ 4096 (got {cfg.rank})"),
+        (cfg.alpha > 0, f"alpha must be > 0 (got {cfg.alpha})"),
+        (cfg.max_length >= 8, f"max-length must be ≥ 8 (got {cfg.max_length})"),
+        (cfg.eval_samples >= 0, f"eval-samples must be ≥ 0 (0 = whole split; got {cfg.eval_samples})"),
+        (not cfg.data_dir or Path(cfg.data_dir).is_dir(), f"data-dir {cfg.data_dir!r} is not a folder"),
+        (
+            cfg.partition != "natural" or cfg.task not in TASKS or TASKS[cfg.task].natural_id is not None,
+            f"partition 'natural' needs a task with a natural split (task {cfg.task!r} has none)",
+        ),
+    ]
+    for role, codec in (("uplink", cfg.uplink), ("downlink", cfg.downlink)):
+        allowed = BLOCK_SIZES.get(codec)
+        checks.append(
+            (
+                not (cfg.block_size and allowed and cfg.block_size not in allowed),
+                f"block-size {cfg.block_size} does not suit the {role} codec {codec} (bitsandbytes takes "
+                f"{', '.join(map(str, allowed or ()))})",
+            )
+        )
+    return _failed(checks)
+
+
+def _federation_problems(cfg: RunConfig) -> list[str]:
+    """Clients, rounds, sampling, robustness and privacy settings."""
+    sampled = cfg.sampled_per_round() if math.isfinite(cfg.fraction) else 0
+    return _failed(
+        [
+            (cfg.clients >= 1, f"clients must be ≥ 1 (got {cfg.clients})"),
+            (cfg.rounds >= 1, f"rounds must be ≥ 1 (got {cfg.rounds})"),
+            (0.0 < cfg.fraction <= 1.0, f"fraction must be in (0, 1] (got {cfg.fraction})"),
+            (0.0 <= cfg.fraction_evaluate <= 1.0, f"fraction-evaluate must be in [0, 1] (got {cfg.fraction_evaluate})"),
+            (
+                cfg.central_eval or cfg.fraction_evaluate > 0,
+                "no evaluation at all: with --no-central-eval give --fraction-evaluate > 0",
+            ),
+            (
+                1 <= cfg.min_replies <= min(cfg.clients, max(sampled, 1)),
+                f"min-replies must be in [1, the {sampled} clients sampled per round] (got {cfg.min_replies})",
+            ),
+            (cfg.dirichlet_alpha > 0, f"dirichlet-alpha must be > 0 (got {cfg.dirichlet_alpha})"),
+            (cfg.round_timeout >= 0, f"round-timeout must be ≥ 0 (got {cfg.round_timeout})"),
+            (0 <= cfg.seed < 2**32, f"seed must be in [0, 2^32) (got {cfg.seed})"),
+            (cfg.server_lr > 0, f"server-lr must be > 0 (got {cfg.server_lr})"),
+            (0 <= cfg.server_momentum < 1, f"server-momentum must be in [0, 1) (got {cfg.server_momentum})"),
+            (cfg.proximal_mu >= 0, f"proximal-mu must be ≥ 0 (got {cfg.proximal_mu})"),
+            (0 <= cfg.trim_fraction < 0.5, f"trim-fraction must be in [0, 0.5) (got {cfg.trim_fraction})"),
+            (cfg.num_malicious >= 0, f"num-malicious must be ≥ 0 (got {cfg.num_malicious})"),
+            (cfg.max_update_norm >= 0, f"max-update-norm must be ≥ 0 (got {cfg.max_update_norm})"),
+            (
+                cfg.norm_bound_factor == 0 or cfg.norm_bound_factor >= 1,
+                f"norm-bound-factor must be 0 (off) or ≥ 1 (got {cfg.norm_bound_factor})",
+            ),
+            (0 < cfg.max_weight_share <= 1, f"max-weight-share must be in (0, 1] (got {cfg.max_weight_share})"),
+            (cfg.clip_norm >= 0, f"clip-norm must be ≥ 0 (got {cfg.clip_norm})"),
+            (cfg.dp_noise >= 0, f"dp-noise must be ≥ 0 (got {cfg.dp_noise})"),
+            (
+                cfg.dp_noise == 0 or cfg.clip_norm > 0 or cfg.adaptive_clipping,
+                "dp-noise needs a clipping norm: give --clip-norm or --adaptive-clipping",
+            ),
+            (0 < cfg.dp_delta < 1, f"dp-delta must be in (0, 1) (got {cfg.dp_delta})"),
+        ]
+    )
+
+
+def _training_problems(cfg: RunConfig) -> list[str]:
+    """Local training settings."""
+    return _failed(
+        [
+            (cfg.local_steps >= 1, f"local-steps must be ≥ 1 (got {cfg.local_steps})"),
+            (cfg.batch_size >= 1, f"batch-size must be ≥ 1 (got {cfg.batch_size})"),
+            (0 < cfg.lr < 1, f"lr must be in (0, 1) (got {cfg.lr})"),
+            (0 <= cfg.lr_min <= cfg.lr, f"lr-min must be in [0, lr] (got {cfg.lr_min})"),
+        ]
+    )

@@ -1,0 +1,53 @@
+"""The allowed values and per-task / per-method defaults of the run config, and its error type:
+the facts both the field definitions (:mod:`.fields`) and their checks (:mod:`.checks`) read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+AGGREGATIONS = ("per-factor", "exact")
+LOCAL_LOSSES = ("ce", "logit-adjusted")
+LOCAL_OPTS = ("adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
+MC_HEADS = ("cross", "dual")
+BASE_QUANTS = ("none", "nf4", "int8")
+DEVICES = ("auto", "cpu", "cuda")
+FILE_TASKS = ("custom", "instruct")  # tasks made from --train-file
+DEFAULT_ROUND_TIMEOUT = 3600.0
+
+# Per-task defaults: what a user gets with ``--task X`` and no other flag. Calibrated on 2 cores
+# so the default of each task finishes in minutes (see README, "Task defaults").
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "boolq": {"max_length": 96, "clients": 4, "rounds": 3, "local_steps": 8, "eval_samples": 256},
+    "sst2": {"max_length": 64, "clients": 4, "rounds": 3, "local_steps": 25, "eval_samples": 384},
+}
+_PAIR = {"max_length": 128, "clients": 4, "rounds": 3, "local_steps": 20, "eval_samples": 256}
+_CHOICE = {"max_length": 64, "clients": 4, "rounds": 3, "local_steps": 20, "eval_samples": 256}
+TASK_DEFAULTS.update(
+    {
+        "rte": _PAIR,
+        "mrpc": _PAIR,
+        "sentiment": {**_PAIR, "clients": 5},
+        "instruct": {"max_length": 256, "clients": 4, "rounds": 3, "local_steps": 10, "eval_samples": 64},
+        **{t: _CHOICE for t in ("piqa", "winogrande", "arc-easy", "arc-challenge", "hellaswag", "openbookqa")},
+    }
+)
+TASK_DEFAULTED = ("max_length", "clients", "rounds", "local_steps")  # 0 → the task's default
+
+
+# Per-method defaults (rank, what is averaged, local learning rate by aggregation), chosen from the
+# SST-2 evidence in the README ("Savings against the baselines"): each method at its best rate.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "kron-lora": {"rank": 4, "aggregation": "per-factor", "lr": {"exact": 8e-3, "per-factor": 4e-3}},
+    "krona": {"rank": 8, "aggregation": "per-factor", "lr": {"exact": 2e-3, "per-factor": 2e-3}},
+    "lora": {"rank": 8, "aggregation": "per-factor", "lr": {"exact": 2e-3, "per-factor": 1e-3}},
+}
+
+
+class ConfigError(ValueError):
+    """A run-config value is invalid; the message lists every problem found."""
+
+
+def flag(name: str) -> str:
+    """A field's name as its CLI flag / Flower run-config key."""
+    return name.replace("_", "-")
