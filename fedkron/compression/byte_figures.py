@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.common.serde import message_to_proto, recorddict_to_proto
+
+from fedkron.flwr_private import message_to_proto, recorddict_to_proto
 
 from .manifest import declared_sizes
 from .records import MANIFEST_KEY

@@ -5,7 +5,6 @@ auth.py            SuperNode key pairs and ``flwr supernode register`` (node aut
 keyfiles.py        atomic, owner-only key writes; no symlinks, no replacing without ``--force``
 commands.py        the SuperLink / SuperNode / ``flwr run`` command lines, secure by default
 warm_clientapp.py  a long-lived ClientApp process per SuperNode (``--isolation process``)
-flwr_private.py    every private Flower import, behind a check of the tested Flower release
 processes.py       start/stop those processes by PID
 supervise.py       ``deploy superlink|supernode``: signals forwarded, children die with it
 local.py           a whole deployment on loopback (tests, benchmark, trying it out)

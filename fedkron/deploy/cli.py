@@ -228,7 +228,7 @@ def _supernode(args) -> int:
 def _check_flower_for_worker() -> None:
     """The warm worker uses private Flower modules: refuse an untested Flower here, not in its log."""
     try:
-        import fedkron.deploy.flwr_private  # noqa: F401 - the import is the check
+        import fedkron.flwr_private  # noqa: F401 - the import is the check
     except ImportError as err:
         raise DeployConfigError(str(err)) from err
 

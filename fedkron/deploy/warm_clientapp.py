@@ -17,7 +17,7 @@ per message.
 Run as a script (``python .../warm_clientapp.py``) so that it imports nothing of fedkron itself:
 the app's code comes from the FAB that ``flwr run`` shipped, as with Flower's own executor. It
 uses Flower 1.41's Runtime API client and per-task steps, private modules all taken from
-``flwr_private.py`` beside it, which refuses untested Flower releases.
+``../flwr_private.py``, which refuses untested Flower releases.
 """
 
 from __future__ import annotations
@@ -34,19 +34,19 @@ from flwr.app import Error, Message
 
 
 def _flwr_private():
-    """Flower's private modules, all from ``flwr_private.py`` beside this file (which checks the
+    """Flower's private modules, all from ``../flwr_private.py`` (the package root) (which checks the
     installed Flower against the tested releases first). Run as a script, that file is loaded by
     path: ``import fedkron`` here would take fedkron from the environment, not from the FAB."""
     if __package__:  # imported as fedkron.deploy.warm_clientapp
-        from fedkron.deploy import flwr_private
+        from fedkron import flwr_private
 
         return flwr_private
     import importlib.util
 
     here = os.path.dirname(os.path.realpath(__file__))  # sys.path[0] is the resolved folder too
-    name = "_fedkron_deploy_flwr_private"
+    name = "_fedkron_flwr_private"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(here, "flwr_private.py"))
+        spec = importlib.util.spec_from_file_location(name, os.path.join(here, os.pardir, "flwr_private.py"))
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from flwr.app import Message
-from flwr.common.serde import message_to_proto
 from flwr.serverapp import Grid
 
 from fedkron.compression import message_byte_figures
+from fedkron.flwr_private import message_to_proto
 
 MB = 1_000_000
 FIGURES = ("payload", "count_bytes", "content_bytes", "serialized")

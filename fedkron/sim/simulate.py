@@ -151,7 +151,7 @@ def engine_partitions():
     virtual SuperNodes (``vce_api._register_nodes``, flwr 1.41; node ids are random, partition i is
     the i-th node registered). The ServerApp runs in this process, so it can read it instead of
     sending every node a query. Without that function (another flwr) the table stays empty."""
-    from flwr.server.superlink.fleet.vce import vce_api
+    from fedkron.flwr_private import vce_api  # here: it imports the simulation engine
 
     table, original = EnginePartitions(), getattr(vce_api, "_register_nodes", None)
     if original is None:

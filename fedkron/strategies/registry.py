@@ -142,7 +142,7 @@ def privacy_wrapper(inner: Strategy, cfg: RunConfig) -> Strategy:
 
 def privacy_figures(strategy: Strategy) -> dict:
     """Noise standard deviation, clipping norm and (ε at the run's δ) of Flower's DP wrapper, if any."""
-    from flwr.supercore.differential_privacy import compute_stdv
+    from fedkron.flwr_private import compute_stdv  # here: the registry is read by the run config
 
     if not hasattr(strategy, "clipping_norm"):
         return {}

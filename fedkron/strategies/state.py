@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-ARRAY_DICTS = ("m_t", "v_t")  # dict[str, ndarray] (FedOpt family)
-ARRAY_RECORDS = ("current_arrays",)  # FedAvgM keeps its own copy of the global arrays
-ARRAY_LISTS = ("momentum_vector",)  # list[ndarray] (FedAvgM)
-FLOATS = ("clipping_norm",)  # adaptive clipping
+from fedkron.flwr_private import STRATEGY_ARRAY_DICTS as ARRAY_DICTS
+from fedkron.flwr_private import STRATEGY_ARRAY_LISTS as ARRAY_LISTS
+from fedkron.flwr_private import STRATEGY_ARRAY_RECORDS as ARRAY_RECORDS
+from fedkron.flwr_private import STRATEGY_FLOATS as FLOATS
 
 
 def chain(strategy) -> list:

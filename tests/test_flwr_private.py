@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-DEPLOY = Path(__file__).resolve().parents[1] / "fedkron" / "deploy"
-MODULE = "fedkron.deploy.flwr_private"
+PACKAGE = Path(__file__).resolve().parents[1] / "fedkron"
+DEPLOY = PACKAGE / "deploy"
+MODULE = "fedkron.flwr_private"
 
 
 def _fresh_import(monkeypatch, version: str):
@@ -25,7 +26,7 @@ def _fresh_import(monkeypatch, version: str):
 
 @pytest.mark.parametrize("version", ["1.43.0", "1.40.2", "2.0.0", "nightly"])
 def test_untested_flower_fails_on_import_naming_both_versions(monkeypatch, version):
-    from fedkron.deploy.flwr_private import UntestedFlowerError
+    from fedkron.flwr_private import UntestedFlowerError
 
     monkeypatch.delenv("FEDKRON_ALLOW_UNTESTED_FLWR", raising=False)
     with pytest.raises(ImportError, match=rf"tested with flwr 1\.41\.x only, but flwr {version} is installed") as exc:
@@ -43,13 +44,13 @@ def test_tested_patch_releases_and_the_override(monkeypatch):
     assert module.FLWR_VERSION == "1.42.0"
 
 
-def test_deploy_package_uses_private_flower_only_in_flwr_private():
-    """Every ``flwr`` import in fedkron/deploy outside flwr_private.py is public API."""
+def test_the_package_uses_private_flower_only_in_flwr_private():
+    """Every ``flwr`` import anywhere in fedkron outside flwr_private.py is public API."""
     import ast
 
-    public = ("flwr.app", "flwr.clientapp", "flwr.serverapp", "flwr.simulation")
+    public = ("flwr.app", "flwr.clientapp", "flwr.serverapp", "flwr.serverapp.strategy", "flwr.simulation")
     offenders = []
-    for path in DEPLOY.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         if path.name == "flwr_private.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
@@ -62,7 +63,7 @@ def test_deploy_package_uses_private_flower_only_in_flwr_private():
             )
             for name in names:
                 if (name == "flwr" or name.startswith("flwr.")) and name not in public:
-                    offenders.append(f"{path.name}: {name}")
+                    offenders.append(f"{path.relative_to(PACKAGE)}: {name}")
     assert offenders == []
 
 
