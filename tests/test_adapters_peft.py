@@ -109,7 +109,7 @@ def test_import_an_adapter_made_by_peft_itself(tmp_path, kind):
     peft_model = peft.get_peft_model(tiny_bert(), peft_config)
     torch.manual_seed(3)
     with torch.no_grad():
-        for name, param in peft_model.named_parameters():
+        for param in peft_model.parameters():
             if param.requires_grad:
                 param.add_(torch.randn_like(param) * 0.2)
     peft_model.save_pretrained(str(tmp_path))

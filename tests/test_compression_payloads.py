@@ -167,7 +167,7 @@ def test_pickled_arrays_are_never_loaded():
 def test_byte_figures_match_hand_computation():
     """fp32, one tensor of 3 values: every byte accounted for by hand."""
     enc = get_codec("fp32").encode({"w": torch.zeros(3)})
-    manifest_json = b'{"format":"fedkron.compression","version":2,"codec":"fp32","block_size":null,"double_quant":false,"tensors":[["w",[3],"float32"]]}'
+    manifest_json = b'{"format":"fedkron.compression","version":2,"codec":"fp32","block_size":null,"double_quant":false,"tensors":[["w",[3],"float32"]]}'  # noqa: E501
     manifest_len = len(zlib.compress(manifest_json, 9))
     assert json.loads(manifest_json) == enc.manifest
     assert enc.nbytes == 12 + 0 + manifest_len

@@ -39,12 +39,12 @@ needs_shared = pytest.mark.skipif(
 # -- a tiny folder in the layout of ../shared/data: a few made-up rows per file, real formats -------
 
 TSV = {
-    "sst2/train.tsv": 'sentence\tlabel\nhide new secretions from the parental units \t0\na " lone quote stays text \t1\nwarm and funny \t1\n',
+    "sst2/train.tsv": 'sentence\tlabel\nhide new secretions from the parental units \t0\na " lone quote stays text \t1\nwarm and funny \t1\n',  # noqa: E501
     "sst2/dev.tsv": "sentence\tlabel\nit 's a charming journey . \t1\nbleak and desperate \t0\n",
-    "rte/train.tsv": "index\tsentence1\tsentence2\tlabel\n0\tNo weapons were found.\tWeapons were found.\tnot_entailment\n"
+    "rte/train.tsv": "index\tsentence1\tsentence2\tlabel\n0\tNo weapons were found.\tWeapons were found.\tnot_entailment\n"  # noqa: E501
     "1\tA pope died in Rome.\tA pope died.\tentailment\n2\tIt rained.\tThe ground is wet.\tentailment\n",
     "rte/dev.tsv": "index\tsentence1\tsentence2\tlabel\n0\tDana died at 44.\tDana had an accident.\tnot_entailment\n",
-    "mrpc/train.tsv": '\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t702876\t702977\tHe said " the witness " lied .\tHe called him " the witness " .\n'
+    "mrpc/train.tsv": '\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t702876\t702977\tHe said " the witness " lied .\tHe called him " the witness " .\n'  # noqa: E501
     "0\t2108705\t2108831\tIt sold for $ 2.5 billion .\tIt was bought for $ 693 million .\n",
     "mrpc/dev.tsv": "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tThe pie fits .\tThe pie does fit .\n",
 }

@@ -96,7 +96,7 @@ def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     state = injected(model)
     wanted: dict[int, str] = {}
-    for name, layer in adapter_layers(model).items():
+    for layer in adapter_layers(model).values():
         wanted.update({id(p): layer.roles[attr] for attr, p in layer.factors().items()})
     for name in state.modules_to_save:
         wanted.update({id(p): FULL_ROLE for p in model.get_submodule(name).parameters()})

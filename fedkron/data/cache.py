@@ -63,7 +63,8 @@ def _partitions(
     if isinstance(num_partitions, int) and len(rows) < num_partitions:
         what = "training" if split == "train" else f"{split!r}"
         raise PartitionError(
-            f"fedkron.data: task {spec.name} has {len(rows)} {what} rows, fewer than the {num_partitions} clients asked for"
+            f"fedkron.data: task {spec.name} has {len(rows)} {what} rows, "
+            f"fewer than the {num_partitions} clients asked for"
         )
     parts = partition_indices(
         rows,

@@ -73,7 +73,8 @@ def pack(pairs: list[tuple[list[int], list[int]]], max_length: int, pad_id: int,
         if len(cont) > max_length - 1:
             if not cut_continuation:
                 raise LMEncodeError(
-                    f"sequence {i}: the continuation alone has {len(cont)} tokens, max_length={max_length}; raise max_length"
+                    f"sequence {i}: the continuation alone has {len(cont)} tokens, "
+                    f"max_length={max_length}; raise max_length"
                 )
             cont = cont[: max_length - 1]
         keep = min(len(ctx), max_length - len(cont))

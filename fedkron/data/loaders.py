@@ -57,7 +57,8 @@ def resolve_source(task: str | TaskSpec, data_dir: str | os.PathLike | None, sou
         raise ValueError(f"fedkron.data: source='local' for task {spec.name!r} needs data_dir (or ${DATA_DIR_ENV})")
     if source == "packaged" and spec.name not in PACKAGED_TASKS:
         raise ValueError(
-            f"fedkron.data: source='packaged' exists only for {' and '.join(map(repr, PACKAGED_TASKS))}, not {spec.name!r}"
+            f"fedkron.data: source='packaged' exists only for {' and '.join(map(repr, PACKAGED_TASKS))}, "
+            f"not {spec.name!r}"
         )
     return source, (data_dir if source == "local" else None)
 
@@ -134,7 +135,8 @@ def _row_error(loc: Loc, err: Exception) -> DataFormatError:
         if err.missing and info.header is not None:
             wanted = " or ".join(map(repr, err.missing))
             return DataFormatError(
-                f"fedkron.data: {info.path} line 1: the header has columns {list(info.header)}; expected a column {wanted}"
+                f"fedkron.data: {info.path} line 1: the header has columns {list(info.header)}; "
+                f"expected a column {wanted}"
             )
         return DataFormatError(f"fedkron.data: {where(loc)}: {err.detail}")
     return DataFormatError(f"fedkron.data: {where(loc)}: unexpected row structure ({type(err).__name__}: {err})")

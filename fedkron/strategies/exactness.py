@@ -58,11 +58,10 @@ def aggregation_error(
     total = float(sum(weights))
     err_sq = ref_sq = 0.0
     for factors in layer_groups(roles).values():
-
-        def local(u: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return {r: (global_state[n] + u[n] if n in u else global_state[n]).double() for r, n in factors.items()}
-
-        locals_ = [local(u) for u in updates]
+        locals_ = [
+            {r: (global_state[n] + u[n] if n in u else global_state[n]).double() for r, n in factors.items()}
+            for u in updates
+        ]
         mean_delta = sum(dense_delta(f) * (w / total) for f, w in zip(locals_, weights))
         mean_factors = {r: sum(f[r] * (w / total) for f, w in zip(locals_, weights)) for r in factors}
         base = dense_delta({r: global_state[n].double() for r, n in factors.items()})
