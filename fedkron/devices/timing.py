@@ -124,22 +124,13 @@ def _get(table: Mapping[int, float], client: int, name: str) -> float:
     return value
 
 
-def round_time(
+def _client_times(
     plan: RoundPlan,
     down_bytes: Mapping[int, float],
     up_bytes: Mapping[int, float],
     compute_seconds: Mapping[int, float],
-    deadline: float | None = None,
-    over_select_k: int | None = None,
-) -> RoundTiming:
-    """Per-client times and the round's simulated duration (see the module docstring).
-
-    Dropped clients are not waited for; their download (if its bytes are given) is still reported.
-    """
-    if deadline is not None and not deadline > 0:
-        raise ValueError(f"round_time: deadline must be > 0 seconds, got {deadline!r}")
-    if over_select_k is not None and over_select_k < 1:
-        raise ValueError(f"round_time: over_select_k must be >= 1, got {over_select_k!r}")
+) -> dict[int, tuple]:
+    """client → (planned client, status, download s, compute s, upload s) before the deadline is applied."""
     timed: dict[int, tuple] = {}
     for c in plan.clients:
         p = c.profile
@@ -156,6 +147,26 @@ def round_time(
                 _get(compute_seconds, c.client, "compute_seconds") / p.speed,
                 transfer_seconds(_get(up_bytes, c.client, "up_bytes"), p.up_bps, p.latency_s),
             )
+    return timed
+
+
+def round_time(
+    plan: RoundPlan,
+    down_bytes: Mapping[int, float],
+    up_bytes: Mapping[int, float],
+    compute_seconds: Mapping[int, float],
+    deadline: float | None = None,
+    over_select_k: int | None = None,
+) -> RoundTiming:
+    """Per-client times and the round's simulated duration (see the module docstring).
+
+    Dropped clients are not waited for; their download (if its bytes are given) is still reported.
+    """
+    if deadline is not None and not deadline > 0:
+        raise ValueError(f"round_time: deadline must be > 0 seconds, got {deadline!r}")
+    if over_select_k is not None and over_select_k < 1:
+        raise ValueError(f"round_time: over_select_k must be >= 1, got {over_select_k!r}")
+    timed = _client_times(plan, down_bytes, up_bytes, compute_seconds)
     finishers = sorted((sum(t[2:]), client) for client, t in timed.items() if t[1] == "ok")
     in_time = [(total, client) for total, client in finishers if deadline is None or total <= deadline]
     for _, client in finishers[len(in_time) :]:

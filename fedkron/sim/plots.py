@@ -9,89 +9,95 @@ from pathlib import Path
 from fedkron.server.ledger import MB
 
 
-def comparison_plots(out: Path, rows: list[dict]) -> None:
-    import matplotlib
+def _scored(run: dict) -> list[dict]:
+    return [m for m in run["metrics"] if m.get("accuracy") is not None]
+
+
+def _acc_vs_mb(ax, run: dict) -> None:  # training rounds only: round 0 has sent (almost) nothing
+    ms = [m for m in _scored(run) if m["round"] >= 1]
+    mbs = [(m["bytes_up_total"] + m["bytes_down_total"]) / MB for m in ms]
+    ax.plot(mbs, [100 * m["accuracy"] for m in ms], marker="o", label=run["run"])
+
+
+def _acc_per_round(ax, run: dict) -> None:
+    ms = _scored(run)
+    ax.plot([m["round"] for m in ms], [100 * m["accuracy"] for m in ms], marker="o", label=run["run"])
+
+
+def _bytes_per_round(ax, run: dict) -> None:
+    ms = [m for m in run["metrics"] if m["round"] >= 1]
+    mbs = [(m["bytes_up"] + m["bytes_down"]) / MB for m in ms]
+    ax.plot([m["round"] for m in ms], mbs, marker="o", label=f"{run['run']} (up + down)")
+
+
+def _acc_vs_hours(ax, run: dict) -> None:
+    ms = [m for m in _scored(run) if m.get("sim_seconds_total") is not None]
+    if ms:
+        hours = [m["sim_seconds_total"] / 3600 for m in ms]
+        ax.plot(hours, [100 * m["accuracy"] for m in ms], marker="o", label=run["run"])
+
+
+def _figure(out: Path, rows: list[dict], name: str, draw, integer_x: bool = False, **axes) -> None:
+    """One plot of every run, the majority class drawn on accuracy axes, saved as ``out/name``."""
+    import matplotlib  # here: matplotlib takes a second to import and only reports draw
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    def figure(name: str, draw, legend_size: float | None = None, integer_x: bool = False, **axes) -> None:
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for r in rows:
-            draw(ax, r)
-        if any(r.get("majority_baseline") for r in rows[:1]) and "accuracy" in axes.get("ylabel", ""):
-            ax.axhline(100 * rows[0]["majority_baseline"], color="grey", ls=":", lw=1, label="majority class")
-        ax.set(**axes)
-        if integer_x:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=legend_size or 8)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for run in rows:
+        draw(ax, run)
+    if rows and rows[0].get("majority_baseline") and "accuracy" in axes.get("ylabel", ""):
+        ax.axhline(100 * rows[0]["majority_baseline"], color="grey", ls=":", lw=1, label="majority class")
+    ax.set(**axes)
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
 
-    def scored(r):
-        return [m for m in r["metrics"] if m.get("accuracy") is not None]
 
-    def acc_vs_mb(ax, r):  # training rounds only: round 0 has sent (almost) nothing
-        ms = [m for m in scored(r) if m["round"] >= 1]
-        ax.plot(
-            [(m["bytes_up_total"] + m["bytes_down_total"]) / MB for m in ms],
-            [100 * m["accuracy"] for m in ms],
-            marker="o",
-            label=r["run"],
-        )
-
-    def acc_per_round(ax, r):
-        ax.plot([m["round"] for m in scored(r)], [100 * m["accuracy"] for m in scored(r)], marker="o", label=r["run"])
-
-    def bytes_per_round(ax, r):
-        ms = [m for m in r["metrics"] if m["round"] >= 1]
-        ax.plot(
-            [m["round"] for m in ms],
-            [(m["bytes_up"] + m["bytes_down"]) / MB for m in ms],
-            marker="o",
-            label=f"{r['run']} (up + down)",
-        )
-
-    def acc_vs_hours(ax, r):
-        ms = [m for m in scored(r) if m.get("sim_seconds_total") is not None]
-        if ms:
-            ax.plot(
-                [m["sim_seconds_total"] / 3600 for m in ms],
-                [100 * m["accuracy"] for m in ms],
-                marker="o",
-                label=r["run"],
-            )
-
+def comparison_plots(out: Path, rows: list[dict]) -> None:
+    """Every plot of the comparison into ``out`` (accuracy vs simulated hours only with --devices)."""
+    accuracy = "held-out accuracy (%)"
     if any(m.get("sim_seconds_total") is not None for r in rows for m in r["metrics"]):
         mixes = ", ".join(sorted({r["config"].get("devices") or "–" for r in rows}))
-        figure(
+        _figure(
+            out,
+            rows,
             "accuracy_vs_sim_hours.png",
-            acc_vs_hours,
+            _acc_vs_hours,
             xlabel="simulated hours so far",
-            ylabel="held-out accuracy (%)",
+            ylabel=accuracy,
             title=f"Accuracy vs simulated time ({mixes})",
         )
-    figure(
+    _figure(
+        out,
+        rows,
         "accuracy_vs_mb.png",
-        acc_vs_mb,
+        _acc_vs_mb,
         xscale="log",
         xlabel="MB communicated so far (up + down, log scale)",
-        ylabel="held-out accuracy (%)",
+        ylabel=accuracy,
         title="Accuracy vs communication",
     )
-    figure(
+    _figure(
+        out,
+        rows,
         "accuracy_per_round.png",
-        acc_per_round,
+        _acc_per_round,
         integer_x=True,
         xlabel="round",
-        ylabel="held-out accuracy (%)",
+        ylabel=accuracy,
         title="Accuracy per round",
     )
-    figure(
+    _figure(
+        out,
+        rows,
         "bytes_per_round.png",
-        bytes_per_round,
+        _bytes_per_round,
         integer_x=True,
         yscale="log",
         xlabel="round",
