@@ -78,7 +78,7 @@ def _peft_lokr_factor(layers: dict[str, AdapterLayer]) -> int:
 
 
 def _lokr_export(cfg: AdapterConfig, layers: dict[str, AdapterLayer]):
-    from peft import LoKrConfig
+    from peft import LoKrConfig  # here: peft imports transformers (seconds)
 
     factor = _peft_lokr_factor(layers)
     if cfg.method == "krona":  # a rank that makes PEFT keep every w2 full; alpha keeps s
@@ -99,7 +99,7 @@ def _lokr_export(cfg: AdapterConfig, layers: dict[str, AdapterLayer]):
 
 
 def _lora_export(layers: dict[str, AdapterLayer]):
-    from peft import LoraConfig
+    from peft import LoraConfig  # here: peft imports transformers (seconds)
 
     conv1d = {isinstance(layer.base_layer, Conv1D) for layer in layers.values()}
     if len(conv1d) > 1:

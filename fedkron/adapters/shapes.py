@@ -53,7 +53,7 @@ def paper_shape(name: str, d_out: int, d_in: int, a_in: int, b_out: int) -> Kron
 
 def peft_shape(d_out: int, d_in: int, decompose_factor: int) -> KronShape:
     """PEFT LoKr's own rule (its ``factorization`` on each side), so exports map one to one."""
-    from peft.tuners.lokr.layer import factorization
+    from peft.tuners.lokr.layer import factorization  # here: peft imports transformers (seconds)
 
     out_l, out_k = factorization(d_out, decompose_factor)
     in_m, in_n = factorization(d_in, decompose_factor)

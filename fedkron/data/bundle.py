@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import lzma
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from fedkron.data.files import Rows, parse_jsonl, parse_table, read_text
 from fedkron.data.records import DataFormatError, DataNotFoundError
@@ -41,9 +44,6 @@ def installed_packaged_dirs() -> list[Path]:
     installed from an app bundle (``flwr run``) carries only code (FABs hold .py/.toml/.md/.json
     files), so the data is read from the pip-installed package (a wheel, or an editable checkout
     named by PEP 610's direct_url.json)."""
-    import importlib.metadata
-    import json
-    from urllib.parse import unquote, urlparse
 
     try:
         dist = importlib.metadata.distribution("fedkron")

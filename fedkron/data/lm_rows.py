@@ -14,6 +14,9 @@ from pathlib import Path
 
 import datasets
 
+from fedkron.data.lm_prompts import read_instruction_file
+from fedkron.data.records import DataNotFoundError
+
 # task name → (prompt key of fedkron.data.lm_prompts, or None for a verbalized template below)
 LM_PROMPT = {
     "piqa": "piqa",
@@ -79,8 +82,6 @@ def _winogrande_partial(row: dict) -> dict:
 
 def instruction_splits(train: str, eval_file: str | None, seed: int) -> datasets.DatasetDict:
     """Instruction rows from JSON / JSONL files; without an eval file, a seeded 10 % is held out."""
-    from fedkron.data.lm_prompts import read_instruction_file
-    from fedkron.data.records import DataNotFoundError
 
     for path in filter(None, (train, eval_file)):
         if not Path(path).is_file():

@@ -79,7 +79,7 @@ def _rows(partitioner, num_partitions: int) -> list[list[int]]:
 
 
 def _iid(rows: np.ndarray, num_partitions: int, seed: int) -> list[list[int]]:
-    from flwr_datasets.partitioner import IidPartitioner
+    from flwr_datasets.partitioner import IidPartitioner  # here: flwr_datasets imports `datasets` (seconds)
 
     shuffled = np.random.default_rng(seed).permutation(rows)
     partitioner = IidPartitioner(num_partitions)
@@ -88,7 +88,7 @@ def _iid(rows: np.ndarray, num_partitions: int, seed: int) -> list[list[int]]:
 
 
 def _dirichlet(dataset, num_partitions: int, alpha: float, seed: int, min_size: int) -> list[list[int]]:
-    from flwr_datasets.partitioner import DirichletPartitioner
+    from flwr_datasets.partitioner import DirichletPartitioner  # here: flwr_datasets imports `datasets` (seconds)
 
     partitioner = DirichletPartitioner(
         num_partitions, partition_by="label", alpha=alpha, min_partition_size=min_size, seed=seed
@@ -112,7 +112,7 @@ def _natural(dataset, num_partitions: int, seed: int, natural_id: str) -> list[l
             f"fedkron.data.partition: scheme 'natural' needs a {natural_id!r} column; this dataset has "
             f"{dataset.column_names} (only tasks with a natural id, e.g. 'sentiment', support it)"
         )
-    from flwr_datasets.partitioner import NaturalIdPartitioner
+    from flwr_datasets.partitioner import NaturalIdPartitioner  # here: flwr_datasets imports `datasets` (seconds)
 
     ids = column(dataset, natural_id)
     partitioner = NaturalIdPartitioner(partition_by=natural_id)

@@ -34,14 +34,14 @@ from flwr.app import Error, Message
 
 
 def _flwr_private():
-    """Flower's private modules, all from ``../flwr_private.py`` (the package root) (which checks the
+    """Flower's private modules, all from ``../flwr_private.py`` at the package root (which checks the
     installed Flower against the tested releases first). Run as a script, that file is loaded by
     path: ``import fedkron`` here would take fedkron from the environment, not from the FAB."""
     if __package__:  # imported as fedkron.deploy.warm_clientapp
-        from fedkron import flwr_private
+        from fedkron import flwr_private  # here: run as a script, this file must import nothing of fedkron
 
         return flwr_private
-    import importlib.util
+    import importlib.util  # here: only the script path needs it
 
     here = os.path.dirname(os.path.realpath(__file__))  # sys.path[0] is the resolved folder too
     name = "_fedkron_flwr_private"

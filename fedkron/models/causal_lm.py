@@ -7,6 +7,7 @@ before Ray starts. A missing pad token is set as FlowerTune does: pad = eos, rig
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import socket
@@ -16,6 +17,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from fedkron.adapters import AdapterConfig
 from fedkron.models.smollm2 import ALIASES, SMOLLM2, is_complete, smollm2_dir
 from fedkron.models.sources import ModelLoadError
 
@@ -50,7 +52,7 @@ def _check_folder(model: str, path: Path) -> None:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # here: huggingface_hub is only needed for hub models
 
     if constants.HF_HUB_OFFLINE:
         return False
@@ -69,7 +71,6 @@ def check_model_source(model: str) -> None:
     weights and tokenizer files present. Hub id: config.json is in the local hub cache, or the hub
     answers and has it (a few kB downloaded); otherwise the hub is unreachable and we say so.
     """
-    import importlib.util
 
     if model in ALIASES:
         if model == SMOLLM2 and is_complete(smollm2_dir()):
@@ -83,7 +84,10 @@ def check_model_source(model: str) -> None:
     if path.exists() or model.startswith((".", "/", "~")) or not HUB_ID.fullmatch(model):
         _check_folder(model, path)
         return
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import (
+        hf_hub_download,
+        try_to_load_from_cache,
+    )  # here: huggingface_hub is only needed for hub models
 
     if isinstance(try_to_load_from_cache(model, "config.json"), str):
         return
@@ -121,7 +125,7 @@ def quantization_config(base_quant: str, compute_dtype: torch.dtype):
         raise ValueError(f"base_quant must be one of {BASE_QUANTS}, got {base_quant!r}")
     if base_quant == "none":
         return None
-    from transformers import BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig  # here: transformers takes seconds to import
 
     if base_quant == "nf4":
         compute = compute_dtype if compute_dtype in (torch.bfloat16, torch.float16) else torch.float32
@@ -161,8 +165,8 @@ def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
 
 
 def _load(auto, model: str, base_quant: str, dtype, device, gradient_checkpointing: bool, local_files_only):
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoTokenizer  # here: transformers takes seconds to import
+    from transformers.utils import logging as hf_logging  # here: transformers takes seconds to import
 
     hf_logging.disable_progress_bar()
     if os.environ.get("TRANSFORMERS_VERBOSITY", "error") == "error":
@@ -204,7 +208,7 @@ def load_causal_lm(
     become ``Linear4bit`` / ``Linear8bitLt``, which the adapters wrap but never merge into.
     ``dtype`` defaults to float32. Adapters are injected by the caller (``fedkron.adapters.inject``).
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # here: transformers takes seconds to import
 
     return _load(AutoModelForCausalLM, model, base_quant, dtype, device, gradient_checkpointing, local_files_only)
 
@@ -219,7 +223,7 @@ def load_seq2seq_lm(
     local_files_only: bool | None = None,
 ):
     """(frozen seq2seq LM such as T5, tokenizer): the KronA paper's GLUE setting; same options."""
-    from transformers import AutoModelForSeq2SeqLM
+    from transformers import AutoModelForSeq2SeqLM  # here: transformers takes seconds to import
 
     return _load(AutoModelForSeq2SeqLM, model, base_quant, dtype, device, gradient_checkpointing, local_files_only)
 
@@ -230,7 +234,6 @@ def lm_adapter_config(
     """AdapterConfig for a language model: all linear projections of the blocks by default (never
     lm_head / embeddings), or the given module-name suffixes (e.g. ``["q_proj", "v_proj"]``); no task
     head is trained in full (``modules_to_save=None``)."""
-    from fedkron.adapters import AdapterConfig
 
     if isinstance(targets, str) and targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]

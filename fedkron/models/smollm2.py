@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from fedkron.models.sources import ModelLoadError, minilm_path
 
@@ -77,7 +78,6 @@ def build_cached_folder(folder: Path, build: Callable[[Path], dict]) -> Path:
     """
     if is_complete(folder):
         return folder
-    from filelock import FileLock
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
@@ -104,8 +104,8 @@ def build_cached_folder(folder: Path, build: Callable[[Path], dict]) -> Path:
 
 def _convert_smollm2(out: Path) -> dict:
     """Dequantize the GGUF and write config + safetensors weights + tokenizer into ``out``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # here: transformers takes seconds to import
+    from transformers.utils import logging as hf_logging  # here: transformers takes seconds to import
 
     hf_logging.disable_progress_bar()
     source = gguf_file()
@@ -147,7 +147,7 @@ def smollm2_path() -> str:
 def _build_tiny_llama(out: Path) -> dict:
     """A random 2-layer Llama (seed 0, so every process builds the same frozen base) with the MiniLM
     WordPiece tokenizer ([SEP] doubles as end of sequence): a fast decoder for tests and smoke runs."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # here: transformers takes seconds to import
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
     tokenizer.eos_token = tokenizer.sep_token

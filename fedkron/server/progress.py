@@ -1,5 +1,7 @@
 """One readable line per round, printed as the run goes."""
 
+import sys
+
 from fedkron.server.ledger import MB
 
 
@@ -30,7 +32,6 @@ class ReplyTicker:
     silent: rewritten in place on a terminal, else a line at most every ``every`` seconds."""
 
     def __init__(self, every: float = 20.0, stream=None):
-        import sys
 
         self.stream = stream or sys.stdout
         self.every, self.last, self.round = every, 0.0, 0

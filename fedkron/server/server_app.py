@@ -9,6 +9,7 @@ from fedkron.logs import quiet_third_party
 from fedkron.runconfig.fields import RunConfig
 from fedkron.server.federation import run_federation
 from fedkron.server.preflight import clear_run, preflight
+from fedkron.server.progress import format_round
 
 quiet_third_party()  # an entry point: every simulated client (Ray actor) imports this module
 
@@ -26,6 +27,5 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _print_progress(row: dict) -> None:
-    from fedkron.server.progress import format_round
 
     print(format_round(row), flush=True)

@@ -42,8 +42,8 @@ def _figure(out: Path, rows: list[dict], name: str, draw, integer_x: bool = Fals
     import matplotlib  # here: matplotlib takes a second to import and only reports draw
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    import matplotlib.pyplot as plt  # here: matplotlib takes a second to import and only reports draw
+    from matplotlib.ticker import MaxNLocator  # here: matplotlib takes a second to import and only reports draw
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for run in rows:

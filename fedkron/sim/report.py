@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 
 from fedkron.server.ledger import MB, Ledger
+from fedkron.sim import time_report
+from fedkron.sim.plots import comparison_plots
 
 COLUMNS = [
     ("run", "run"),
@@ -120,7 +122,6 @@ def write_report(
 ) -> Path:
     """``report.md``, ``results.csv`` and three plots in ``out`` (with ``--devices`` runs, also their
     simulated time to ``time_target`` and a fourth plot); prints the tables."""
-    from fedkron.sim import time_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)  # also for a report over runs made elsewhere
@@ -169,7 +170,6 @@ def write_report(
             else ""
         )
     )
-    from fedkron.sim.plots import comparison_plots
 
     comparison_plots(out, rows)
     print(f"{settings}\n\n{table}\n\n{savings}" + (f"\n\n{timed}" if timed else ""))

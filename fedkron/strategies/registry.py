@@ -8,6 +8,7 @@ combination is refused before Ray starts.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,7 +26,9 @@ class StrategySpec:
     needs: Callable[[RunConfig], list[str]] = lambda cfg: []  # settings it cannot work with
 
     def build(self, cfg: RunConfig, **common) -> Strategy:
-        from flwr.serverapp import strategy as flower
+        from flwr.serverapp import (
+            strategy as flower,
+        )  # here: Flower's strategies import the server runtime (a second), read only when a run starts
 
         return getattr(flower, self.flower_class)(**common, **self.options(cfg))
 
@@ -82,7 +85,6 @@ _TAKE_WHAT_IS_GIVEN = dict(
 def build_strategy(cfg: RunConfig) -> Strategy:
     """The Flower strategy of a run: ``cfg.strategy``, wrapped in Flower's server-side clipping /
     central DP wrapper when ``--clip-norm``, ``--adaptive-clipping`` or ``--dp-noise`` ask for it."""
-    import logging
 
     name = cfg.strategy
     if name == "fedavg" and cfg.server_lr != 1.0:
@@ -107,7 +109,7 @@ def privacy_wrapper(inner: Strategy, cfg: RunConfig) -> Strategy:
         DifferentialPrivacyServerSideAdaptiveClipping,
         DifferentialPrivacyServerSideFixedClipping,
         FedAvg,
-    )
+    )  # here: Flower's strategies import the server runtime (a second), read only when a run starts
 
     sampled = cfg.sampled_per_round()
     if cfg.adaptive_clipping:
@@ -121,7 +123,12 @@ def privacy_wrapper(inner: Strategy, cfg: RunConfig) -> Strategy:
         return inner
     accountant = None
     if cfg.dp_noise > 0 and isinstance(inner, FedAvg) and type(inner).aggregate_train is FedAvg.aggregate_train:
-        from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
+        from flwr.serverapp import (
+            NeighboringRelation,
+            PrivacyConfig,
+            RdpAccountant,
+            SamplingMethod,
+        )  # here: Flower's strategies import the server runtime (a second), read only when a run starts
 
         accountant = RdpAccountant(
             PrivacyConfig(
