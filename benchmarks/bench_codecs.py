@@ -16,13 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from fedkron.adapters import AdapterConfig, adapter_state_dict, inject
 from fedkron.compression import get_codec, message_byte_figures, to_records
@@ -163,7 +159,10 @@ def main() -> None:
         ("fp4", True, False),
     ]
     results, failures = {}, []
-    header = f"{'adapter':<10}{'codec':<12}{'params':>8}{'payload B':>11}{'bits/p':>8}{'bits/p cb':>10}{'bits/p ser':>11}{'cb-pay':>8}{'rel err':>10}{'enc ms':>8}{'dec ms':>8}"
+    header = (
+        f"{'adapter':<10}{'codec':<12}{'params':>8}{'payload B':>11}{'bits/p':>8}{'bits/p cb':>10}"
+        f"{'bits/p ser':>11}{'cb-pay':>8}{'rel err':>10}{'enc ms':>8}{'dec ms':>8}"
+    )
     print(header)
     print("-" * len(header))
     for method in ("kron-lora", "lora"):

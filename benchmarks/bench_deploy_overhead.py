@@ -22,14 +22,16 @@ import argparse
 import json
 import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
 from fedkron.deploy.local import LocalFederation
+from fedkron.runconfig.flags import add_run_flags
+
+# The tiny random BERT, so local training is a small share of a round and the ClientApp's start-up
+# cost shows; 4 rounds, so rounds 2+ (after the warm worker's own start) have a mean.
+DEFAULTS = dict(model="tiny-bert", rounds=4)
 
 
 def run_mode(root: Path, warm: bool, rounds: int, model: str) -> dict:
@@ -81,8 +83,7 @@ def run_mode(root: Path, warm: bool, rounds: int, model: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--model", default="tiny-bert")
+    add_run_flags(p, tuple(DEFAULTS), defaults=DEFAULTS)
     args = p.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="fedkron-bench-deploy-") as tmp:

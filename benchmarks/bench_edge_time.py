@@ -1,10 +1,10 @@
 """Simulated wall time to a target accuracy on edge devices: Kron-LoRA nf4 (exact and per-factor)
 against LoRA-8 fp32, on SST-2 with label skew, clients on 4G phones.
 
-    python benchmarks/bench_edge_time.py                         # SST-2, 20 clients, Dirichlet 0.5, phones-4g, 10 rounds
-    python benchmarks/bench_edge_time.py --devices iot-lte-m     # narrow links: transfer weighs more
+    python benchmarks/bench_edge_time.py                # SST-2, 20 clients, Dirichlet 0.5, phones-4g, 10 rounds
+    python benchmarks/bench_edge_time.py --devices iot-lte-m   # narrow links: transfer weighs more
     python benchmarks/bench_edge_time.py --over-select 0.3 --round-deadline 600
-    python benchmarks/bench_edge_time.py --smoke                 # tiny random BERT, 4 clients, 2 rounds: the pipeline only
+    python benchmarks/bench_edge_time.py --smoke       # tiny random BERT, 4 clients, 2 rounds: the pipeline only
 
 Runs ``fedkron compare --devices MIX`` (same partitions, seed, client schedule and device draws
 for every run): each round's simulated time is download + compute + upload of the slowest
@@ -22,10 +22,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import FEDERATION, print_round
+
+from fedkron.runconfig.flags import add_run_flags, run_settings
+
+RUN_FLAGS = (*FEDERATION, "devices", "over_select", "round_deadline", "seed")
+# The savings federation (common.FEDERATION) on 4G phones: docs/devices.md's pessimistic
+# "cellular allowed" mix; --devices iot-lte-m shows the narrow-link case.
+DEFAULTS = {**FEDERATION, "devices": "phones-4g"}
 
 
 def main() -> None:
@@ -34,45 +40,19 @@ def main() -> None:
     from fedkron.sim.report import write_report
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--devices", default="phones-4g", help="built-in mix or .toml/.json file (docs/devices.md)")
     p.add_argument("--runs", default="kron-lora:nf4:exact,kron-lora:nf4:per-factor,lora:fp32")
-    p.add_argument("--clients", type=int, default=20)
-    p.add_argument("--fraction", type=float, default=0.2)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--local-steps", type=int, default=15)
-    p.add_argument("--partition", default="dirichlet")
-    p.add_argument("--dirichlet-alpha", type=float, default=0.5)
-    p.add_argument("--local-loss", default="logit-adjusted")
-    p.add_argument("--eval-samples", type=int, default=0, help="0 = the whole held-out split")
-    p.add_argument("--over-select", type=float, default=0.0)
-    p.add_argument("--round-deadline", type=float, default=0.0)
     p.add_argument(
         "--target", type=float, default=None, help="target accuracy, e.g. 0.78 (default: LoRA fp32 final − 0.01)"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="results folder (default results/bench-edge-time-<mix>)")
     p.add_argument("--resume", action="store_true", help="keep runs finished in --out with these settings")
     p.add_argument("--smoke", action="store_true", help="tiny random BERT on the packaged SST-2, 4 clients, 2 rounds")
+    add_run_flags(p, RUN_FLAGS, defaults=DEFAULTS)
     args = p.parse_args()
 
     data_dir = ""  # SST-2 ships inside fedkron
     out = Path(args.out or f"results/bench-edge-time-{Path(args.devices).stem}" + ("-smoke" if args.smoke else ""))
-    settings = dict(
-        task="sst2",
-        data_dir=data_dir,
-        clients=args.clients,
-        fraction=args.fraction,
-        rounds=args.rounds,
-        local_steps=args.local_steps,
-        partition=args.partition,
-        dirichlet_alpha=args.dirichlet_alpha,
-        eval_samples=args.eval_samples,
-        local_loss=args.local_loss,
-        seed=args.seed,
-        devices=args.devices,
-        over_select=args.over_select,
-        round_deadline=args.round_deadline,
-    )
+    settings = dict(task="sst2", data_dir=data_dir, **run_settings(args, RUN_FLAGS))
     if args.smoke:
         settings.update(
             model="tiny-bert",
@@ -92,11 +72,7 @@ def main() -> None:
         out,
         lora=LoraSettings(),
         resume=args.resume,
-        progress=lambda label, row: print(
-            f"[{label}] round {row['round']} acc {100 * (row['accuracy'] or 0):.1f}% "
-            f"sim {row.get('sim_seconds', 0):.0f} s",
-            flush=True,
-        ),
+        progress=print_round,
     )
     if args.target is not None:
         write_report(out, [out / s.folder for s in parse_runs(args.runs)], time_target=args.target)

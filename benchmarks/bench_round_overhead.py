@@ -15,12 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fedkron.runconfig.flags import add_run_flags, run_settings
+
+# Two clients (one Ray actor per core on a 2-core machine) × 2 rounds × 20 local steps, so client
+# compute is a measurable share of a round.
+DEFAULTS = dict(clients=2, rounds=2, local_steps=20, out="results/bench-round-overhead")
+RUN_FLAGS = ("task", "model", "method", "uplink", *DEFAULTS)
 
 
 def _tree_rss() -> int:
@@ -50,27 +54,11 @@ def main() -> None:
 
     data_dir = default_data_dir()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="sst2" if data_dir else "boolq")
-    p.add_argument("--model", default="minilm-l6")
-    p.add_argument("--method", default="kron-lora")
-    p.add_argument("--quant", default="nf4")
-    p.add_argument("--clients", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--local-steps", type=int, default=20)
-    p.add_argument("--out", default="results/bench-round-overhead")
+    # sst2 from the shared data when it is there, else the packaged BoolQ
+    add_run_flags(p, RUN_FLAGS, defaults={**DEFAULTS, "task": "sst2" if data_dir else "boolq"})
     args = p.parse_args()
 
-    cfg = RunConfig(
-        model=args.model,
-        task=args.task,
-        method=args.method,
-        uplink=args.uplink,
-        clients=args.clients,
-        rounds=args.rounds,
-        local_steps=args.local_steps,
-        out=args.out,
-        data_dir=data_dir if args.task != "boolq" else "",
-    )
+    cfg = RunConfig(**run_settings(args, RUN_FLAGS), data_dir=data_dir if args.task != "boolq" else "")
     peak = [0]
     done = threading.Event()
 

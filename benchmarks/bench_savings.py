@@ -1,5 +1,5 @@
-"""Bytes both ways and accuracy: Kron-LoRA against the baselines a reviewer asks for, over seeds,
-with each method's learning rate chosen on a small grid (issue: 50× less communication).
+"""Bytes both ways and accuracy: Kron-LoRA against LoRA-8 fp32, FlowerTune's recipe, LoRA-8 at the
+same codec and FFA-LoRA, over seeds, with each method's learning rate chosen on a small grid.
 
     python benchmarks/bench_savings.py run --methods lora-8-fp32,flowertune --lrs 5e-4,1e-3,2e-3 --seeds 0
     python benchmarks/bench_savings.py run --methods kron-r4-exact --lrs 4e-3 --seeds 0,1,2
@@ -7,8 +7,9 @@ with each method's learning rate chosen on a small grid (issue: 50× less commun
 
 Every run is an ordinary ``fedkron sim`` results folder under ``--root``
 (``<task>/<method>/lr<lr>/seed<seed>``); finished runs are kept, so the grid can be run in pieces.
-Defaults: SST-2 (packaged copy of GLUE), MiniLM-L6, 20 clients, Dirichlet 0.5, 4 clients a round,
-10 rounds × 15 local steps × batch 16, logit-adjusted local loss, all 872 dev rows scored.
+Defaults (``common.FEDERATION``): SST-2 (packaged copy of GLUE), MiniLM-L6, 20 clients, Dirichlet
+0.5, 4 clients a round, 10 rounds × 15 local steps × batch 16, logit-adjusted local loss, all 872
+dev rows scored.
 The report picks each method's learning rate by its mean last-3-round accuracy over the seeds run
 at every rate, then states, against each baseline: total and uplink byte ratios, mean ± sd of the
 last-3 accuracy gap, and the bytes (both ways) each run spent to first reach a target accuracy
@@ -21,10 +22,11 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import FEDERATION
+
+from fedkron.runconfig.flags import add_run_flags
 
 # method label → RunConfig settings (codecs apply both ways)
 METHODS = {
@@ -53,18 +55,6 @@ METHODS = {
     ),
 }
 BASELINES = ("lora-8-fp32", "flowertune", "lora-8-nf4", "ffa-lora-nf4")
-FEDERATION = dict(
-    task="sst2",
-    clients=20,
-    fraction=0.2,
-    rounds=10,
-    local_steps=15,
-    batch_size=16,
-    partition="dirichlet",
-    dirichlet_alpha=0.5,
-    local_loss="logit-adjusted",
-    eval_samples=0,
-)
 
 
 def run_config(root: Path, task: str, method: str, lr: float, seed: int, extra: dict):
@@ -202,7 +192,7 @@ def cmd_report(args) -> None:
             "bytes-to-target saving × |"
         )
         print("|---|---|---|---|---|---|")
-        for method, (lr, seeds) in chosen.items():
+        for method, (_lr, seeds) in chosen.items():
             common = sorted(set(seeds) & set(bseeds))
             if method == base or not common:
                 continue
@@ -242,12 +232,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=("run", "report"))
     p.add_argument("--root", default="results/savings")
-    p.add_argument("--task", default="sst2")
     p.add_argument("--methods", default="kron-r4-exact,lora-8-fp32,flowertune")
     p.add_argument("--lrs", default="2e-3", help="comma-separated rates, or 'best': each method's best so far")
     p.add_argument("--seeds", default="0")
     p.add_argument("--extra", default="", help='JSON of further RunConfig settings, e.g. \'{"data_dir": "..."}\'')
     p.add_argument("--target", type=float, default=0.0, help="accuracy target (0 = each baseline's best - 1 point)")
+    add_run_flags(p, ("task",))  # the rest of the federation: common.FEDERATION (or --extra)
     args = p.parse_args()
     {"run": cmd_run, "report": cmd_report}[args.command](args)
 
