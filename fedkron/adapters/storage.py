@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -34,6 +35,7 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "fedkron-adapter"
 FORMAT_VERSION = 1
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+MAX_ABS_WEIGHT = 1e6  # no trained adapter holds a larger value; 1e38 would overflow the first matmul
 
 
 def save_adapter(model: nn.Module, path: str | Path) -> Path:
@@ -180,8 +182,24 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
                 f"file only {sorted(set(theirs) - set(ours))[:3]}"
             )
     check_shapes(expected, header, str(weights))
+    tensors = load_file(str(weights))
+    check_values(tensors, str(weights))
     with restored_on_failure(model):
         if current is None:
             inject(model, config)
-        load_adapter_state_dict(model, load_file(str(weights)))
+        load_adapter_state_dict(model, tensors)
     return model
+
+
+def check_values(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse NaN, ±inf and absurd magnitudes before anything is injected: loaded, they would turn
+    every prediction into NaN (or train a federation from it) without any error."""
+    for name, tensor in tensors.items():
+        values = tensor.detach().float()
+        if not bool(torch.isfinite(values).all()):
+            raise AdapterStateError(f"{source}: tensor {name!r} holds non-finite values (NaN or inf)")
+        peak = float(values.abs().max()) if values.numel() else 0.0
+        if peak > MAX_ABS_WEIGHT:
+            raise AdapterStateError(
+                f"{source}: tensor {name!r} holds a value of magnitude {peak:.3g}, more than {MAX_ABS_WEIGHT:g}"
+            )

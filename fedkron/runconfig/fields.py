@@ -222,12 +222,15 @@ class RunConfig:
     trim_fraction: float = knob(0.2, "share cut at each end by fedtrimmedavg", AGGREGATION)
     num_malicious: int = knob(0, "malicious clients krum and bulyan assume", AGGREGATION)
     max_update_norm: float = knob(
-        0.0, "reject replies whose update norm exceeds this (0 = no fixed bound)", AGGREGATION
+        0.0,
+        "reject replies whose update norm exceeds this fixed bound, on top of --norm-bound-factor (0 = no fixed bound)",
+        AGGREGATION,
     )
     norm_bound_factor: float = knob(
         10.0,
-        "reject replies whose update norm exceeds this many times the median "
-        "norm of the round's replies and the last round's accepted ones (0 = off)",
+        "reject replies whose update norm exceeds this many times a reference: the median of the round's "
+        "norms and the last round's reference, which starts at the initial adapter's norm, so it holds with "
+        "two replies a round and one huge norm never becomes the reference (0 = off)",
         AGGREGATION,
     )
     max_weight_share: float = knob(

@@ -12,15 +12,17 @@ from __future__ import annotations
 import csv
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from flwr.app import Message
+from flwr.app import ConfigRecord, Message, MessageType
 from flwr.serverapp import Grid
 
-from fedkron.compression import message_byte_figures
+from fedkron.compression import MANIFEST_KEY, payload_bytes
+from fedkron.compression.manifest import MAX_MANIFEST_BYTES, load_manifest, manifest_bound, read_layout
 from fedkron.flwr_private import message_to_proto
+from fedkron.protocol import MANIFEST
 
 MB = 1_000_000
 FIGURES = ("payload", "count_bytes", "content_bytes", "serialized")
@@ -52,12 +54,42 @@ def content_bytes(msg: Message) -> int:
     return total
 
 
+def reply_payload(msg: Message, expected: Mapping[str, tuple[int, ...]] | None) -> int:
+    """Payload bytes of a training reply, read as ``read_reply`` reads it: the ``manifest`` record
+    only, inflated at most to the bound of the ``expected`` tensors and checked against them; 0
+    when it cannot be read so (the reply will be rejected)."""
+    if msg.metadata.message_type != MessageType.TRAIN or MANIFEST not in msg.content:
+        return 0
+    record = msg.content[MANIFEST]
+    raw = record.get(MANIFEST_KEY) if isinstance(record, ConfigRecord) else None
+    if not isinstance(raw, bytes):
+        return 0
+    try:
+        bound = manifest_bound(expected) if expected else MAX_MANIFEST_BYTES
+        layout = read_layout(load_manifest(raw, bound), expected)
+    except Exception:  # PayloadError, or whatever a hostile manifest raises: nothing readable
+        return 0
+    return len(raw) + layout.code_offsets[-1] + 4 * layout.scale_offsets[-1]
+
+
+def sent_payload(msg: Message) -> int:
+    """Payload bytes of a message this server built (its own manifest, sizes remembered)."""
+    record = msg.content[MANIFEST] if MANIFEST in msg.content else None
+    return payload_bytes(record) if isinstance(record, ConfigRecord) else 0
+
+
 class Ledger:
     """Append-only list of :class:`LedgerRow` with the totals a report needs."""
 
     def __init__(self) -> None:
         self.rows: list[LedgerRow] = []
         self._row_of: dict[str, int] = {}  # message id → row, to mark a reply rejected later
+        self.expected: dict[str, tuple[int, ...]] | None = None  # the tensors a reply's payload may hold
+
+    def expect(self, expected: Mapping[str, tuple[int, ...]]) -> None:
+        """The tensor names and shapes a reply's payload may hold (what the strategy passes to
+        ``read_reply``): a reply's manifest is read within the same bound."""
+        self.expected = {name: tuple(shape) for name, shape in expected.items()}
 
     def add(self, row: LedgerRow, message_id: str = "") -> None:
         if message_id:
@@ -69,20 +101,7 @@ class Ledger:
         message's own destination or source)."""
         if node is None:
             node = msg.metadata.dst_node_id if direction == "down" else msg.metadata.src_node_id
-        if msg.has_error():
-            figures = {"payload": 0, "count_bytes": 0, "content_bytes": 0}
-        else:
-            try:
-                figures = message_byte_figures(msg)
-            except Exception:  # a reply whose payload does not even parse (PayloadError...): count what arrived
-                figures = {
-                    "payload": 0,
-                    "count_bytes": sum(len(a.data) for r in msg.content.array_records.values() for a in r.values()),
-                }
-            try:
-                figures["content_bytes"] = content_bytes(msg)
-            except Exception:
-                figures["content_bytes"] = figures["count_bytes"]
+        figures = self._figures(msg, direction)
         try:
             figures["serialized"] = message_to_proto(msg).ByteSize()
         except Exception:  # a reply that does not even serialize: count its records
@@ -100,6 +119,22 @@ class Ledger:
             ),
             message_id=msg.metadata.message_id if direction == "up" else "",
         )
+
+    def _figures(self, msg: Message, direction: str) -> dict[str, int]:
+        """``payload``, ``count_bytes`` and ``content_bytes`` of one message (0 for an error reply)."""
+        if msg.has_error():
+            return {"payload": 0, "count_bytes": 0, "content_bytes": 0}
+        payload = sent_payload(msg) if direction == "down" else reply_payload(msg, self.expected)
+        arrays = msg.content.array_records.values()
+        try:
+            count = sum(record.count_bytes() for record in arrays)
+        except Exception:  # arrays that do not even count: what arrived
+            count = sum(len(a.data) for record in arrays for a in record.values())
+        try:
+            content = content_bytes(msg)
+        except Exception:
+            content = count
+        return {"payload": payload, "count_bytes": count, "content_bytes": content}
 
     def annotate(self, msg: Message, **values) -> None:
         """Complete the row of a recorded reply with what was learnt by reading it (its ``status``

@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ from fedkron.protocol import (
     ROUND_LR,
     TIMINGS,
     TRAIN_LOSS,
+    ValidReply,
     frozen_digest,
     make_broadcast,
     read_eval_reply,
@@ -41,7 +44,7 @@ from fedkron.protocol import (
     sent_names,
 )
 from fedkron.runconfig.fields import RunConfig
-from fedkron.strategies.defences import capped_weights, within_norm_bound
+from fedkron.strategies.defences import NormBound, capped_weights, eval_weights, state_norm
 from fedkron.strategies.downlink import Downlink
 from fedkron.strategies.edge import EdgeRounds
 from fedkron.strategies.exactness import aggregation_error, dense_elements
@@ -53,6 +56,7 @@ log = logging.getLogger("fedkron")
 DEFAULTS = RunConfig().to_record()  # what a client assumes for every setting the broadcast leaves out
 MAX_DENSE_FOR_ERROR = 50_000_000  # measuring the aggregation error forms every client's dense ΔW
 EVAL_STREAM = 7_777_777  # a seed offset: evaluation samples its clients apart from training
+NORM_REFERENCE = "norm-reference"  # the norm bound's reference, in a checkpoint's values
 
 
 def to_arrayrecord(state: dict[str, torch.Tensor], dtype=np.float32) -> ArrayRecord:
@@ -61,6 +65,65 @@ def to_arrayrecord(state: dict[str, torch.Tensor], dtype=np.float32) -> ArrayRec
 
 def from_arrayrecord(record: ArrayRecord) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.asarray(v.numpy(), dtype=np.float32).copy()) for k, v in record.items()}
+
+
+@contextmanager
+def numpy_global_seed(seed: int) -> Iterator[None]:
+    """Flower's DP strategies draw their noise from numpy's global (legacy) generator and take no
+    generator of their own: for the call only, that state is an explicitly seeded
+    ``RandomState(seed)``'s, so the noise depends on the run's seed and round alone; the caller's
+    state is given back after, so nothing else's stream changes."""
+    saved = np.random.get_state()
+    np.random.set_state(np.random.RandomState(seed).get_state())
+    try:
+        yield
+    finally:
+        np.random.set_state(saved)
+
+
+def first_reply_per_node(replies: list[Message]) -> tuple[list[Message], list[Message]]:
+    """(the first reply of each node, every later one): a node's second reply in a round would
+    count its update twice. Error replies are all kept (one Flower makes for an unreachable node
+    may name no node)."""
+    seen: set[int] = set()
+    first, again = [], []
+    for msg in replies:
+        node = msg.metadata.src_node_id
+        if not msg.has_error() and node in seen:
+            again.append(msg)
+            continue
+        if not msg.has_error():
+            seen.add(node)
+        first.append(msg)
+    return first, again
+
+
+@dataclass
+class _Round:
+    """What one round's aggregation carries from step to step: the valid replies with their
+    messages, the counts, the weights."""
+
+    number: int
+    stats: dict
+    started: float | None  # perf_counter() when the round was configured
+    valid: list[ValidReply] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)  # the reply message of each valid reply
+    failed: int = 0
+    rejected: int = 0
+    heard: int = 0  # valid replies before the deadline and the norm bound
+    weights: list[float] = field(default_factory=list)
+
+    def accept(self, reply: ValidReply, msg: Message) -> None:
+        self.valid.append(reply)
+        self.messages.append(msg)
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep these valid replies, in this order."""
+        self.valid = [self.valid[i] for i in indices]
+        self.messages = [self.messages[i] for i in indices]
+
+    def seconds(self) -> float | None:
+        return None if self.started is None else time.perf_counter() - self.started
 
 
 class _Given:
@@ -95,6 +158,8 @@ class FedKron(Strategy):
         self.downlink = Downlink(get_codec(cfg.downlink, **cfg.codec_options(cfg.downlink)), cfg.error_feedback)
         self.global_state.update(self.downlink.publish({n: initial[n] for n in self.sent}))  # what clients hold
         self.ledger = ledger  # told what reading a reply reveals (rejected, a node's partition)
+        if ledger is not None:
+            ledger.expect(self.expected)  # it reads a reply's payload within read_reply's limits
         self.roster = Roster(
             cfg.clients,
             cfg.seed,
@@ -108,7 +173,7 @@ class FedKron(Strategy):
         self.uniform_weights = cfg.dp_noise > 0  # Flower's DP accounting needs equal client weights
         self.clips = cfg.clip_norm > 0 or cfg.adaptive_clipping
         self.partition_sizes = partition_sizes or {}  # what each partition holds, when the server knows
-        self._last_norms: list[float] = []  # accepted update norms of the last round
+        self.norm_bound = NormBound(cfg.norm_bound_factor, anchor=state_norm(initial))
         self.round_stats: dict[int, dict] = {}
         self._asked: dict[int, int] = {}
         self._t0: dict[int, float] = {}
@@ -160,86 +225,104 @@ class FedKron(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        failed = max(self._asked.pop(server_round, 0) - len(replies), 0)  # no reply before the timeout
-        stats = self.round_stats.setdefault(server_round, {})
-        if failed:
-            log.warning("round %d: %d clients did not reply in time", server_round, failed)
-        valid, pairs, rejected = [], [], 0
+        """decode → defend → delegate (the inner strategy aggregates) → record."""
+        rnd = _Round(server_round, self.round_stats.setdefault(server_round, {}), self._t0.pop(server_round, None))
+        self._decode(rnd, replies)
+        self._defend(rnd)
+        if len(rnd.valid) < self.cfg.min_replies:
+            return self._too_few(rnd)
+        return self._record(rnd, self._delegate(rnd))
+
+    def _decode(self, rnd: _Round, replies: Iterable[Message]) -> None:
+        """Read and check every reply; a bad one is rejected (logged, marked in the ledger)."""
+        replies, again = first_reply_per_node(list(replies))
+        rnd.failed = max(self._asked.pop(rnd.number, 0) - len(replies), 0)  # no reply before the timeout
+        if rnd.failed:
+            log.warning("round %d: %d clients did not reply in time", rnd.number, rnd.failed)
+        for msg in again:
+            self._reject(rnd, msg, "a second reply from this node in one round (the first is kept)")
         for msg in replies:
-            node = msg.metadata.src_node_id
-            pid = self.roster.partition_of.get(node, -1)
             if msg.has_error():
-                failed += 1
-                log.warning("round %d: client %s (partition %s) failed: %s", server_round, node, pid, msg.error.reason)
+                rnd.failed += 1
+                log.warning(
+                    "round %d: client %s (partition %s) failed: %s",
+                    rnd.number,
+                    msg.metadata.src_node_id,
+                    self.roster.partition_of.get(msg.metadata.src_node_id, -1),
+                    msg.error.reason,
+                )
                 continue
             try:
-                reply = read_reply(
-                    msg, self.expected, (self.cfg.uplink,), max_update_norm=self.cfg.max_update_norm or math.inf
-                )
-                if reply.partition_id != self.roster.reported(node):
-                    raise ValueError(f"reports partition {reply.partition_id}, but holds {self.roster.reported(node)}")
-                if self.clips and not any(bool(v.any()) for v in reply.update.values()):
-                    raise ValueError(
-                        "an all-zero update cannot go through Flower's clipping (it divides by the update norm)"
-                    )
-                if self.edge:
-                    self.edge.check(reply)
+                rnd.accept(self._check(msg), msg)
             except Exception as err:  # whatever the reason, it rejects this reply only
-                rejected += 1
-                self._note(msg, status="rejected")
-                log.warning("round %d: rejected reply from client %s (partition %s): %s", server_round, node, pid, err)
-                continue
-            valid.append(reply)
-            pairs.append(msg)
-        heard, faults = len(valid), failed + rejected
-        if self.edge:  # the first k finishers / those before the deadline; late ones count as failed
-            valid, pairs, timing = self.edge.settle(server_round, valid, pairs, self.ledger, self._note)
-            failed += timing.late
-        keep = within_norm_bound([r.norm for r in valid], self._last_norms, self.cfg.norm_bound_factor)
-        for i in set(range(len(valid))) - set(keep):
-            self._note(pairs[i], status="rejected")
-            log.warning(
-                "round %d: rejected reply from client %s (partition %s): update norm %.3g is more than "
-                "%g × the median norm",
-                server_round,
-                valid[i].node_id,
-                self.roster.partition_of.get(valid[i].node_id),
-                valid[i].norm,
-                self.cfg.norm_bound_factor,
-            )
-        outliers = len(valid) - len(keep)
-        valid, pairs = [valid[i] for i in keep], [pairs[i] for i in keep]
-        rejected += outliers
-        stats.update(failed=failed, rejected=rejected, accepted=len(valid))
-        if len(valid) < self.cfg.min_replies:
-            if self.edge and (heard >= self.cfg.min_replies or not faults):  # the devices, not a fault
-                log.warning(
-                    "round %d: %d updates in time, %d needed: round abandoned, global adapter unchanged",
-                    server_round,
-                    len(valid),
-                    self.cfg.min_replies,
-                )
-                stats.update(abandoned=True, fit_seconds=time.perf_counter() - self._t0.pop(server_round))
-                return to_arrayrecord(self.global_state), MetricRecord({"accepted": len(valid), "failed": failed})
-            raise RuntimeError(
-                f"round {server_round}: only {len(valid)} valid replies ({rejected} rejected, "
-                f"{failed} failed); at least {self.cfg.min_replies} needed"
-            )
-        order = sorted(range(len(valid)), key=lambda i: (valid[i].partition_id, valid[i].node_id))
-        valid, pairs = [valid[i] for i in order], [pairs[i] for i in order]  # arrival order must not matter
-        known = [
-            self.partition_sizes.get(self.roster.partition_of.get(r.node_id))  # the server's split only
-            if self.roster.shares.get(r.node_id) == self.cfg.clients
-            else None
-            for r in valid
-        ]
-        weights = (
-            [1.0] * len(valid)
-            if self.uniform_weights
-            else capped_weights([r.num_examples for r in valid], known, self.cfg.max_weight_share)
+                self._reject(rnd, msg, err)
+        rnd.heard = len(rnd.valid)
+
+    def _check(self, msg: Message) -> ValidReply:
+        """One reply decoded and checked against what its node may send."""
+        node = msg.metadata.src_node_id
+        reply = read_reply(msg, self.expected, (self.cfg.uplink,), max_update_norm=self.cfg.max_update_norm or math.inf)
+        if reply.partition_id != self.roster.reported(node):
+            raise ValueError(f"reports partition {reply.partition_id}, but holds {self.roster.reported(node)}")
+        if self.clips and not any(bool(v.any()) for v in reply.update.values()):
+            raise ValueError("an all-zero update cannot go through Flower's clipping (it divides by the update norm)")
+        if self.edge:
+            self.edge.check(reply)
+        return reply
+
+    def _reject(self, rnd: _Round, msg: Message, reason) -> None:
+        rnd.rejected += 1
+        self._note(msg, status="rejected")
+        node = msg.metadata.src_node_id
+        log.warning(
+            "round %d: rejected reply from client %s (partition %s): %s",
+            rnd.number,
+            node,
+            self.roster.partition_of.get(node, -1),
+            reason,
         )
-        for msg, reply, weight in zip(pairs, valid, weights):  # what a stock strategy expects
+
+    def _defend(self, rnd: _Round) -> None:
+        """The edge deadline (late replies count as failed), then the norm bound."""
+        if self.edge:  # the first k finishers / those before the deadline
+            rnd.valid, rnd.messages, timing = self.edge.settle(
+                rnd.number, rnd.valid, rnd.messages, self.ledger, self._note
+            )
+            rnd.failed += timing.late
+        keep = set(self.norm_bound.keep([r.norm for r in rnd.valid]))
+        for i, (reply, msg) in enumerate(zip(rnd.valid, rnd.messages)):
+            if i not in keep:
+                self._reject(
+                    rnd,
+                    msg,
+                    f"update norm {reply.norm:.3g} is more than {self.cfg.norm_bound_factor:g} × the reference "
+                    f"norm {self.norm_bound.reference:.3g} (the median of the round's norms and the last reference)",
+                )
+        rnd.keep(sorted(keep))
+        rnd.stats.update(failed=rnd.failed, rejected=rnd.rejected, accepted=len(rnd.valid))
+
+    def _too_few(self, rnd: _Round) -> tuple[ArrayRecord, MetricRecord]:
+        """Fewer valid replies than ``--min-replies``: an edge round is abandoned, otherwise the run stops."""
+        faults = rnd.failed + rnd.rejected
+        if self.edge and (rnd.heard >= self.cfg.min_replies or not faults):  # the devices, not a fault
+            log.warning(
+                "round %d: %d updates in time, %d needed: round abandoned, global adapter unchanged",
+                rnd.number,
+                len(rnd.valid),
+                self.cfg.min_replies,
+            )
+            rnd.stats.update(abandoned=True, fit_seconds=rnd.seconds())
+            return to_arrayrecord(self.global_state), MetricRecord({"accepted": len(rnd.valid), "failed": rnd.failed})
+        raise RuntimeError(
+            f"round {rnd.number}: only {len(rnd.valid)} valid replies ({rnd.rejected} rejected, "
+            f"{rnd.failed} failed); at least {self.cfg.min_replies} needed"
+        )
+
+    def _delegate(self, rnd: _Round) -> dict[str, torch.Tensor] | None:
+        """Hand the inner strategy what a stock strategy expects and return its aggregate (None: skipped)."""
+        rnd.keep(sorted(range(len(rnd.valid)), key=lambda i: (rnd.valid[i].partition_id, rnd.valid[i].node_id)))
+        rnd.weights = self._weights(rnd.valid)  # arrival order must not matter: sorted by partition
+        for msg, reply, weight in zip(rnd.messages, rnd.valid, rnd.weights):
             local = {n: self.global_state[n].double() + reply.update[n].double() for n in self.sent}
             msg.content = RecordDict(
                 {
@@ -247,48 +330,61 @@ class FedKron(Strategy):
                     METRICS: MetricRecord({NUM_EXAMPLES: weight, TRAIN_LOSS: reply.metrics[TRAIN_LOSS]}),
                 }
             )
-        np.random.seed((self.cfg.seed * 1_000_003 + server_round) % 2**32)  # Flower's DP noise draws from here
-        arrays, metrics = self.strategy.aggregate_train(server_round, pairs)
-        stats.update(privacy_figures(self.strategy))
+        with numpy_global_seed((self.cfg.seed * 1_000_003 + rnd.number) % 2**32):  # Flower's DP noise
+            arrays, _ = self.strategy.aggregate_train(rnd.number, rnd.messages)
+        rnd.stats.update(privacy_figures(self.strategy))
         if self.measure_error:
-            stats["aggregation_error"] = aggregation_error(
-                self.global_state, [r.update for r in valid], weights, self.roles
+            rnd.stats["aggregation_error"] = aggregation_error(
+                self.global_state, [r.update for r in rnd.valid], rnd.weights, self.roles
             )
-        new = (
-            None
-            if arrays is None
-            else {n: torch.from_numpy(np.asarray(arrays[n].numpy(), np.float32).copy()) for n in self.sent}
-        )
+        if arrays is None:
+            return None
+        return {n: torch.from_numpy(np.asarray(arrays[n].numpy(), np.float32).copy()) for n in self.sent}
+
+    def _weights(self, valid: list[ValidReply]) -> list[float]:
+        """Aggregation weights: example counts capped at what the server knows a partition holds."""
+        if self.uniform_weights:
+            return [1.0] * len(valid)
+        known = [
+            self.partition_sizes.get(self.roster.partition_of.get(r.node_id))  # the server's split only
+            if self.roster.shares.get(r.node_id) == self.cfg.clients
+            else None
+            for r in valid
+        ]
+        return capped_weights([r.num_examples for r in valid], known, self.cfg.max_weight_share)
+
+    def _record(self, rnd: _Round, new: dict[str, torch.Tensor] | None) -> tuple[ArrayRecord, MetricRecord]:
+        """Publish the aggregate (unless skipped or non-finite) and the round's figures."""
         if new is None:
             log.warning(
                 "round %d: %s skipped aggregation; the global adapter is unchanged",
-                server_round,
+                rnd.number,
                 type(self.strategy).__name__,
             )
         elif not all(bool(torch.isfinite(v).all()) for v in new.values()):
-            stats["aggregate_refused"] = True
+            rnd.stats["aggregate_refused"] = True
             log.error(
                 "round %d: the aggregate has non-finite values (overflow); it is refused and the global "
                 "adapter is unchanged",
-                server_round,
+                rnd.number,
             )
         else:
             self.global_state.update(self.downlink.publish(new))
             set_current_arrays(self.strategy, to_arrayrecord({n: self.global_state[n] for n in self.sent}, np.float64))
-        self._last_norms = [r.norm for r in valid]
+        valid, weights = rnd.valid, rnd.weights
         train_loss = sum(r.metrics[TRAIN_LOSS] * w for r, w in zip(valid, weights)) / sum(weights)
         peaks = [r.metrics[PEAK_MEMORY] for r in valid if PEAK_MEMORY in r.metrics]
-        stats.update(
+        rnd.stats.update(
             train_loss=train_loss,
-            fit_seconds=time.perf_counter() - self._t0.pop(server_round),
+            fit_seconds=rnd.seconds(),
             client_peak_memory_mb=max(peaks) / 1e6 if peaks else None,
             **{k.replace("-", "_"): sum(r.metrics.get(k, 0.0) for r in valid) for k in TIMINGS},
         )
         out = {
             TRAIN_LOSS: train_loss,
             "accepted": len(valid),
-            "rejected": rejected,
-            "failed": failed,
+            "rejected": rnd.rejected,
+            "failed": rnd.failed,
             NUM_EXAMPLES: sum(weights),
         }
         return to_arrayrecord(self.global_state), MetricRecord(out)
@@ -306,11 +402,17 @@ class FedKron(Strategy):
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Example-weighted federated scores; weights capped as in training (no client scores more
+        than ``--eval-samples`` rows, none gets more than ``--max-weight-share`` of the total)."""
         if self.cfg.fraction_evaluate <= 0:
             return None
-        replies = list(replies)
-        stats = self.round_stats.setdefault(server_round, {})
-        rows, bad = [], max(self._asked.pop(-server_round, 0) - len(replies), 0)
+        replies, again = first_reply_per_node(list(replies))
+        rows, bad = [], max(self._asked.pop(-server_round, 0) - len(replies), 0) + len(again)
+        for msg in again:
+            self._note(msg, status="rejected")
+            log.warning(
+                "round %d: a second evaluation reply from client %s left out", server_round, msg.metadata.src_node_id
+            )
         for msg in replies:
             try:
                 if msg.has_error():
@@ -326,16 +428,21 @@ class FedKron(Strategy):
                     msg.metadata.src_node_id,
                     err,
                 )
-        n = sum(r[0] for r in rows)
-        if not n:
+        if not rows:
             return None
-        scored = [r for r in rows if r[2] is not None]
+        weights = eval_weights([r[0] for r in rows], self.cfg.eval_samples, self.cfg.max_weight_share)
+        return self._eval_metrics(self.round_stats.setdefault(server_round, {}), rows, weights, bad)
+
+    @staticmethod
+    def _eval_metrics(stats: dict, rows: list[tuple], weights: list[float], bad: int) -> MetricRecord:
+        n = sum(weights)
+        scored = [(w, r[2]) for w, r in zip(weights, rows) if r[2] is not None]
         stats.update(
             fed_examples=n,
-            fed_loss=sum(r[0] * r[1] for r in rows) / n,
+            fed_loss=sum(w * r[1] for w, r in zip(weights, rows)) / n,
             fed_clients=len(rows),
             fed_left_out=bad,
-            fed_accuracy=sum(r[0] * r[2] for r in scored) / sum(r[0] for r in scored) if scored else None,
+            fed_accuracy=sum(w * a for w, a in scored) / sum(w for w, _ in scored) if scored else None,
         )
         return MetricRecord(
             {
@@ -350,6 +457,7 @@ class FedKron(Strategy):
         """The inner strategy's server state and the broadcast's, for a checkpoint."""
         tensors, values = strategy_state(self.strategy)
         tensors.update({f"downlink/{k}": v for k, v in self.downlink.state_dict().items()})
+        values[NORM_REFERENCE] = self.norm_bound.reference
         return tensors, values
 
     def load_state_dict(
@@ -358,6 +466,9 @@ class FedKron(Strategy):
         """Continue from a checkpoint: the global state clients held, the pending broadcast, the
         inner strategy's state."""
         mine = {k[len("downlink/") :]: v for k, v in tensors.items() if k.startswith("downlink/")}
+        values = dict(values)
+        if NORM_REFERENCE in values:  # a checkpoint written before the reference was kept: the anchor
+            self.norm_bound.reference = float(values.pop(NORM_REFERENCE))
         load_strategy_state(self.strategy, {k: v for k, v in tensors.items() if not k.startswith("downlink/")}, values)
         self.global_state = {k: global_state[k].clone() for k in self.global_state}
         if mine:
