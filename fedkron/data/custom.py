@@ -19,6 +19,7 @@ from fedkron.data.records import DataFormatError, DataNotFoundError, column, lab
 from fedkron.data.tasks import CustomData, TaskSpec
 
 HELD_OUT = 0.1  # share of train held out as the test split when no eval data is given
+MAX_LABEL_ID = 9_999  # int labels are class ids 0..K-1 of a K-output head; a larger id is a code, not a class
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,11 @@ def custom_task(
 
 
 def infer_labels(values: list[tuple[object, Loc | None]], label_column: str = "label") -> tuple[int, tuple[str, ...]]:
-    """(num_labels, label_map): ints 0..K-1 give (max + 1, ()); strings give (count, sorted strings)."""
+    """(num_labels, label_map): ints 0..K-1 give (max + 1, ()); strings give (count, sorted strings).
+
+    Only the labels seen are stored (memory bounded by the file, never by a label's value), and an
+    int label above MAX_LABEL_ID is refused: it would give a head of that many outputs (a label of
+    10^9 once meant a 24 GB set of unused ids and the OOM killer)."""
     ints: dict[int, Loc | None] = {}
     strings: dict[str, Loc | None] = {}
     for value, loc in values:
@@ -105,29 +110,48 @@ def infer_labels(values: list[tuple[object, Loc | None]], label_column: str = "l
         at = f"{where(loc)}: " if loc else ""
         if key is None:
             raise DataFormatError(
-                f"fedkron.data: {at}label column {label_column!r} holds {value!r}; expected an int or a string"
+                f"fedkron.data: {at}label column {label_column!r} holds {_short(value)}; expected an int or a string"
             )
         if isinstance(key, int) and key < 0:
-            raise DataFormatError(f"fedkron.data: {at}label {value!r} is negative; expected ints 0, 1, ... or strings")
+            raise DataFormatError(
+                f"fedkron.data: {at}label {_short(value)} is negative; expected ints 0, 1, ... or strings"
+            )
+        if isinstance(key, int) and key > MAX_LABEL_ID:
+            raise DataFormatError(
+                f"fedkron.data: {at}label {_short(value)} is above {MAX_LABEL_ID:,}; int labels are class ids "
+                f"0..K-1 (at most {MAX_LABEL_ID + 1:,} classes): renumber them or use string labels"
+            )
         (ints if isinstance(key, int) else strings).setdefault(key, loc)
     if ints and strings:
         (i, i_loc), (t, t_loc) = next(iter(ints.items())), next(iter(strings.items()))
         raise DataFormatError(
-            f"fedkron.data: labels mix ints ({i!r} at {where(i_loc) if i_loc else '?'}) and strings ({t!r} at "
+            f"fedkron.data: labels mix ints ({i!r} at {where(i_loc) if i_loc else '?'}) and strings ({_short(t)} at "
             f"{where(t_loc) if t_loc else '?'}); expected all ints or all strings in column {label_column!r}"
         )
     if len(ints) + len(strings) < 2:
         raise DataFormatError(
             f"fedkron.data: column {label_column!r} has {len(ints) + len(strings)} distinct label(s) "
-            f"({sorted(ints) or sorted(strings)}); expected at least 2 classes"
+            f"({_short(sorted(ints) or sorted(strings))}); expected at least 2 classes"
         )
     if strings:
         return len(strings), tuple(sorted(strings))
     num = max(ints) + 1
-    unused = sorted(set(range(num)) - set(ints))
-    if unused:
-        log.warning("fedkron.data: custom labels: ids %s never occur (num_labels = max label + 1 = %d)", unused, num)
+    if len(ints) < num:
+        unused = [i for i in range(num) if i not in ints][:10]  # num <= MAX_LABEL_ID + 1: bounded
+        log.warning(
+            "fedkron.data: custom labels: %d id(s) never occur (%s%s; num_labels = max label + 1 = %d)",
+            num - len(ints),
+            ", ".join(map(str, unused)),
+            ", ..." if num - len(ints) > len(unused) else "",
+            num,
+        )
     return num, ()
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """A value as shown in a message: its repr, cut so that a 100 KiB cell stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "...(cut)"
 
 
 def _is_hub(train: str) -> bool:
@@ -139,6 +163,10 @@ def _is_hub(train: str) -> bool:
 
 def _existing(path: str, what: str) -> Path:
     resolved = Path(path).expanduser().resolve()
+    if resolved.is_dir():
+        raise DataNotFoundError(
+            f"fedkron.data: custom task {what} file {resolved} is a folder; expected a {', '.join(FORMATS)} file"
+        )
     if not resolved.is_file():
         raise DataNotFoundError(
             f"fedkron.data: custom task {what} file {resolved} does not exist "

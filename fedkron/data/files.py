@@ -48,14 +48,19 @@ def format_of(path: str | Path) -> str:
 
 
 def read_text(path: Path) -> str:
-    """The file as text (UTF-8, a leading BOM dropped); a decoding error names the line."""
-    data = path.read_bytes()
+    """The file as text (UTF-8, a leading BOM dropped); a decoding error names the line, a file that
+    cannot be read (a folder, no permission) says so in one line instead of an OSError traceback."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataFormatError(f"fedkron.data: {path} cannot be read: {err.strerror or err}") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise DataFormatError(
-            f"fedkron.data: {path} line {line}: byte {data[err.start : err.start + 1]!r} is not UTF-8; expected UTF-8 text"
+            f"fedkron.data: {path} line {line}: byte {data[err.start : err.start + 1]!r} is not UTF-8; "
+            "expected UTF-8 text"
         ) from None
 
 
@@ -103,6 +108,10 @@ def parse_jsonl(text: str, path: str) -> Rows:
                 f"fedkron.data: {path} line {n}: not valid JSON ({err.msg} at column {err.colno}); "
                 "expected one JSON object per line"
             ) from None
+        except (RecursionError, ValueError) as err:
+            raise DataFormatError(
+                f"fedkron.data: {path} line {n}: {_unreadable_json(err)}; expected one JSON object per line"
+            ) from None
         if not isinstance(row, dict):
             raise DataFormatError(f"fedkron.data: {path} line {n}: a JSON {type(row).__name__}; expected a JSON object")
         rows.append(row)
@@ -119,6 +128,10 @@ def parse_json(text: str, path: str) -> Rows:
             f"fedkron.data: {path} line {err.lineno}: not valid JSON ({err.msg} at column {err.colno}); "
             "expected a JSON array of objects"
         ) from None
+    except (RecursionError, ValueError) as err:
+        raise DataFormatError(
+            f"fedkron.data: {path}: {_unreadable_json(err)}; expected a JSON array of objects"
+        ) from None
     if not isinstance(data, list):
         raise DataFormatError(f"fedkron.data: {path}: a JSON {type(data).__name__}; expected a JSON array of objects")
     info = FileInfo(path, "entry")
@@ -128,6 +141,14 @@ def parse_json(text: str, path: str) -> Rows:
                 f"fedkron.data: {path} entry {n}: a JSON {type(row).__name__}; expected a JSON object"
             )
     return data, [(info, n) for n in range(1, len(data) + 1)]
+
+
+def _unreadable_json(err: BaseException) -> str:
+    """Valid JSON that Python still refuses: nesting deeper than its recursion limit, or an integer
+    longer than its 4300-digit conversion limit (both would otherwise end in a traceback)."""
+    if isinstance(err, RecursionError):
+        return "JSON nested too deeply to read"
+    return f"a JSON value Python cannot read ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
 
 
 def read_rows(path: Path, fmt: str | None = None, quoting: int = csv.QUOTE_MINIMAL) -> Rows:

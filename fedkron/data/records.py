@@ -43,6 +43,11 @@ def column(dataset: datasets.Dataset, name: str) -> list:
     return dataset.with_format("arrow").select_columns([name])[:][name].to_pylist()
 
 
+# At most 40 ASCII digits: a longer string is a code, not a class id (and int() refuses > 4300 digits);
+# str.isdigit() would also pass "--5" and "²", which int() refuses with a traceback.
+_INT_TEXT = re.compile(r"-?[0-9]{1,40}")
+
+
 def label_key(value: object) -> int | str | None:
     """A raw label as an int (ints, bools, integral floats, digit strings) or a stripped string; None if empty."""
     if isinstance(value, bool):
@@ -53,14 +58,15 @@ def label_key(value: object) -> int | str | None:
         return int(value)
     if isinstance(value, str):
         text = value.strip()
-        if text.lstrip("-").isdigit():
+        if _INT_TEXT.fullmatch(text):
             return int(text)
         return text or None
     return None
 
 
 def _expected_labels(spec: TaskSpec) -> str:
-    ids = ", ".join(map(str, range(spec.num_labels)))
+    """The valid labels as a message shows them: every id for a few classes, the range for many."""
+    ids = ", ".join(map(str, range(spec.num_labels))) if spec.num_labels <= 10 else f"0..{spec.num_labels - 1}"
     names = ", ".join(spec.label_names)
     return f"{ids} (or {names})" if spec.label_names and not _label_map(spec) else ids
 

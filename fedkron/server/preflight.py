@@ -9,6 +9,7 @@ losing an earlier run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -19,44 +20,72 @@ from fedkron.runconfig.fields import ConfigError, RunConfig
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "ledger.csv", "accuracy_and_mb.png", "timing.csv")
 RUN_FOLDERS = ("checkpoint", "client-state", "adapter")
+BUILTIN_MODELS = ("minilm-l6", "tiny-bert")
+MIN_FREE_BYTES = 1 << 20  # a run's config, metrics, summary and first checkpoint: at least this much room
+PROBE_BYTES = 16 << 10  # written and fsynced: a folder that takes these bytes takes the small files too
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 def preflight(cfg: RunConfig, *, check_data: bool = True) -> None:
-    """Raise one :class:`ConfigError` naming every problem of a resolved ``cfg``. When the results
-    folder itself is fine (writable, no earlier run in it), it gets a ``summary.json`` saying why
-    the run did not start."""
+    """Raise one :class:`ConfigError` naming every problem of a resolved ``cfg`` (one line when there
+    is one problem). When the results folder itself is fine and holds no run, it gets a
+    ``summary.json`` saying why the run did not start; a folder holding a run is left as it was."""
     folder_problems = output_problems(cfg)
-    problems = folder_problems + model_problems(cfg)
+    problems = folder_problems + task_problems(cfg) + model_problems(cfg)
     if check_data and not problems:
         problems += data_problems(cfg)
     if problems:
         if not folder_problems and not cfg.resume:
             _failed_summary(cfg, problems)
+        if len(problems) == 1:
+            raise ConfigError(f"cannot start the run: {problems[0]}")
         raise ConfigError("cannot start the run:\n  - " + "\n  - ".join(problems))
 
 
 def _failed_summary(cfg: RunConfig, problems: list[str]) -> None:
+    """The failed-start summary, only into a folder that holds no run: over a finished run (refused
+    ``--overwrite``) it would leave that run's config, metrics and checkpoint under a "failed" summary."""
     from fedkron.server.results import write_json
 
-    write_json(
-        Path(cfg.out) / "summary.json",
-        {
-            "method": cfg.method,
-            "task": cfg.task,
-            "model": cfg.model,
-            "status": "failed: " + "; ".join(problems),
-            "rounds_completed": 0,
-        },
-    )
+    out = Path(cfg.out)
+    if _holds_run_files(out):
+        return
+    try:
+        write_json(
+            out / "summary.json",
+            {
+                "method": cfg.method,
+                "task": cfg.task,
+                "model": cfg.model,
+                "status": "failed: " + "; ".join(problems),
+                "rounds_completed": 0,
+            },
+        )
+    except OSError:  # the disk filled since the probe: the error line still says why
+        pass
 
 
 def holds_a_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in ("config.json", "metrics.jsonl", "checkpoint"))
 
 
+def _holds_run_files(folder: Path) -> bool:
+    """Any run file or folder besides the summary.json of an earlier failed start (which may be replaced)."""
+    if any((folder / name).exists() for name in RUN_FILES + RUN_FOLDERS if name != "summary.json"):
+        return True
+    summary = folder / "summary.json"
+    if not summary.exists():
+        return False
+    try:
+        saved = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return True  # not ours to judge: keep it
+    return not (isinstance(saved, dict) and saved.get("rounds_completed") == 0)
+
+
 def output_problems(cfg: RunConfig) -> list[str]:
-    """The results folder must be writable and must not hold a run that this one would replace,
-    unless asked (``--overwrite``) or continued (``--resume``)."""
+    """The results folder must be writable, have room for a run's files, and must not hold a run
+    that this one would replace, unless asked (``--overwrite``) or continued (``--resume``)."""
     from fedkron.server.checkpoint import resume_problems
 
     out = Path(cfg.out)
@@ -69,12 +98,48 @@ def output_problems(cfg: RunConfig) -> list[str]:
         ]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{uuid.uuid4().hex}"
-        probe.write_text("")
-        probe.unlink()
+        _probe_write(out)
+        free = shutil.disk_usage(out).free
     except OSError as err:
         return [f"results folder {out} cannot be written: {err.strerror or err}"]
+    if free < MIN_FREE_BYTES:
+        return [
+            f"results folder {out}: its disk has {free // 1024} KiB free; a run needs at least "
+            f"{MIN_FREE_BYTES // 1024} KiB for its config, metrics and checkpoints"
+        ]
     return []
+
+
+def _probe_write(folder: Path) -> None:
+    """Write PROBE_BYTES and fsync them (an empty file fits on a 100 %-full disk; these bytes do not),
+    then remove the probe whatever happened."""
+    probe = folder / f".write-test-{uuid.uuid4().hex}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(b"\0" * PROBE_BYTES)
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def task_problems(cfg: RunConfig) -> list[str]:
+    """The task can be built: for ``--task custom`` its files are read and their labels counted here,
+    so a bad file is one line naming it (and its line), not a traceback from the model check."""
+    if cfg.task != "custom":
+        return []
+    try:
+        task_spec(cfg)
+    except Exception as err:  # a bad file, a missing one, an unreachable hub dataset: one line
+        return [_one_line(err)]
+    return []
+
+
+def _one_line(err: BaseException) -> str:
+    """An error as one line of the report, without the module prefix the data layer puts on it."""
+    text = str(err).strip().splitlines()
+    return text[0].removeprefix("fedkron.data: ") if text else type(err).__name__
 
 
 def clear_run(folder: Path) -> None:
@@ -86,45 +151,90 @@ def clear_run(folder: Path) -> None:
 
 
 def model_problems(cfg: RunConfig) -> list[str]:
-    """The model can be found, and the adapters fit it: built on the meta device, no weights."""
-    import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForMultipleChoice, AutoModelForSequenceClassification
-
-    from fedkron.adapters import inject
-    from fedkron.models import TINY_BERT, adapter_config, is_language_model, minilm_path
+    """The model can be found, holds loadable weights, and the adapters fit it: built on the meta
+    device, no weights read."""
     from fedkron.models.causal_lm import ModelLoadError, check_model_source
 
-    if cfg.model not in ("minilm-l6", "tiny-bert"):
+    if cfg.model not in BUILTIN_MODELS:
+        from fedkron.models import is_language_model
+
         try:
             check_model_source(cfg.model)
             language_model = is_language_model(cfg.model)
         except (ModelLoadError, OSError, ValueError) as err:
             return [f"model {cfg.model!r} cannot be loaded: {str(err).splitlines()[0]}"]
+        weights = weights_problems(cfg.model)
+        if weights:
+            return weights
         if language_model:
             return lm_problems(cfg)
     if cfg.base_quant != "none":
         return [f"base-quant {cfg.base_quant}: 4/8-bit bases are for language models ({cfg.model} is not one)"]
     if cfg.task == "instruct":
         return ["task instruct needs a language model (e.g. --model smollm2-135m)"]
+    config, problem = _encoder_config(cfg)
+    if problem:
+        return [problem]
     try:
-        if cfg.model in ("minilm-l6", "tiny-bert"):
-            config = AutoConfig.from_pretrained(
+        num_labels, multiple_choice = model_shape(cfg)
+    except Exception:  # noqa: BLE001 - a task that cannot be built: task_problems has reported it
+        return []
+    return _adapter_fit_problems(cfg, config, num_labels, multiple_choice)
+
+
+def weights_problems(model: str) -> list[str]:
+    """A local model folder must hold safetensors weights: a pickle checkpoint (pytorch_model.bin)
+    would be refused only after Ray has started, and fedkron never unpickles (a pickle runs code)."""
+    from fedkron.models.causal_lm import ALIASES
+
+    folder = Path(model).expanduser()
+    if model in BUILTIN_MODELS or model in ALIASES or not folder.is_dir():
+        return []  # a built-in, an alias (converted to safetensors) or a hub id (not on disk here)
+    names = sorted(p.name for p in folder.iterdir())
+    if any(name.endswith(".safetensors") for name in names):
+        return []
+    pickles = [name for name in names if name.endswith(PICKLE_WEIGHTS)]
+    if pickles:
+        return [
+            f"model {model}: only pickle weights ({', '.join(pickles[:3])}); fedkron loads safetensors only and "
+            "never unpickles (save the model with save_pretrained(), whose default is model.safetensors)"
+        ]
+    return [f"model {model}: no weights (expected model.safetensors or *.safetensors shards)"]
+
+
+def _encoder_config(cfg: RunConfig):
+    """(the encoder's config, None) or (None, one line saying why it cannot be read)."""
+    from transformers import AutoConfig
+
+    from fedkron.models import TINY_BERT, minilm_path
+
+    try:
+        if cfg.model in BUILTIN_MODELS:
+            return AutoConfig.from_pretrained(
                 minilm_path(), local_files_only=True, **(TINY_BERT if cfg.model == "tiny-bert" else {})
-            )
-        else:
-            folder = Path(cfg.model).expanduser()
-            if folder.exists() or cfg.model.startswith((".", "/", "~")):
-                if not (folder / "config.json").is_file():
-                    return [f"model {cfg.model}: not a model folder (no config.json there)"]
-            try:
-                config = AutoConfig.from_pretrained(cfg.model, local_files_only=True)
-            except OSError:
-                if os.environ.get("HF_HUB_OFFLINE") == "1":
-                    return [f"model {cfg.model!r}: no such folder, and not in the Hugging Face cache (offline)"]
-                config = AutoConfig.from_pretrained(cfg.model)
+            ), None
+        folder = Path(cfg.model).expanduser()
+        if folder.exists() or cfg.model.startswith((".", "/", "~")):
+            if not (folder / "config.json").is_file():
+                return None, f"model {cfg.model}: not a model folder (no config.json there)"
+        try:
+            return AutoConfig.from_pretrained(cfg.model, local_files_only=True), None
+        except OSError:
+            if os.environ.get("HF_HUB_OFFLINE") == "1":
+                return None, f"model {cfg.model!r}: no such folder, and not in the Hugging Face cache (offline)"
+            return AutoConfig.from_pretrained(cfg.model), None
     except Exception as err:  # an unreachable hub, a broken config.json: one line
-        return [f"model {cfg.model!r} cannot be loaded: {str(err).splitlines()[0]}"]
-    num_labels, multiple_choice = model_shape(cfg)
+        return None, f"model {cfg.model!r} cannot be loaded: {str(err).splitlines()[0]}"
+
+
+def _adapter_fit_problems(cfg: RunConfig, config, num_labels: int, multiple_choice: bool) -> list[str]:
+    """Build the model with its task head on the meta device and inject the adapters."""
+    import torch
+    from transformers import AutoModel, AutoModelForMultipleChoice, AutoModelForSequenceClassification
+
+    from fedkron.adapters import inject
+    from fedkron.models import adapter_config
+
     dual = multiple_choice and cfg.mc_head == "dual"
     auto = AutoModel if dual else AutoModelForMultipleChoice if multiple_choice else AutoModelForSequenceClassification
     if not multiple_choice:
