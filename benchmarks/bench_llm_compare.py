@@ -40,6 +40,32 @@ DEFAULTS = dict(
 RUN_FLAGS = (*DEFAULTS, "seed")
 
 
+def verdict(folder: Path, scored: int) -> dict:
+    """One run's zero-shot and trained accuracy, and whether the gain exceeds the noise: more than
+    twice the standard error of an accuracy on ``scored`` questions and half the largest
+    round-to-round change."""
+    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((folder / "summary.json").read_text())
+    acc = [r["accuracy"] for r in rows]
+    se = math.sqrt(max(acc[0] * (1 - acc[0]), 1e-9) / scored)
+    swing = max(abs(a - b) for a, b in zip(acc[1:], acc[:-1]))
+    gain = acc[-1] - acc[0]
+    return {
+        "zero_shot": acc[0],
+        "final": acc[-1],
+        "best": max(acc[1:]),
+        "acc_norm": [r["acc_norm"] for r in rows],
+        "per_round": acc,
+        "gain_points": 100 * gain,
+        "standard_error_points": 100 * se,
+        "largest_round_change_points": 100 * swing,
+        "mb_up": summary["bytes_up"] / 1e6,
+        "mb_down": summary["bytes_down"] / 1e6,
+        "trainable_params": summary["trainable_params"],
+        "counts": bool(gain > 2 * se and gain > swing / 2),
+    }
+
+
 def main() -> None:
     from fedkron.runconfig.fields import RunConfig, default_data_dir
     from fedkron.sim.compare import LoraSettings, parse_runs, run_compare
@@ -71,29 +97,7 @@ def main() -> None:
     )
     verdicts = {}
     for spec in parse_runs(args.runs):
-        folder = Path(out) / spec.folder
-        rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-        summary = json.loads((folder / "summary.json").read_text())
-        acc = [r["accuracy"] for r in rows]
-        n = args.eval_samples
-        se = math.sqrt(max(acc[0] * (1 - acc[0]), 1e-9) / n)
-        swing = max(abs(a - b) for a, b in zip(acc[1:], acc[:-1]))
-        gain = acc[-1] - acc[0]
-        verdicts[spec.label] = {
-            "zero_shot": acc[0],
-            "final": acc[-1],
-            "best": max(acc[1:]),
-            "acc_norm": [r["acc_norm"] for r in rows],
-            "per_round": acc,
-            "gain_points": 100 * gain,
-            "standard_error_points": 100 * se,
-            "largest_round_change_points": 100 * swing,
-            "mb_up": summary["bytes_up"] / 1e6,
-            "mb_down": summary["bytes_down"] / 1e6,
-            "trainable_params": summary["trainable_params"],
-            "counts": bool(gain > 2 * se and gain > swing / 2),
-        }
-        v = verdicts[spec.label]
+        v = verdicts[spec.label] = verdict(Path(out) / spec.folder, args.eval_samples)
         print(
             f"{spec.label}: zero-shot {100 * v['zero_shot']:.1f}% → final {100 * v['final']:.1f}% "
             f"({v['gain_points']:+.1f} points; standard error {v['standard_error_points']:.1f}, largest "
