@@ -161,6 +161,35 @@ def test_a_model_folder_with_only_pickle_weights_is_refused_before_ray(tmp_path,
     _no_run_files(out)
 
 
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("deep.json", _deep_json(100_000)),
+        ("latin1.toml", b'name = "\xef"\n'),
+        (
+            "huge.json",
+            json.dumps(
+                {
+                    "profile": [
+                        {"name": "a", "weight": 1, "speed": 1, "down_mbps": 1, "up_mbps": 2, "latency_ms": 1}
+                        | {"availability": 1, "dropout": 0}
+                    ]
+                }
+            ).replace('"up_mbps": 2', '"up_mbps": 1' + "0" * 400),
+        ),
+    ],
+)
+def test_a_bad_devices_file_is_one_problem_line_before_ray(tmp_path, capsys, ray_trap, name, content):
+    """--devices files that used to end in a RecursionError (3,000 lines of stderr), a
+    UnicodeDecodeError or an OverflowError traceback."""
+    path = _write(tmp_path / name, content)
+    code, err = _sim_in_process(capsys, *TINY, "--task", "sst2", "--devices", str(path), "--out", str(tmp_path / "o"))
+    assert code == 2 and "Traceback" not in err, err
+    problems = [line for line in err.splitlines() if str(path) in line]
+    assert len(problems) == 1 and len(err.splitlines()) <= 2, err  # checks.py's header line + this one
+    assert not (tmp_path / "o").exists()  # values are checked before the results folder is made
+
+
 def _finished_run(folder: Path) -> dict[Path, bytes]:
     """A folder that holds a finished run; returns every file's bytes, to compare afterwards."""
     _write(folder / "config.json", json.dumps({"task": "sst2", "model": "tiny-bert"}))

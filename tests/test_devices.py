@@ -249,3 +249,51 @@ def test_load_mix_errors(tmp_path):
     )
     (p,) = draw_profiles(load_mix(str(custom)), 1, 0)
     assert p.kind == "pi" and p.up_bps == 1e6 and p.latency_s == 0.05 and p.speed == 0.05
+
+
+_GOOD_TOML = (
+    'name = "edge"\n[[profile]]\nname = "pi"\nweight = 1\nspeed = 0.05\n'
+    "down_mbps = 5\nup_mbps = 1\nlatency_ms = 50\navailability = 0.9\ndropout = 0.02\n"
+)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        (
+            "latin1.toml",
+            _GOOD_TOML.replace('"pi"', '"p\xef"').encode("latin-1"),
+            r"byte b'\\xef' at offset \d+ is not UTF-8",
+        ),
+        ("deep.json", "[" * 100_000 + "]" * 100_000, r"deep\.json: nested too deeply to read"),
+        ("deep.toml", "x = " + "[" * 100_000 + "]" * 100_000, r"deep\.toml: (nested too deeply|not valid TOML)"),
+        (
+            "digits.json",
+            json.dumps(GOOD).replace('"weight": 1', '"weight": ' + "9" * 5000),
+            r"a value Python cannot read",
+        ),
+        (
+            "huge.json",
+            json.dumps(GOOD).replace('"up_mbps": 2', '"up_mbps": 1' + "0" * 400),
+            r"up_mbps: expected a finite",
+        ),
+        (
+            "e300.json",
+            json.dumps(GOOD).replace('"up_mbps": 2', '"up_mbps": 1e300'),
+            r"up_mbps: 1e\+300 is out of range",
+        ),
+        (
+            "sigma.json",
+            json.dumps(GOOD).replace('"sigma": 0.5', '"sigma": 1000'),
+            r"down_mbps\.sigma: expected at most 5",
+        ),
+    ],
+)
+def test_a_bad_mix_file_is_one_line(tmp_path, name, content, message):
+    """Non-UTF-8, 100k-deep, 5000-digit and out-of-range files: a DeviceMixError of one line (they
+    were a UnicodeDecodeError, a 3,000-line RecursionError, a ValueError and an OverflowError)."""
+    path = tmp_path / name
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    with pytest.raises(DeviceMixError, match=message) as info:
+        load_mix(str(path))
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300

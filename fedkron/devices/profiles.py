@@ -111,14 +111,34 @@ def _nonneg(value: int, what: str) -> int:
 
 # ---- file format: TOML or JSON, validated with errors that name the field ----
 
+MAX_VALUE = 1e9  # any number of a mix: 1e9 Mbit/s, 1e9 ms (11 days), 1e9x this machine's speed
+MAX_SIGMA = 5.0  # a log-normal's sigma: e^(5 z) already spans 10^4 between the 5th and 95th percentile
 _DIST_FIELDS = ("speed", "down_mbps", "up_mbps", "latency_ms")
 _PROFILE_KEYS = {"name", "weight", *_DIST_FIELDS, "availability", "dropout"}
 
 
 def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise DeviceMixError(f"{where}: expected a finite number, got {value!r}")
-    return float(value)
+    """A finite float; an int too large for a float (10^400 in a JSON file) is refused, not an OverflowError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DeviceMixError(f"{where}: expected a finite number, got {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise DeviceMixError(f"{where}: expected a finite number, got {_short(value)}")
+    if abs(number) > MAX_VALUE:  # 1e300 Mbit/s would turn every transfer time into 0 and sums into inf
+        raise DeviceMixError(f"{where}: {_short(value)} is out of range; expected at most {MAX_VALUE:g}")
+    return number
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value as a message shows it: a 400-digit number or a long string cut to one readable line."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's 4300-digit str() limit
+        text = f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
+    return text if len(text) <= limit else text[: limit - 5] + "...(cut)"
 
 
 def _dist(value: Any, where: str) -> Dist:
@@ -140,6 +160,8 @@ def _dist(value: Any, where: str) -> Dist:
         raise DeviceMixError(f"{where}.median: expected a number > 0, got {value['median']!r}")
     if sigma < 0:
         raise DeviceMixError(f"{where}.sigma: expected a number >= 0, got {value['sigma']!r}")
+    if sigma > MAX_SIGMA:
+        raise DeviceMixError(f"{where}.sigma: expected at most {MAX_SIGMA:g}, got {value['sigma']!r}")
     if lo is not None and lo <= 0:
         raise DeviceMixError(f"{where}.min: expected a number > 0, got {value['min']!r}")
     if lo is not None and hi is not None and hi < lo:
@@ -179,7 +201,7 @@ def mix_from_mapping(data: Mapping, source: str = "device mix") -> DeviceMix:
             )
         name = p["name"]
         if not isinstance(name, str) or not name or name in names:
-            raise DeviceMixError(f"{where}.name: expected a non-empty, unique string, got {name!r}")
+            raise DeviceMixError(f"{where}.name: expected a non-empty, unique string, got {_short(name)}")
         names.add(name)
         where = f"{source}: profile[{i}] ({name})"
         weight = _number(p["weight"], f"{where}.weight")
@@ -197,7 +219,7 @@ def mix_from_mapping(data: Mapping, source: str = "device mix") -> DeviceMix:
         )
     name = data.get("name", "custom")
     if not isinstance(name, str):
-        raise DeviceMixError(f"{source}: name: expected a string, got {name!r}")
+        raise DeviceMixError(f"{source}: name: expected a string, got {_short(name)}")
     return DeviceMix(name, tuple(specs), str(data.get("description", "")))
 
 
@@ -253,14 +275,23 @@ def load_mix(spec: str | Path) -> DeviceMix:
         raise DeviceMixError(
             f"unknown device mix {str(spec)!r}: not a built-in ({', '.join(BUILTIN_MIXES)}) and no such file"
         )
-    text = path.read_text()
+    if path.suffix not in (".toml", ".json"):
+        raise DeviceMixError(f"{path}: a device mix file must end in .toml or .json")
     try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise DeviceMixError(f"{path}: a device mix file must end in .toml or .json")
+        text = path.read_bytes().decode("utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except OSError as exc:
+        raise DeviceMixError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DeviceMixError(
+            f"{path}: byte {exc.object[exc.start : exc.start + 1]!r} at offset {exc.start} is not UTF-8"
+        ) from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise DeviceMixError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
+        raise DeviceMixError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from None
+    except RecursionError:
+        raise DeviceMixError(
+            f"{path}: nested too deeply to read (a device mix is a table of [[profile]] tables)"
+        ) from None
+    except ValueError as exc:  # an integer beyond Python's 4300-digit conversion limit
+        raise DeviceMixError(f"{path}: a value Python cannot read ({str(exc).splitlines()[0]})") from None
     return mix_from_mapping(data, str(path))
