@@ -45,10 +45,11 @@ _MODELS: dict[tuple, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
 def cached_model(cfg: RunConfig) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """The frozen base + adapters for this config, built once per process, and the adapter state
     as built from ``cfg.seed`` (the same on the server and every client)."""
-    key = model_key(cfg)
+    shape = model_shape(cfg)  # `custom`: the label count of --train-file, not a field
+    key = model_key(cfg, *shape)
     if key not in _MODELS:
         _MODELS.clear()  # one model per process: a new config replaces the old one
-        model = build_model(cfg, *model_shape(cfg))
+        model = build_model(cfg, *shape)
         init = {k: v.detach().clone() for k, v in adapter_state_dict(model).items()}
         _MODELS[key] = (model, init)
     return _MODELS[key]

@@ -93,12 +93,15 @@ def _lm_tensors(cfg: RunConfig, split: str, partition: tuple[int, int] | None, t
     from fedkron.data.lm_encode import encode_instructions, encode_mc_for_lm, encode_mc_for_training
     from fedkron.data.lm_rows import lm_choice_rows
 
-    key = (
+    key = (  # everything the rows and their encoding read (a `custom` file's columns too)
         "lm",
         cfg.model,
         cfg.task,
         cfg.train_file,
         cfg.eval_file,
+        cfg.text_column,
+        cfg.text_pair_column,
+        cfg.label_column,
         cfg.data_dir,
         cfg.seed,
         cfg.partition,

@@ -13,15 +13,21 @@ import torch
 from torch import nn
 
 from fedkron.adapters import AdapterConfig, inject
-from fedkron.models.causal_lm import lm_adapter_config, load_causal_lm, prepare_tokenizer, resolve_model_source
+from fedkron.models.causal_lm import (
+    enable_gradient_checkpointing,
+    lm_adapter_config,
+    load_causal_lm,
+    prepare_tokenizer,
+    resolve_model_source,
+)
 from fedkron.models.dual_encoder import DualEncoderForMultipleChoice
 from fedkron.models.smollm2 import ALIASES
 from fedkron.models.sources import minilm_path
 from fedkron.runconfig.choices import METHOD_DEFAULTS
 from fedkron.runconfig.fields import RunConfig
 
-# The RunConfig fields build_model reads: a process that caches a built model keys it by these
-# (tests check that build_model reads nothing else).
+# The RunConfig fields build_model reads: a process that caches a built model keys it by these and
+# by build_model's own arguments, the head's size (tests check that build_model reads nothing else).
 MODEL_FIELDS = (
     "model",
     "task",
@@ -78,9 +84,12 @@ def resolved_device(cfg: RunConfig) -> str:
     return cfg.device
 
 
-def model_key(cfg: RunConfig) -> tuple:
-    """Everything that shapes the model :func:`build_model` returns for ``cfg``."""
-    return tuple(getattr(cfg, name) for name in MODEL_FIELDS)
+def model_key(cfg: RunConfig, num_labels: int, multiple_choice: bool = False) -> tuple:
+    """Everything that shapes the model ``build_model(cfg, num_labels, multiple_choice)`` returns: the
+    fields it reads and its head's shape. The shape is not a field: ``--task custom`` derives it from
+    the --train-file, so one process given two files (a warm worker serving two runs) needs two
+    models even when every field but the file is the same."""
+    return tuple(getattr(cfg, name) for name in MODEL_FIELDS) + (int(num_labels), bool(multiple_choice))
 
 
 def adapter_config(cfg: RunConfig) -> AdapterConfig:
@@ -127,6 +136,8 @@ def build_model(cfg: RunConfig, num_labels: int, multiple_choice: bool = False) 
         model = auto.from_pretrained(minilm_path(), local_files_only=True, **kwargs)
     else:
         model = auto.from_pretrained(cfg.model, **kwargs)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     if dual:
         model = DualEncoderForMultipleChoice(model)
     torch.manual_seed(cfg.seed + 1)  # adapter init independent of how many draws the head took

@@ -7,6 +7,7 @@ checks read the task registry, the strategies' own needs and the device mixes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ def validate(cfg: RunConfig) -> None:
 def problems(cfg: RunConfig) -> list[str]:
     """Every problem of ``cfg`` (resolved: task and method defaults filled in)."""
     found = _value_problems(cfg) + _model_problems(cfg) + _federation_problems(cfg) + _training_problems(cfg)
+    found += _scope_problems(cfg)
     if cfg.strategy in STRATEGIES:
         found += STRATEGIES[cfg.strategy].problems(cfg)
     return found + edge_problems(cfg)
@@ -124,6 +126,48 @@ def _federation_problems(cfg: RunConfig) -> list[str]:
             (0 < cfg.dp_delta < 1, f"dp-delta must be in (0, 1) (got {cfg.dp_delta})"),
         ]
     )
+
+
+# Settings that only some runs read: (field, does this run read it?, the flag value it needs). A value
+# changed from its default in a run that never reads it would be dropped without a word; refused
+# instead. (A language model's own limits are preflight's lm_problems: they need the model's config.)
+_STRATEGY_LR = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+SCOPED: tuple[tuple[str, Callable[[RunConfig], bool], str], ...] = (
+    ("data_dir", lambda c: c.task not in FILE_TASKS, "a named task (custom and instruct read --train-file)"),
+    ("train_file", lambda c: c.task in FILE_TASKS, "--task custom or instruct"),
+    ("eval_file", lambda c: c.task in FILE_TASKS, "--task custom or instruct"),
+    ("text_column", lambda c: c.task == "custom", "--task custom"),
+    ("text_pair_column", lambda c: c.task == "custom", "--task custom"),
+    ("label_column", lambda c: c.task == "custom", "--task custom"),
+    ("mc_head", lambda c: _multiple_choice(c.task), "a multiple-choice task (piqa, arc-easy, ...)"),
+    ("dirichlet_alpha", lambda c: c.partition == "dirichlet", "--partition dirichlet"),
+    ("server_lr", lambda c: c.strategy in _STRATEGY_LR, f"--strategy {', '.join(_STRATEGY_LR)}"),
+    ("server_momentum", lambda c: c.strategy == "fedavgm", "--strategy fedavgm"),
+    ("proximal_mu", lambda c: c.strategy == "fedprox", "--strategy fedprox"),
+    ("trim_fraction", lambda c: c.strategy == "fedtrimmedavg", "--strategy fedtrimmedavg"),
+    ("num_malicious", lambda c: c.strategy in ("krum", "bulyan"), "--strategy krum or bulyan"),
+    ("dp_delta", lambda c: c.dp_noise > 0, "--dp-noise > 0"),
+    ("lr_min", lambda c: c.lr_schedule == "cosine", "--lr-schedule cosine"),
+)
+
+
+def _multiple_choice(task: str) -> bool:
+    from fedkron.data import TASKS
+
+    return task in TASKS and TASKS[task].is_multiple_choice
+
+
+def _scope_problems(cfg: RunConfig) -> list[str]:
+    """Settings changed from their default in a run that would never read them."""
+    defaults = {f.name: f.default for f in fields(cfg)}
+    found = [
+        f"{flag(name)} {getattr(cfg, name)!r} has no effect here: it applies only with {needs}"
+        for name, reads, needs in SCOPED
+        if getattr(cfg, name) != defaults[name] and not reads(cfg)
+    ]
+    if cfg.task == "instruct" and cfg.partition != "iid":
+        found.append(f"partition {cfg.partition!r} needs labels; --task instruct splits its rows iid")
+    return found
 
 
 def _training_problems(cfg: RunConfig) -> list[str]:
