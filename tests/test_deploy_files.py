@@ -124,3 +124,42 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypat
         atomic_write(path, b"new", 0o600)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["server.key"]
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["certs", "{out}", "--days", "4000000"], "days must be in 1..36500 (got 4000000)"),
+        (["certs", "{file}"], "exists and is not a folder"),
+        (["certs", "{file}/sub"], "cannot create the folder"),
+        (["keys", "{out}", "a" * 300], "at most 64 characters"),
+        (["keys", "{out}", "a", "a.pub"], "may not end in .pub (got ['a.pub'])"),
+        (["keys", "{out}", "edge.PUB"], "may not end in .pub"),
+        (["keys", "{file}", "edge-0"], "exists and is not a folder"),
+        (["connection", "x", "--address", "127.0.0.1:9093", "--insecure", "--flwr-home", "{file}"], "{file}"),
+        (["superlink", "--insecure", "--no-node-auth", "--grace", "nan", "--dry-run"], "--grace must be a finite"),
+    ],
+    ids=[
+        "days",
+        "certs-on-a-file",
+        "certs-under-a-file",
+        "long-name",
+        "pub-name",
+        "PUB-name",
+        "keys-on-a-file",
+        "flwr-home-a-file",
+        "grace-nan",
+    ],
+)
+def test_every_deploy_error_is_one_line_and_writes_nothing(tmp_path, capsys, argv, fragment):
+    """These were tracebacks (OverflowError, FileExistsError, OSError: File name too long), a silent
+    private key in OUT/a.pub (the file `register` uploads as a's public key), or a NaN grace."""
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    out = tmp_path / "out"
+    argv = [a.format(out=out, file=blocker) for a in argv]
+    assert deploy_main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"fedkron deploy {argv[0]}: ") and fragment.format(file=blocker) in err, err
+    assert not out.exists() and blocker.read_text() == "mine"

@@ -13,9 +13,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedkron.deploy.keyfiles import check_targets, write_private, write_public
+from fedkron.deploy.keyfiles import check_targets, make_folder, target_folder, write_private, write_public
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_NAME = 64  # a SuperNode name is a file name (and the comment of its public key): short and portable
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,8 @@ def make_node_keys(folder: str | Path, names: list[str] | tuple[str, ...], force
     An existing key pair is replaced only with ``force`` (the old public key stays registered with
     the SuperLink until removed there); a symlink at a key path is always refused.
     """
-    if not names:
-        raise ValueError("fedkron.deploy.auth: give at least one SuperNode name")
-    bad = [n for n in names if not _NAME.match(n)]
-    if bad:
-        raise ValueError(f"fedkron.deploy.auth: SuperNode names must be letters, digits, '_', '.', '-' (got {bad})")
-    if len(set(names)) != len(names):
-        raise ValueError(f"fedkron.deploy.auth: SuperNode names repeat: {list(names)}")
-    folder = Path(folder).resolve()
+    check_node_names(names)
+    folder = target_folder(folder, "fedkron.deploy.auth")
     nodes = [NodeKey(n, folder / n, folder / f"{n}.pub") for n in names]
     check_targets(
         [p for node in nodes for p in (node.private, node.public)],
@@ -48,7 +43,7 @@ def make_node_keys(folder: str | Path, names: list[str] | tuple[str, ...], force
         what="fedkron.deploy.auth",
         hint="register the new public key; the old one stays registered until removed",
     )
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder, "fedkron.deploy.auth")
     for node in nodes:
         key = ec.generate_private_key(ec.SECP384R1())
         private = key.private_bytes(
@@ -58,6 +53,31 @@ def make_node_keys(folder: str | Path, names: list[str] | tuple[str, ...], force
         write_private(node.private, private)
         write_public(node.public, public + f" fedkron-{node.name}\n".encode())
     return nodes
+
+
+def check_node_names(names: list[str] | tuple[str, ...]) -> None:
+    """Names that are safe file names and can never collide: ``a.pub`` would write its private key
+    to ``a``'s public key file, the one ``register`` uploads; a 300-character name is longer than a
+    file name may be."""
+    if not names:
+        raise ValueError("fedkron.deploy.auth: give at least one SuperNode name")
+    too_long = [f"{n[:20]}... ({len(n)} characters)" for n in names if len(n) > MAX_NAME]
+    if too_long:
+        raise ValueError(f"fedkron.deploy.auth: SuperNode names may have at most {MAX_NAME} characters: {too_long}")
+    bad = [n for n in names if not _NAME.fullmatch(n)]
+    if bad:
+        raise ValueError(
+            "fedkron.deploy.auth: SuperNode names must start with a letter or digit, then letters, digits, "
+            f"'_', '.', '-' (got {bad})"
+        )
+    public = [n for n in names if n.lower().endswith(".pub")]
+    if public:
+        raise ValueError(
+            f"fedkron.deploy.auth: SuperNode names may not end in .pub (got {public}): the node's private key "
+            "would be written where another node's public key is"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"fedkron.deploy.auth: SuperNode names repeat: {list(names)}")
 
 
 def register_command(public_key: str | Path, connection: str) -> list[str]:

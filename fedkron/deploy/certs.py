@@ -18,9 +18,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedkron.deploy.keyfiles import check_targets, write_private, write_public
+from fedkron.deploy.keyfiles import check_targets, make_folder, target_folder, write_private, write_public
 
 DEFAULT_HOSTS = ("127.0.0.1", "::1", "localhost")
+MAX_DAYS = 36_500  # 100 years; 4,000,000 days is past year 9999, the last date X.509 can hold
 
 
 @dataclass(frozen=True)
@@ -66,16 +67,16 @@ def make_certificates(
         raise ValueError(
             "fedkron.deploy.certs: at least one host (IP or DNS name) is needed for the server certificate"
         )
-    if days < 1:
-        raise ValueError(f"fedkron.deploy.certs: days must be ≥ 1 (got {days})")
-    files = TlsFiles.in_folder(folder)
+    if not 1 <= days <= MAX_DAYS:
+        raise ValueError(f"fedkron.deploy.certs: days must be in 1..{MAX_DAYS} (got {days})")
+    files = TlsFiles.in_folder(target_folder(folder, "fedkron.deploy.certs"))
     check_targets(
         [files.ca_cert, files.ca_key, files.server_cert, files.server_key],
         force=force,
         what="fedkron.deploy.certs",
         hint="every SuperNode and `flwr` connection then needs the new ca.crt",
     )
-    files.ca_cert.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(files.ca_cert.parent, "fedkron.deploy.certs")
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
     until = now + dt.timedelta(days=days)
 

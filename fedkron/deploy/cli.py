@@ -10,6 +10,7 @@ take them down with them (SIGTERM/SIGINT/SIGHUP forwarded, or the kernel's paren
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -107,13 +108,29 @@ def _add_grace(parser: argparse.ArgumentParser) -> None:
 
 
 def deploy_main(argv: list[str] | None = None) -> int:
-    """Entry point of ``fedkron deploy``; returns the exit status."""
+    """Entry point of ``fedkron deploy``; returns the exit status. Every error a user can cause (a
+    bad value, a file in the way, a folder that cannot be written) is one line on stderr, status 2."""
     args = _parser().parse_args(argv)
     try:
+        _check_grace(args)
         return _COMMANDS[args.command](args)
-    except (DeployConfigError, FileNotFoundError, ValueError) as err:
-        print(f"fedkron deploy {args.command}: {err}", file=sys.stderr)
+    except (DeployConfigError, OSError, ValueError) as err:
+        print(f"fedkron deploy {args.command}: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """An OSError as "what: path" (its str() is "[Errno 36] File name too long: '...'"), others as they read."""
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _check_grace(args) -> None:
+    grace = getattr(args, "grace", None)
+    if grace is not None and not (math.isfinite(grace) and grace >= 0):
+        raise DeployConfigError(f"--grace must be a finite number of seconds ≥ 0 (got {grace})")
 
 
 def _certs(args) -> int:

@@ -47,6 +47,23 @@ def check_targets(paths: Iterable[str | Path], *, force: bool, what: str, hint: 
         raise KeyFileError(f"{what}: {', '.join(not_files)} is not a regular file")
 
 
+def target_folder(folder: str | Path, what: str) -> Path:
+    """``folder`` resolved; a file in its place is one KeyFileError line (mkdir later raised a
+    FileExistsError traceback). Checked before anything is generated or written."""
+    path = Path(folder).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise KeyFileError(f"{what}: {path} exists and is not a folder (give a folder for the files)")
+    return path
+
+
+def make_folder(path: Path, what: str) -> None:
+    """Create ``path``; a folder that cannot be made (no permission, a file above it) is one line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise KeyFileError(f"{what}: cannot create the folder {path}: {err.strerror or err}") from None
+
+
 def write_private(path: str | Path, data: bytes) -> None:
     """A secret: mode 0600 whatever existed before."""
     atomic_write(path, data, PRIVATE_MODE)
