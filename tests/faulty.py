@@ -31,8 +31,10 @@ FAULTS = (
     "claim-examples",
     "overflow",
     "zero-update",
+    "scale-1e30",
 )
 QUERY_FAULTS = ("no-info", "dup-partition", "float-partition")  # answers to the partition query
+EVAL_FAULTS = ("claim-eval",)  # evaluation replies: 10^9 examples scored, accuracy 1.0
 
 
 def _reencode(reply: Message, change) -> None:
@@ -52,6 +54,8 @@ def corrupt(reply: Message, fault: str) -> Message:
     arrays: ArrayRecord = content[ARRAYS_KEY]
     if fault == "scale-100":
         _reencode(reply, lambda u: {k: v * 100 for k, v in u.items()})
+    elif fault == "scale-1e30":  # well-formed and finite in fp32: ×1e30
+        _reencode(reply, lambda u: {k: v * 1e30 for k, v in u.items()})
     elif fault == "sign-flip":
         _reencode(reply, lambda u: {k: -v for k, v in u.items()})
     elif fault == "wrong-shape":
@@ -102,7 +106,7 @@ def make_faulty_app(fault: str | dict[int, str], partitions: tuple[int, ...] = (
     or, with a dict, a fault per partition id. With ``only_in``, clients misbehave only in runs
     whose results folder name contains it (a clean and an attacked run in one simulation)."""
     faults = dict(fault) if isinstance(fault, dict) else {p: fault for p in partitions}
-    unknown = sorted(set(faults.values()) - set(FAULTS) - set(QUERY_FAULTS))
+    unknown = sorted(set(faults.values()) - set(FAULTS) - set(QUERY_FAULTS) - set(EVAL_FAULTS))
     if unknown:
         raise ValueError(f"unknown fault {unknown[0]!r}; choose from {FAULTS}")
     app = ClientApp()
@@ -113,7 +117,7 @@ def make_faulty_app(fault: str | dict[int, str], partitions: tuple[int, ...] = (
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         pid = int(context.node_config.get("partition-id", -1))
-        kind = faults.get(pid) if attacking(msg) else None
+        kind = faults.get(pid) if attacking(msg) and faults.get(pid) not in EVAL_FAULTS else None
         if kind == "raise":
             raise RuntimeError(f"injected failure on partition {pid}")
         reply = handle_train(msg, context)
@@ -121,7 +125,10 @@ def make_faulty_app(fault: str | dict[int, str], partitions: tuple[int, ...] = (
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        return handle_evaluate(msg, context)
+        reply = handle_evaluate(msg, context)
+        if attacking(msg) and faults.get(int(context.node_config.get("partition-id", -1))) == "claim-eval":
+            reply.content["metrics"]["num-examples"], reply.content["metrics"]["eval-accuracy"] = 10**9, 1.0
+        return reply
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

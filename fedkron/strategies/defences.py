@@ -46,10 +46,6 @@ class NormBound:
         bound = self.factor * self.reference
         return [i for i, n in enumerate(norms) if n <= bound]
 
-    @property
-    def bound(self) -> float:
-        return self.factor * self.reference
-
 
 def capped_weights(claimed: list[int], known: list[int | None], max_share: float) -> list[float]:
     """Example counts as aggregation weights: capped at the partition size the server knows a client
