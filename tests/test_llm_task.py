@@ -107,6 +107,22 @@ def test_training_on_a_repeated_example_lowers_its_masked_loss(method, tok):
     assert any(v.abs().sum() > 0 for n, v in adapter_state_dict(model).items() if "B1" in n or "lora_B" in n)
 
 
+def test_fedprox_keeps_a_language_models_adapters_near_the_global_ones(tok):
+    """--strategy fedprox on a language model: train_local hands proximal_mu on to the causal-LM loop
+    (it once dropped it, so FedProx was FedAvg there), whose term pulls the adapters back towards
+    the values they started the round with."""
+    from fedkron.training.local import train_local
+
+    data = encode_instructions([{"instruction": "Name a colour.", "input": "sky", "output": "blue"}] * 4, tok, 128)
+    moved = {}
+    for mu in (0.0, 100.0):
+        model = inject(tiny_llama(len(tok)), lm_adapter_config("lora", rank=4, alpha=8.0, init_seed=0))
+        start = {k: v.clone() for k, v in adapter_state_dict(model).items()}
+        train_local(model, data, steps=10, batch_size=2, lr=1e-2, seed=0, proximal_mu=mu)
+        moved[mu] = float(sum((v - start[k]).pow(2).sum() for k, v in adapter_state_dict(model).items()).sqrt())
+    assert 0 < moved[100.0] < 0.5 * moved[0.0], moved
+
+
 def test_eval_perplexity_is_token_weighted_and_batch_size_free(tok):
     model = tiny_gpt2(len(tok))
     rows = [

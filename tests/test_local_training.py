@@ -98,3 +98,25 @@ def test_unknown_optimizer_is_refused(cfg):
         train_local(model, _skewed_client(), steps=1, batch_size=8, lr=1e-3, seed=0, optimizer="lion")
     with pytest.raises(Exception, match="local-opt"):
         RunConfig(model="tiny-bert", task="sst2", local_opt="lion").resolved()
+
+
+def test_gradient_checkpointing_on_an_encoder_trains_exactly_as_without_it(cfg):
+    """--gradient-checkpointing reaches encoders too (it was read for language models only): the
+    blocks recompute their activations in backward, and the adapters still get the same gradients."""
+    import dataclasses
+
+    from fedkron.adapters import adapter_state_dict
+
+    data = _skewed_client(n=16)
+    runs = {}
+    for checkpointing in (False, True):
+        model = build_model(dataclasses.replace(cfg, gradient_checkpointing=checkpointing), 2)
+        assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules()) == checkpointing
+        start = {k: v.clone() for k, v in adapter_state_dict(model).items()}
+        result = train_local(model, data, steps=2, batch_size=4, lr=1e-2, seed=0)
+        after = adapter_state_dict(model)
+        assert all(not torch.equal(after[k], start[k]) for k in start if "lora_A" in k)  # every layer trained
+        runs[checkpointing] = (result.loss, after)
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5)
+    for name, value in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], value)

@@ -178,6 +178,15 @@ def _arc_rows(n: int) -> list[dict]:
     ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared machine: one intra-op thread is ~50× faster than oversubscribed ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory) -> dict[str, str]:
     from llm_fixtures import bpe_tokenizer, save_folder, tiny_gpt2, tiny_llama
