@@ -74,3 +74,20 @@ def test_one_client_cannot_steer_the_global_adapter(tmp_path):
     scale = sum(float(clean[k].norm()) for k in clean)
     assert moved < 0.25 * scale  # three of four clients' honest work, weighted by what they hold
     assert abs(rows[-1]["accuracy"] - _rows(tmp_path / "clean")[-1]["accuracy"]) <= 0.15
+
+
+def test_one_huge_reply_of_two_neither_wrecks_nor_stops_the_run(tmp_path):
+    """Two replies a round, no history: the ×1e30 update is rejected (it once passed and then
+    made every client train on NaN), and its claimed evaluation weight is capped."""
+    from faulty import make_faulty_app
+
+    app = make_faulty_app({1: "scale-1e30", 3: "claim-eval"})
+    base = dict(BASE, fraction=0.5, fraction_evaluate=1.0, eval_samples=8)
+    cfg = RunConfig(**base, out=str(tmp_path / "two")).resolved()
+    outcome = _simulate(app, {"two": cfg})
+    assert outcome["two"]["status"] == "completed", outcome["two"]["status"]
+    rows = _rows(tmp_path / "two")[1:]
+    assert sum(r["rejected"] for r in rows) >= 1 and all(r["accepted"] >= 1 for r in rows)
+    adapter = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.isfinite(v).all() and v.abs().max() < 100 for v in adapter.values())
+    assert all(r["fed_examples"] <= 4 * 8 and r["fed_accuracy"] < 0.9 for r in rows)  # 4 clients × 8 rows at most
