@@ -66,7 +66,7 @@ def test_bad_values_are_all_reported_at_once_before_ray(tmp_path):
     err = proc.stderr
     for fragment in (
         "shape-policy 'square' is not one of paper, peft",
-        "block-size 16 does not suit the quant codec nf4",
+        "block-size 16 does not suit the uplink codec nf4",
         "alpha must be a finite number",
         "server-lr must be a finite number",
         "seed must be in [0, 2^32)",
