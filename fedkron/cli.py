@@ -111,7 +111,7 @@ def flag_table() -> str:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     from fedkron.server.progress import format_round
-    from fedkron.sim.simulate import run_sim
+    from fedkron.sim.simulate import RunFailed, SimulationInterrupted, run_sim
 
     cfg = resume_config(args) if args.resume else config_from_args(args).resolved()
     print(
@@ -119,23 +119,36 @@ def cmd_sim(args: argparse.Namespace) -> int:
         f"{cfg.clients} clients × {cfg.rounds} rounds × {cfg.local_steps} local steps → {cfg.out}",
         flush=True,
     )
-    summary = run_sim(cfg, progress=lambda row: print(format_round(row), flush=True), verbose=args.verbose)
+    try:
+        summary = run_sim(cfg, progress=lambda row: print(format_round(row), flush=True), verbose=args.verbose)
+    except SimulationInterrupted as stopped:
+        return interrupted(stopped, [cfg.out])
+    except RunFailed as err:  # the summary in the results folder says the same
+        print(f"fedkron: {err}", file=sys.stderr)
+        return 1
     print(summary_text(summary, cfg.out))
     return 0
+
+
+def interrupted(stopped, folders: list[str]) -> int:
+    """What an interrupted simulation prints (its last run's summary, how to go on); the exit code
+    is 128 + the signal's number, as a shell reports a process ended by it."""
+    last = stopped.summaries[-1] if stopped.summaries else {}
+    if "seconds" in last:
+        print(summary_text(last, last.get("out", folders[-1])))
+    where = " or ".join(folders) if len(folders) <= 2 else f"{folders[0]} …"
+    print(f"fedkron: {stopped}; partial results are in {where} (continue with --resume)", file=sys.stderr)
+    return 128 + stopped.signum
 
 
 def resume_config(args: argparse.Namespace) -> RunConfig:
     """The saved config of the run in ``--resume DIR``. Other run flags would change the run; only
     ``--rounds`` may be given, to extend it beyond the rounds it has."""
-    import json
     from pathlib import Path
 
-    from fedkron.server.checkpoint import latest_round, require_rounds_left
+    from fedkron.server.checkpoint import latest_round, require_rounds_left, saved_config
 
     folder = Path(args.resume)
-    saved = folder / "config.json"
-    if not saved.is_file():
-        raise ConfigError(f"--resume {folder}: no config.json there (not a fedkron results folder)")
     given = [
         k
         for k, v in vars(args).items()
@@ -146,7 +159,10 @@ def resume_config(args: argparse.Namespace) -> RunConfig:
             "--resume continues a run with its saved config; drop the other run flags "
             "(only --rounds may be given, to extend the run)"
         )
-    cfg = RunConfig.from_mapping(json.loads(saved.read_text()))
+    record, notice = saved_config(folder)
+    if notice:
+        print(f"fedkron: {notice}", file=sys.stderr, flush=True)
+    cfg = RunConfig.from_mapping(record)
     cfg.resume, cfg.out = True, str(folder)
     if args.rounds is not None:
         cfg.rounds = args.rounds
@@ -160,12 +176,13 @@ def summary_text(s: dict, out: str) -> str:
     acc_txt = "n/a" if acc is None else f"{100 * acc:.1f}%"
     return "\n".join(
         [
-            f"done: {s['status']} in {s['seconds']:.0f} s",
+            f"{'done' if s['status'] == 'completed' else 'stopped'}: {s['status']} in {s['seconds']:.0f} s",
             f"  held-out accuracy {acc_txt} (best {100 * (s.get('best_accuracy') or 0):.1f}%, "
             f"before training {100 * (s.get('initial_accuracy') or 0):.1f}%) vs majority-class baseline "
             f"{100 * (s['majority_baseline'] or 0):.1f}%  [{s['eval_note']}]",
             f"  trainable params {s['trainable_params']:,}; uplink {s['bytes_up'] / MB:.3f} MB "
-            f"({s['mb_up_per_client_round']:.4f} MB per client-round, {s['codec']}), downlink {s['bytes_down'] / MB:.3f} MB",
+            f"({s['mb_up_per_client_round']:.4f} MB per client-round, {s['codec']}), "
+            f"downlink {s['bytes_down'] / MB:.3f} MB",
             f"  results: {out}/ (metrics.jsonl, summary.json, ledger.csv, adapter/, accuracy_and_mb.png)",
         ]
     )
@@ -174,22 +191,26 @@ def summary_text(s: dict, out: str) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     from fedkron.server.progress import format_round
     from fedkron.sim.compare import LoraSettings, parse_runs, run_compare
+    from fedkron.sim.simulate import SimulationInterrupted
 
     specs = parse_runs(args.runs)
     base = config_from_args(args)
     out = args.out or f"results/compare-{base.task}"
     print(f"fedkron compare: {', '.join(s.label for s in specs)} on {base.task} ({base.model}) → {out}", flush=True)
     lora = LoraSettings(rank=args.lora_rank, lr=args.lora_lr, targets=args.lora_targets)
-    report = run_compare(
-        base,
-        specs,
-        out,
-        lora=lora,
-        resume=args.resume,
-        downlink=args.downlink,
-        verbose=args.verbose,
-        progress=lambda label, row: print(f"[{label}] {format_round(row)}", flush=True),
-    )
+    try:
+        report = run_compare(
+            base,
+            specs,
+            out,
+            lora=lora,
+            resume=args.resume,
+            downlink=args.downlink,
+            verbose=args.verbose,
+            progress=lambda label, row: print(f"[{label}] {format_round(row)}", flush=True),
+        )
+    except SimulationInterrupted as stopped:
+        return interrupted(stopped, [out])
     print(f"report: {report}")
     return 0
 

@@ -236,6 +236,18 @@ def test_compare_runs_parse_and_share_everything_but_method_codecs_and_aggregati
     assert "method 'dora'" in str(info.value) and "codec 'int3'" in str(info.value) and "twice" in str(info.value)
 
 
+def _checkpoint_folder(out: Path, rnd: int) -> None:
+    """A checkpoint folder as save_checkpoint leaves it (its files' presence is what is looked at
+    here), named by checkpoint/latest.json."""
+    import json
+
+    folder = out / "checkpoint" / f"round-{rnd}"
+    folder.mkdir(parents=True)
+    for name in ("state.json", "global.safetensors", "rng.safetensors"):
+        (folder / name).write_text("")
+    (out / "checkpoint" / "latest.json").write_text(json.dumps({"round": rnd, "folder": folder.name}))
+
+
 def test_resume_takes_the_saved_config_and_only_rounds_to_extend(tmp_path):
     import json
 
@@ -243,8 +255,7 @@ def test_resume_takes_the_saved_config_and_only_rounds_to_extend(tmp_path):
 
     saved = RunConfig(task="sst2", clients=5, rounds=3, local_steps=2, lr=0.01, out=str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps(saved.to_record()))
-    (tmp_path / "checkpoint").mkdir()
-    (tmp_path / "checkpoint" / "latest.json").write_text(json.dumps({"round": 2, "folder": "round-2"}))
+    _checkpoint_folder(tmp_path, 2)
     parse = build_parser().parse_args
 
     cfg = resume_config(parse(["sim", "--resume", str(tmp_path)]))  # killed after round 2
@@ -252,7 +263,7 @@ def test_resume_takes_the_saved_config_and_only_rounds_to_extend(tmp_path):
     with pytest.raises(ConfigError, match="only --rounds may be given"):
         resume_config(parse(["sim", "--resume", str(tmp_path), "--lr", "0.1"]))
 
-    (tmp_path / "checkpoint" / "latest.json").write_text(json.dumps({"round": 3, "folder": "round-3"}))
+    _checkpoint_folder(tmp_path, 3)
     with pytest.raises(ConfigError, match=r"all 3 rounds are done; add --rounds N \(N > 3\)"):
         resume_config(parse(["sim", "--resume", str(tmp_path)]))
     with pytest.raises(ConfigError, match="N > 3"):
@@ -277,10 +288,9 @@ def test_resume_plan_reads_a_run_folder_and_takes_keys_it_predates_at_their_defa
     saved["out"], saved["client-state-dir"] = "elsewhere", "elsewhere/client-state"
     (folder / "config.json").write_text(json.dumps(saved))
     assert resume_plan(cfg) == "fresh"  # started, no round checkpointed
-    (folder / "checkpoint").mkdir()
-    (folder / "checkpoint" / "latest.json").write_text(json.dumps({"round": 1, "folder": "round-1"}))
+    _checkpoint_folder(folder, 1)
     assert resume_plan(cfg) == "resume"
-    (folder / "checkpoint" / "latest.json").write_text(json.dumps({"round": 2, "folder": "round-2"}))
+    _checkpoint_folder(folder, 2)
     assert resume_plan(cfg) == "resume"  # all rounds checkpointed but no summary: the end was cut off
     (folder / "summary.json").write_text("{}")
     assert resume_plan(cfg) == "done"

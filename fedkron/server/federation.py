@@ -9,11 +9,14 @@ central evaluation writes each round's metrics row and checkpoint.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.app import MetricRecord
+import torch
+from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from fedkron.adapters import (
@@ -23,11 +26,12 @@ from fedkron.adapters import (
     save_adapter,
     trainable_parameter_count,
 )
-from fedkron.data.client_data import eval_data, generation_prompts, model_shape, task_spec
+from fedkron.data.client_data import EvalSet, eval_data, generation_prompts, model_shape, task_spec
 from fedkron.devices.timing import append_timing_csv
 from fedkron.models import build_model
 from fedkron.runconfig.fields import DEFAULT_ROUND_TIMEOUT, RunConfig, codec_bits
-from fedkron.server.checkpoint import load_checkpoint, require_rounds_left, save_checkpoint
+from fedkron.server.checkpoint import Checkpoint, load_checkpoint, require_rounds_left, save_checkpoint
+from fedkron.server.interrupt import RunInterrupted, StoppableGrid
 from fedkron.server.ledger import MB, Ledger, LedgerGrid
 from fedkron.server.progress import ReplyTicker
 from fedkron.server.results import ResultsFolder
@@ -71,12 +75,98 @@ ROUND_STATS = (
 )
 
 
+@dataclass
+class FederationRun:
+    """One run's state while Flower's round loop runs: what the per-round evaluation reads and
+    writes (the model it scores, the ledger, the results folder, the clock of the last round)."""
+
+    cfg: RunConfig
+    results: ResultsFolder
+    model: torch.nn.Module
+    evalset: EvalSet | None
+    ledger: Ledger
+    strategy: FedKron
+    summary: dict
+    t_start: float  # moved back by the seconds of the rounds a resumed run already has
+    last_round_end: float
+    progress: Progress | None = None
+    ticker: ReplyTicker | None = None
+
+    @property
+    def timing_csv(self) -> Path:
+        return self.results.path / "timing.csv"
+
+    def evaluate_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Flower's ``evaluate_fn``: score the global adapter, write the round's metrics row and its
+        checkpoint."""
+        state = from_arrayrecord(arrays)
+        scores = self.score(server_round, state)
+        row = self.metrics_row(server_round, scores)
+        if self.ticker:
+            self.ticker.round, self.ticker.last = server_round + 1, 0.0
+        self.results.append_metrics(row)
+        if self.progress:
+            self.progress(row)
+        if server_round >= 1:
+            save_checkpoint(
+                self.results.path,
+                server_round,
+                state,
+                self.strategy.state_dict(),
+                self.ledger,
+                self.results.rows,
+                self.cfg.to_record(),
+            )
+        loss, acc = scores.get("loss"), scores.get("accuracy")
+        return MetricRecord({k: v for k, v in (("accuracy", acc), ("loss", loss)) if v is not None})
+
+    def score(self, server_round: int, state: dict[str, torch.Tensor]) -> dict:
+        """The central evaluation of ``state`` (empty with ``--no-central-eval``)."""
+        if not self.evalset:
+            return {}
+        load_adapter_state_dict(self.model, state)
+        scores = evaluate_metrics(self.model, self.evalset.data)
+        if self.cfg.task == "instruct":
+            write_generations(self.results.path, server_round, self.cfg, self.model)
+        return scores
+
+    def metrics_row(self, server_round: int, scores: dict) -> dict:
+        """The round's row of ``metrics.jsonl``: scores, bytes from the ledger, times, round stats."""
+        ledger, now = self.ledger, time.perf_counter()
+        stats = self.strategy.round_stats.get(server_round, {})
+        row = {
+            "round": server_round,
+            "accuracy": scores.get("accuracy"),
+            "loss": scores.get("loss"),
+            "bytes_up": ledger.total("up", round=server_round),
+            "bytes_down": ledger.total("down", round=server_round),
+            "bytes_up_total": ledger.total("up"),
+            "bytes_down_total": ledger.total("down"),
+            "payload_up": ledger.total("up", "payload", round=server_round),
+            "count_bytes_up": ledger.total("up", "count_bytes", round=server_round),
+            "seconds": now - self.last_round_end,
+            "elapsed": now - self.t_start,
+            "majority_baseline": self.summary["majority_baseline"],
+            **{k: v for k, v in scores.items() if k not in ("loss", "accuracy")},
+            **{k: stats.get(k, 0 if k in ("accepted", "rejected", "failed") else None) for k in ROUND_STATS},
+        }
+        self.last_round_end = now
+        if self.strategy.edge:
+            timing = self.strategy.edge.timings.pop(server_round, None)
+            rows = self.results.rows
+            row.update(timing_row(timing, (rows[-1].get("sim_seconds_total") or 0.0) if rows else 0.0))
+            if timing is not None:
+                append_timing_csv(self.timing_csv, server_round, timing)
+        return row
+
+
 def run_federation(
     grid: Grid,
     cfg: RunConfig,
     progress: Progress | None = None,
     resume: bool = False,
     known_partitions: Callable[[], dict[int, tuple[int, int]]] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict:
     """Run ``cfg.rounds`` rounds and write the results folder; returns the summary dict.
 
@@ -85,16 +175,61 @@ def run_federation(
     rounds run with the same seeded client schedule as an uninterrupted run. A finished run is
     extended the same way when ``cfg.rounds`` is raised above the rounds it has.
     ``known_partitions()`` (simulation): node → (partition, partitions), so nodes need no query.
+    ``stop`` (simulation): once set, the run ends at its next message exchange, status
+    "interrupted" (:class:`~fedkron.server.interrupt.RunInterrupted` is raised).
     """
     cfg = cfg.resolved()
     ckpt = load_checkpoint(Path(cfg.out)) if resume else None
     if ckpt:
         require_rounds_left(cfg.out, ckpt.round, cfg.rounds)
+    run = start_run(cfg, ckpt, progress, known_partitions)
+    strategy = run.strategy
+    ledger_grid = LedgerGrid(
+        StoppableGrid(grid, stop) if stop is not None else grid,
+        run.ledger,
+        partition_of=lambda node: strategy.roster.partition_of.get(node, -1),
+        on_reply=run.ticker,
+    )
+    if ckpt:  # safetensors loads keys sorted; the wrapper keeps the model's order (the order on the wire)
+        strategy.load_state_dict(ckpt.global_state, ckpt.strategy_tensors, ckpt.strategy_values)
+        log.info("resuming %s after round %d", cfg.out, ckpt.round)
+    run.last_round_end = time.perf_counter()
+    try:
+        run_rounds(
+            strategy,
+            ledger_grid,
+            to_arrayrecord(strategy.global_state),
+            (ckpt.round + 1) if ckpt else 1,
+            cfg.rounds,
+            run.evaluate_round,
+            cfg.round_timeout or DEFAULT_ROUND_TIMEOUT,
+        )
+        load_adapter_state_dict(run.model, strategy.global_state)
+        save_adapter(run.model, run.results.path / "adapter")
+        run.summary["status"] = "completed"
+    except RunInterrupted:
+        run.summary["status"] = "interrupted"
+        raise
+    except BaseException as err:
+        run.summary["status"] = f"failed: {type(err).__name__}: {err}"
+        raise
+    finally:
+        _finish(run.results, run.ledger, run.summary, cfg, time.perf_counter() - run.t_start)
+    return run.summary
+
+
+def start_run(
+    cfg: RunConfig,
+    ckpt: Checkpoint | None,
+    progress: Progress | None,
+    known_partitions: Callable[[], dict[int, tuple[int, int]]] | None,
+) -> FederationRun:
+    """The results folder, the model, the evaluation set and the strategy of a run, fresh or
+    continued from ``ckpt`` (same order as ever: the checkpoint's RNG state seeds the model)."""
     # wall time of the rounds already done, so totals and `elapsed` cover the whole run
     t_start = time.perf_counter() - (sum(r.get("seconds") or 0.0 for r in ckpt.metrics) if ckpt else 0.0)
     results = ResultsFolder(cfg.out, keep=ckpt.metrics if ckpt else None)
     results.write_json("config.json", cfg.to_record())
-
     evalset = eval_data(cfg) if cfg.central_eval else None
     model = build_model(cfg, *model_shape(cfg))
     initial = {k: v.clone() for k, v in adapter_state_dict(model).items()}
@@ -108,17 +243,27 @@ def run_federation(
         partition_sizes=partition_sizes(cfg),
         known_partitions=known_partitions,
     )
-    timing_csv = results.path / "timing.csv"
     if strategy.edge:  # per client-round simulated times; a resumed run keeps the rounds it has
-        keep_timing_rows(timing_csv, ckpt.round if ckpt else 0)
-    ticker = ReplyTicker() if progress else None
-    ledger_grid = LedgerGrid(
-        grid, ledger, partition_of=lambda node: strategy.roster.partition_of.get(node, -1), on_reply=ticker
+        keep_timing_rows(results.path / "timing.csv", ckpt.round if ckpt else 0)
+    summary = first_summary(cfg, model, initial, strategy, evalset, ckpt)
+    return FederationRun(
+        cfg=cfg,
+        results=results,
+        model=model,
+        evalset=evalset,
+        ledger=ledger,
+        strategy=strategy,
+        summary=summary,
+        t_start=t_start,
+        last_round_end=time.perf_counter(),
+        progress=progress,
+        ticker=ReplyTicker() if progress else None,
     )
-    if ckpt:  # safetensors loads keys sorted; the wrapper keeps the model's order (the order on the wire)
-        strategy.load_state_dict(ckpt.global_state, ckpt.strategy_tensors, ckpt.strategy_values)
-        log.info("resuming %s after round %d", cfg.out, ckpt.round)
-    summary: dict = {
+
+
+def first_summary(cfg: RunConfig, model, initial: dict, strategy: FedKron, evalset, ckpt: Checkpoint | None) -> dict:
+    """The summary's fixed part (what ran, on what, how big), status "running"."""
+    return {
         "method": cfg.method,
         "codec": cfg.uplink,
         "bits": codec_bits(cfg.uplink),
@@ -137,72 +282,6 @@ def run_federation(
         "status": "running",
         "resumed_from_round": ckpt.round if ckpt else None,
     }
-    last_round_end = [time.perf_counter()]
-
-    def evaluate_round(server_round: int, arrays) -> MetricRecord:
-        """Score the global adapter, write the round's metrics row and its checkpoint."""
-        state = from_arrayrecord(arrays)
-        scores: dict = {}
-        if evalset:
-            load_adapter_state_dict(model, state)
-            scores = evaluate_metrics(model, evalset.data)
-            if cfg.task == "instruct":
-                write_generations(results.path, server_round, cfg, model)
-        loss, acc = scores.get("loss"), scores.get("accuracy")
-        now = time.perf_counter()
-        stats = strategy.round_stats.get(server_round, {})
-        row = {
-            "round": server_round,
-            "accuracy": acc,
-            "loss": loss,
-            "bytes_up": ledger.total("up", round=server_round),
-            "bytes_down": ledger.total("down", round=server_round),
-            "bytes_up_total": ledger.total("up"),
-            "bytes_down_total": ledger.total("down"),
-            "payload_up": ledger.total("up", "payload", round=server_round),
-            "count_bytes_up": ledger.total("up", "count_bytes", round=server_round),
-            "seconds": now - last_round_end[0],
-            "elapsed": now - t_start,
-            "majority_baseline": summary["majority_baseline"],
-            **{k: v for k, v in scores.items() if k not in ("loss", "accuracy")},
-            **{k: stats.get(k, 0 if k in ("accepted", "rejected", "failed") else None) for k in ROUND_STATS},
-        }
-        last_round_end[0] = now
-        if strategy.edge:
-            timing = strategy.edge.timings.pop(server_round, None)
-            row.update(timing_row(timing, (results.rows[-1].get("sim_seconds_total") or 0.0) if results.rows else 0.0))
-            if timing is not None:
-                append_timing_csv(timing_csv, server_round, timing)
-        if ticker:
-            ticker.round, ticker.last = server_round + 1, 0.0
-        results.append_metrics(row)
-        if progress:
-            progress(row)
-        if server_round >= 1:
-            save_checkpoint(
-                results.path, server_round, state, strategy.state_dict(), ledger, results.rows, cfg.to_record()
-            )
-        return MetricRecord({k: v for k, v in (("accuracy", acc), ("loss", loss)) if v is not None})
-
-    try:
-        run_rounds(
-            strategy,
-            ledger_grid,
-            to_arrayrecord(strategy.global_state),
-            (ckpt.round + 1) if ckpt else 1,
-            cfg.rounds,
-            evaluate_round,
-            cfg.round_timeout or DEFAULT_ROUND_TIMEOUT,
-        )
-        load_adapter_state_dict(model, strategy.global_state)
-        save_adapter(model, results.path / "adapter")
-        summary["status"] = "completed"
-    except BaseException as err:
-        summary["status"] = f"failed: {type(err).__name__}: {err}"
-        raise
-    finally:
-        _finish(results, ledger, summary, cfg, time.perf_counter() - t_start)
-    return summary
 
 
 def partition_sizes(cfg: RunConfig) -> dict[int, int] | None:
@@ -240,13 +319,36 @@ def write_generations(folder: Path, server_round: int, cfg: RunConfig, model) ->
 
 
 def _finish(results: ResultsFolder, ledger: Ledger, summary: dict, cfg: RunConfig, seconds: float) -> None:
-    """Ledger, summary and plot, written whether the run completed or not."""
-    ledger.write_csv(results.path / "ledger.csv")
-    rows = [r for r in results.rows if r["round"] >= 1]
+    """Ledger, summary and plot, written whether the run completed or not. On a failing run a write
+    that fails too (a full disk) is only logged, so the run's own error is the one reported."""
+    ledger_error = _attempt("ledger.csv", lambda: ledger.write_csv(results.path / "ledger.csv"))
+    summary.update(_outcome(results.rows, ledger, cfg, seconds))
+    summary_error = _attempt("summary.json", lambda: results.write_json("summary.json", summary))
+    if summary["status"] == "completed" and (ledger_error or summary_error):
+        raise ledger_error or summary_error
+    try:
+        results.plot(f"{cfg.method} / {cfg.uplink} on {cfg.task}")
+    except Exception as err:  # a plot must never lose a run's numbers
+        log.warning("plot failed: %s", err)
+
+
+def _attempt(name: str, write: Callable[[], object]) -> OSError | None:
+    """Run ``write``; an OSError (no space, no permission) is logged and returned, not raised."""
+    try:
+        write()
+    except OSError as err:
+        log.warning("%s could not be written: %s", name, err)
+        return err
+    return None
+
+
+def _outcome(all_rows: list[dict], ledger: Ledger, cfg: RunConfig, seconds: float) -> dict:
+    """The summary's figures from the metrics rows and the ledger."""
+    rows = [r for r in all_rows if r["round"] >= 1]
     accs = [r["accuracy"] for r in rows if r["accuracy"] is not None]
-    summary.update(
+    outcome = dict(
         rounds_completed=len(rows),
-        initial_accuracy=results.rows[0]["accuracy"] if results.rows else None,
+        initial_accuracy=all_rows[0]["accuracy"] if all_rows else None,
         final_accuracy=accs[-1] if accs else None,
         best_accuracy=max(accs) if accs else None,
         final_loss=rows[-1]["loss"] if rows else None,
@@ -257,12 +359,8 @@ def _finish(results: ResultsFolder, ledger: Ledger, summary: dict, cfg: RunConfi
         seconds=seconds,
     )
     if any("sim_seconds" in r for r in rows):  # --devices: simulated time, its split, who was not heard
-        summary.update(
+        outcome.update(
             {k.replace("sim_seconds", "sim_seconds_total"): sum(r.get(k) or 0 for r in rows) for k in SIM_TOTALS},
             devices=cfg.devices,
         )
-    results.write_json("summary.json", summary)
-    try:
-        results.plot(f"{cfg.method} / {cfg.uplink} on {cfg.task}")
-    except Exception as err:  # a plot must never lose a run's numbers
-        log.warning("plot failed: %s", err)
+    return outcome

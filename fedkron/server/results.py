@@ -1,7 +1,10 @@
 """The results folder of one run: metrics, summary, ledger, final adapter and a plot.
 
-Rows of ``metrics.jsonl`` are appended and flushed as each round ends, and the ledger and summary
-are written even when a run fails, so nothing measured is lost.
+Rows of ``metrics.jsonl`` are appended as each round ends, each with one write that is flushed to
+disk (fsync), and a write that fails part-way (a full disk) is cut back, so the file never holds
+half a row; should a crash leave one anyway, :func:`read_metrics` drops it and a resume rewrites the
+file from the checkpoint. JSON files are replaced atomically (temporary file, fsync, rename). The
+ledger and summary are written even when a run fails, so nothing measured is lost.
 """
 
 from __future__ import annotations
@@ -17,10 +20,66 @@ from fedkron.server.ledger import MB
 
 def write_json(path: Path, obj: dict[str, Any]) -> Path:
     """Write ``obj`` as JSON atomically (a reader sees the old file or the new one, never half)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    return write_atomically(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> Path:
+    """``path`` replaced by ``text`` in one step: written to a temporary file, flushed to disk,
+    renamed over ``path``; on failure (a full disk) the temporary file is removed and ``path`` is
+    left as it was."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def append_line(path: Path, text: str) -> None:
+    """Append one line with a single write, flushed to disk; a write that fails part-way is cut
+    back to where the file ended, so a reader never sees half a line from this writer."""
+    data = (text + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            written = os.write(fd, data)
+            while written < len(data):  # a short write: the rest, or the error that stopped it
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, end)
+            raise
+    finally:
+        os.close(fd)
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows of ``metrics.jsonl`` and a notice when its last line was cut off (a crash while it
+    was written: that row is dropped; its round is not in any checkpoint). A damaged line before
+    the last raises ``ValueError`` naming it."""
+    lines = Path(path).read_text(errors="replace").splitlines()
+    rows, notice = [], None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("round"), int):
+                raise ValueError("not a metrics row")
+        except ValueError as err:
+            if number < len(lines):
+                raise ValueError(f"{path}: line {number} is not a metrics row ({err})") from None
+            notice = f"{path}: its last line (line {number}) was cut off; that row is dropped"
+            continue
+        rows.append(row)
+    return rows, notice
 
 
 class ResultsFolder:
@@ -30,17 +89,16 @@ class ResultsFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
         self.rows: list[dict[str, Any]] = list(keep or [])
-        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        write_atomically(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def append_metrics(self, row: dict[str, Any]) -> None:
+        """One row, on disk before the round's checkpoint is written (the row is kept in ``rows``
+        only once it is)."""
         row = {
             k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()
         }  # JSON has no NaN
+        append_line(self.metrics_path, json.dumps(row))
         self.rows.append(row)
-        with self.metrics_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
 
     def write_json(self, name: str, obj: dict[str, Any]) -> Path:
         return write_json(self.path / name, obj)

@@ -7,7 +7,6 @@ what those folders hold (ledgers and metrics), so every number in it can be trac
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,13 +105,16 @@ def resume_plan(cfg: RunConfig) -> str:
     """What a resumed compare does with the run folder ``cfg.out``: ``"done"`` (finished with these
     settings: keep it), ``"resume"`` (cut off after a checkpoint: go on from there) or ``"fresh"``.
     A folder holding a run with other settings is refused rather than mixed into the report."""
-    from fedkron.server.checkpoint import PER_FOLDER, latest_round
+    from fedkron.server.checkpoint import PER_FOLDER, latest_round, saved_config
 
     folder = Path(cfg.out)
     if not (folder / "config.json").is_file():
         return "fresh"
+    record, notice = saved_config(folder)
+    if notice:
+        print(f"run {folder.name}: {notice}", flush=True)
     # from_mapping: a key the saved run predates ran at its default; values coerced as on --resume
-    saved = RunConfig.from_mapping(json.loads((folder / "config.json").read_text())).to_record()
+    saved = RunConfig.from_mapping(record).to_record()
     mine = cfg.to_record()
     differ = sorted(k for k in mine if k not in PER_FOLDER and saved[k] != mine[k])
     if differ or saved["rounds"] > cfg.rounds:
@@ -148,11 +150,11 @@ def run_compare(
     mid-way continues from its last checkpoint (see :func:`resume_plan`)."""
     from fedkron.server.preflight import data_problems, holds_a_run, model_problems
     from fedkron.sim.report import write_report
-    from fedkron.sim.simulate import prepared, quiet, run_many
+    from fedkron.sim.simulate import prepared, quiet, ray_address_problems, run_many
 
     configs = run_configs(base, specs, out, lora, downlink)
     plans = [resume_plan(cfg) if resume else "fresh" for cfg in configs]  # every refusal before any run
-    problems = []
+    problems = ray_address_problems(base.ray_address) if run is None else []
     for cfg, plan in zip(configs, plans):
         if plan == "fresh" and holds_a_run(Path(cfg.out)) and not cfg.overwrite:
             problems.append(f"{cfg.out} holds a run; pass --overwrite to replace it, --resume to keep it")

@@ -12,17 +12,36 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from fedkron.logs import VERBOSE_ENV, quiet_third_party
-from fedkron.runconfig.fields import RunConfig
+from fedkron.runconfig.fields import ConfigError, RunConfig
 from fedkron.server.preflight import clear_run, preflight
 
 log = logging.getLogger("fedkron")
 Progress = Callable[[dict], None]
+RAY_PROBE_SECONDS = 5.0
+WIND_DOWN_SECONDS = 10.0  # after SIGINT / SIGTERM, what clients get to finish their task
+
+
+class SimulationInterrupted(Exception):
+    """SIGINT / SIGTERM ended the simulation; ``summaries`` are those of the runs that ran (the last
+    one "interrupted"), ``signum`` the signal."""
+
+    def __init__(self, summaries: list[dict], signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.summaries, self.signum = summaries, signum
+
+
+class RunFailed(RuntimeError):
+    """A simulated run ended with status "failed: ..." (its summary says why)."""
 
 
 class _DropDeprecation(logging.Filter):
@@ -66,6 +85,9 @@ def prepared(cfg: RunConfig, checked: bool = False) -> RunConfig:
     """``cfg`` resolved and checked (unless ``checked``), an old run cleared on ``--overwrite``,
     with the folder where virtual clients keep their error feedback (on disk: survives a kill)."""
     cfg = cfg.resolved()
+    problems = ray_address_problems(cfg.ray_address)
+    if problems:  # before the results folder is touched: nothing is scored or written
+        raise ConfigError("cannot start the run:\n  - " + "\n  - ".join(problems))
     if not checked:
         preflight(cfg)
     if cfg.overwrite and not cfg.resume:
@@ -73,6 +95,26 @@ def prepared(cfg: RunConfig, checked: bool = False) -> RunConfig:
     if not cfg.client_state_dir:
         cfg = dataclasses.replace(cfg, client_state_dir=str(Path(cfg.out) / "client-state"))
     return cfg
+
+
+def ray_address_problems(address: str, timeout: float = RAY_PROBE_SECONDS) -> list[str]:
+    """``--ray-address`` must answer: Ray itself retries an unreachable address for many minutes
+    (and ignores SIGTERM meanwhile), so the port is tried here first, with a short timeout."""
+    address = (address or "").strip()
+    if address in ("", "auto", "local"):
+        return []  # Ray starts one here, or finds (or fails to find) the local cluster at once
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return [f"--ray-address {address}: expected HOST:PORT of a running Ray cluster, e.g. 127.0.0.1:6379"]
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        why = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        return [
+            f"--ray-address {address}: no Ray cluster answers there ({why}); start one with "
+            "`ray start --head` or leave --ray-address out to start Ray here"
+        ]
+    return []
 
 
 def run_many(
@@ -85,47 +127,177 @@ def run_many(
     """Run several prepared federations one after the other on one Ray start; a run that fails is
     reported in its summary (``status``) and the others go on. The server takes each node's
     partition from the simulation engine instead of asking it (``query_partitions``: ask, as a
-    deployed server must)."""
+    deployed server must). SIGINT / SIGTERM stop the simulation at the next message exchange:
+    the run's summary says "interrupted", Ray is shut down and :class:`SimulationInterrupted` raised."""
     quiet(verbose)
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
     from fedkron.client.client_app import app as default_client_app
-    from fedkron.server.federation import run_federation
 
-    progress = progress or [None] * len(cfgs)
     summaries: list[dict] = []
+    stop, caught = threading.Event(), []
+    backend = backend_config(cfgs[0])
+    with engine_partitions() as nodes, ray_reaper(cfgs[0]), stop_on_signals(stop, caught) as rearm:
+        server_app = _server_app(cfgs, progress, summaries, stop, nodes, query_partitions)
+        try:
+            start_ray(backend["init_args"])
+            rearm()  # ray.init installs its own SIGTERM handler (exit at once, no summary)
+            if not stop.is_set():
+                run_simulation(
+                    server_app=server_app,
+                    client_app=client_app or default_client_app,
+                    num_supernodes=max(c.clients for c in cfgs),
+                    backend_config=backend,
+                    verbose_logging=False,
+                )
+        except KeyboardInterrupt:  # a signal before the handlers were ours (during ray.init)
+            stop.set()
+            caught.append(signal.SIGINT)
+        finally:
+            _shutdown_ray()
+    if stop.is_set():
+        raise SimulationInterrupted(summaries, caught[0] if caught else signal.SIGINT)
+    if len(summaries) < len(cfgs):
+        raise RuntimeError(f"the simulation ended after {len(summaries)} of {len(cfgs)} runs; see the log above")
+    return summaries
+
+
+def start_ray(init_args: dict) -> None:
+    """Start (or attach to) Ray here, as Flower's Ray backend would (it then finds Ray running and
+    uses it), so the simulation owns the signal handlers once Ray is up and no round is scored
+    before Ray is there."""
+    import ray  # here: a heavy import, needed only once a simulation starts
+
+    if ray.is_initialized():
+        return
+    pythonpath = os.pathsep.join(sys.path)  # Ray's workers get this process's import path, as in Flower
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+
+
+def _server_app(cfgs, progress, summaries: list[dict], stop: threading.Event, nodes, query_partitions: bool):
+    """The ServerApp that runs ``cfgs`` one after the other, appending each summary; it stops at
+    the first interrupted run (``stop`` set), and Flower's engine then ends as after a last run."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    from fedkron.server.federation import run_federation
+    from fedkron.server.interrupt import RunInterrupted
+
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        for cfg, report in zip(cfgs, progress):
+        for cfg, report in zip(cfgs, progress or [None] * len(cfgs)):
+            if stop.is_set():
+                return
             try:
-                summaries.append(
-                    run_federation(
-                        grid,
-                        cfg,
-                        progress=report,
-                        resume=cfg.resume,
-                        known_partitions=None if query_partitions else nodes.get,
-                    )
-                )
+                partitions = None if query_partitions else nodes.get
+                summaries.append(run_federation(grid, cfg, report, cfg.resume, partitions, stop=stop))
+            except RunInterrupted:
+                summaries.append(_written_summary(cfg, "interrupted"))
+                return
             except Exception as err:  # the summary in the run's folder says so too
                 log.error("run %s failed: %s: %s", cfg.out, type(err).__name__, err)
                 summaries.append({"status": f"failed: {type(err).__name__}: {err}", "out": cfg.out})
 
-    with engine_partitions() as nodes:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app or default_client_app,
-            num_supernodes=max(c.clients for c in cfgs),
-            backend_config=backend_config(cfgs[0]),
-            verbose_logging=False,
-        )
-    if len(summaries) < len(cfgs):
-        raise RuntimeError(f"the simulation ended after {len(summaries)} of {len(cfgs)} runs; see the log above")
-    return summaries
+    return server_app
+
+
+def _written_summary(cfg: RunConfig, status: str) -> dict:
+    """The summary the run wrote into its folder (``status`` alone if it could not write one)."""
+    import json
+
+    try:
+        return {**json.loads((Path(cfg.out) / "summary.json").read_text()), "out": cfg.out}
+    except (OSError, ValueError):
+        return {"status": status, "out": cfg.out}
+
+
+def _shutdown_ray() -> None:
+    """Flower shuts Ray down when its engine ends; an interrupt can cut that short, so again here."""
+    ray = sys.modules.get("ray")  # imported only if the simulation got as far as starting Ray
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event, caught: list[int]) -> Iterator[Callable[[], None]]:
+    """SIGINT and SIGTERM set ``stop``: the server ends the run at its next message exchange
+    (summary "interrupted") and Flower's engine then ends as after a last run. Clients still
+    training get ``WIND_DOWN_SECONDS`` to finish (a repeated signal: none), then their actors are
+    ended, since Ray cannot be shut down under a waiting engine. Flower's and Ray's complaints
+    about those actors are not shown. Yields a function that installs the handlers again (after
+    ``ray.init`` replaced them); the handlers from before are restored on exit. Outside the main
+    thread (no signals there) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+
+    def on_signal(signum: int, frame) -> None:
+        if stop.is_set():  # asked again: stop the clients now
+            threading.Thread(target=end_client_actors, daemon=True).start()
+            return
+        stop.set()
+        caught.append(signum)
+        note = f"\nfedkron: {signal.Signals(signum).name}: stopping after the clients' current step\n"
+        os.write(2, note.encode())  # not print(): a signal handler may interrupt a print
+        logging.getLogger("flwr").setLevel(logging.CRITICAL)
+        timer = threading.Timer(WIND_DOWN_SECONDS, end_client_actors)
+        timer.daemon = True
+        timer.start()
+
+    def install() -> None:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, on_signal)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    flwr_level = logging.getLogger("flwr").level
+    install()
+    try:
+        yield install
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        logging.getLogger("flwr").setLevel(flwr_level)
+
+
+def end_client_actors() -> None:
+    """SIGKILL this process's Ray client actors (``ray::ClientAppActor``): a task waiting on one
+    then fails at once and Flower's engine can end."""
+    from fedkron.sim.reaper import actor_processes
+
+    for pid in actor_processes(os.getpid(), "ray::ClientAppActor"):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass  # ended meanwhile
+
+
+@contextmanager
+def ray_reaper(cfg: RunConfig) -> Iterator[None]:
+    """A watcher (:mod:`fedkron.sim.reaper`) that ends the Ray processes this simulation starts
+    once it ends, even by ``kill -9``. Not when attaching to a cluster (``--ray-address``: its
+    processes are not ours) or when Ray already runs in this process; Linux only (/proc)."""
+    ray = sys.modules.get("ray")
+    if cfg.ray_address or not sys.platform.startswith("linux") or (ray is not None and ray.is_initialized()):
+        yield
+        return
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "fedkron.sim.reaper", str(os.getpid())],
+        stdin=subprocess.PIPE,
+        start_new_session=True,  # a signal to this process group (Ctrl-C, killpg) does not end it
+    )
+    try:
+        yield
+    finally:
+        watcher.stdin.close()  # tells it the simulation is over; it ends what Ray left running
+        try:
+            watcher.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            watcher.kill()
 
 
 class EnginePartitions:
@@ -177,5 +349,5 @@ def run_sim(cfg: RunConfig, progress: Progress | None = None, client_app=None, v
     quiet(verbose)
     (summary,) = run_many([prepared(cfg)], [progress], client_app=client_app, verbose=verbose)
     if summary["status"].startswith("failed"):
-        raise RuntimeError(f"{cfg.out}: {summary['status']}")
+        raise RunFailed(f"{cfg.out}: {summary['status']}")
     return summary
