@@ -567,6 +567,23 @@ def test_scoped_settings_are_refused_outside_their_runs(family, paths):
     assert checked >= 8
 
 
+@pytest.mark.parametrize(
+    "values,name",
+    [
+        ({"max_weight_share": 0.9, "clip_norm": 1.0, "dp_noise": 0.5}, "max_weight_share"),
+        ({"dp_delta": 1e-6, "adaptive_clipping": True, "dp_noise": 0.5}, "dp_delta"),
+        ({"dp_delta": 1e-6, "strategy": "fedmedian", "clip_norm": 1.0, "dp_noise": 0.5}, "dp_delta"),
+        ({"server_lr": 0.5, "strategy": "krum", "clients": 5}, "server_lr"),
+        ({**CUSTOM, "data_dir": "@sst2"}, "data_dir"),
+    ],
+)
+def test_settings_a_run_would_not_read_are_refused(values, name, paths):
+    """Cases the walk's base run does not reach: central DP (equal weights; ε accounted only for
+    fixed clipping on FedAvg), a strategy without a server step, a custom file beside --data-dir."""
+    message = refusal(base_config("encoder", paths, **values))
+    assert flag(name) in message and "no effect" in message, message
+
+
 def test_a_model_built_for_one_custom_file_is_not_served_for_another(tmp_path, flower_identity):
     """Two --train-file's with 2 and 3 labels in one process: each gets its own model, with a head of
     its own size, and the 3-label run trains (a 2-way head would fail on label 2)."""

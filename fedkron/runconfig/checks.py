@@ -146,9 +146,16 @@ SCOPED: tuple[tuple[str, Callable[[RunConfig], bool], str], ...] = (
     ("proximal_mu", lambda c: c.strategy == "fedprox", "--strategy fedprox"),
     ("trim_fraction", lambda c: c.strategy == "fedtrimmedavg", "--strategy fedtrimmedavg"),
     ("num_malicious", lambda c: c.strategy in ("krum", "bulyan"), "--strategy krum or bulyan"),
-    ("dp_delta", lambda c: c.dp_noise > 0, "--dp-noise > 0"),
+    ("dp_delta", lambda c: _accounted(c), "--dp-noise > 0 and --clip-norm on plain fedavg (where ε is accounted)"),
+    ("max_weight_share", lambda c: c.dp_noise == 0, "no --dp-noise (central DP weighs every client equally)"),
     ("lr_min", lambda c: c.lr_schedule == "cosine", "--lr-schedule cosine"),
 )
+
+
+def _accounted(cfg: RunConfig) -> bool:
+    """Flower's RDP accountant (the ε reported at --dp-delta) runs for fixed clipping on plain FedAvg."""
+    plain = cfg.strategy == "fedavg" and cfg.server_lr == 1.0
+    return cfg.dp_noise > 0 and cfg.clip_norm > 0 and not cfg.adaptive_clipping and plain
 
 
 def _multiple_choice(task: str) -> bool:
