@@ -63,12 +63,7 @@ def custom_task(
     else:
         paths = tuple(str(_existing(p, what)) if p else None for p, what in ((train, "train"), (eval, "eval")))
         fingerprint = tuple(_fingerprint(Path(p)) for p in paths if p)
-        values = []
-        for path in filter(None, paths):
-            rows, locs = read_rows(Path(path))
-            _check_columns(rows[0], locs[0], columns)
-            values.extend((row.get(label_column), loc) for row, loc in zip(rows, locs))
-        label_names = None
+        values, label_names = _file_labels(paths, columns), None
     num_labels, label_map = infer_labels(values, label_column)
     if label_names:  # a hub ClassLabel: its names, and all its classes even if one never occurs
         num_labels = max(num_labels, len(label_names))
@@ -152,6 +147,16 @@ def _short(value: object, limit: int = 80) -> str:
     """A value as shown in a message: its repr, cut so that a 100 KiB cell stays one readable line."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 5] + "...(cut)"
+
+
+def _file_labels(paths: tuple[str | None, ...], columns: tuple[str | None, ...]) -> list[tuple[object, Loc]]:
+    """Every row's label value and where it is, from the train (+ eval) files, their columns checked."""
+    values: list[tuple[object, Loc]] = []
+    for path in filter(None, paths):
+        rows, locs = read_rows(Path(path))
+        _check_columns(rows[0], locs[0], columns)
+        values.extend((row.get(columns[-1]), loc) for row, loc in zip(rows, locs))
+    return values
 
 
 def _is_hub(train: str) -> bool:

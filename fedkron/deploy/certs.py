@@ -80,6 +80,17 @@ def make_certificates(
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
     until = now + dt.timedelta(days=days)
 
+    ca_key, ca_cert = _ca(now, until)
+    server_key, server_cert = _server(hosts, ca_key, ca_cert.subject, now, until)
+    _write_key(files.ca_key, ca_key)
+    _write_key(files.server_key, server_key)
+    write_public(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
+    write_public(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+def _ca(now: dt.datetime, until: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The private CA: signs the server certificate, nothing else (path length 0)."""
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedkron SuperLink CA")])
     ca_cert = (
@@ -108,7 +119,17 @@ def make_certificates(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
+    return ca_key, ca_cert
 
+
+def _server(
+    hosts: tuple[str, ...] | list[str],
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    now: dt.datetime,
+    until: dt.datetime,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The SuperLink's certificate: every host a subject alternative name, signed by the CA."""
     server_key = ec.generate_private_key(ec.SECP384R1())
     server_cert = (
         x509.CertificateBuilder()
@@ -124,12 +145,7 @@ def make_certificates(
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
-
-    _write_key(files.ca_key, ca_key)
-    _write_key(files.server_key, server_key)
-    write_public(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
-    write_public(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
-    return files
+    return server_key, server_cert
 
 
 def subject_names(cert_path: str | Path) -> list[str]:
