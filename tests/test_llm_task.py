@@ -19,6 +19,7 @@ from fedkron.training.language_model import (
     score_mc,
     train_causal_lm,
 )
+from fedkron.training.mc_scoring import mc_loglikelihoods_shared, shared_prefix_length
 
 ROWS = [
     {"context": "What is the capital of France?", "choices": ["Paris", "London café"], "label": 0},
@@ -62,6 +63,34 @@ def test_mc_loglikelihoods_equal_a_hand_computation(build, tok):
     by_row = [expected[0:2], expected[2:5], expected[5:7]]
     acc = sum(max(range(len(v)), key=v.__getitem__) == r["label"] for v, r in zip(by_row, ROWS, strict=True)) / 3
     assert scores["acc"] == pytest.approx(acc) and scores["num_rows"] == 3
+
+
+SHARED_ROWS = ROWS + [
+    {"context": "Pick one", "choices": ["the cat", "the cat sat", "the"], "label": 1},  # choices share tokens too
+    {"context": "A long context " * 6, "choices": ["x", "yz"], "label": 0},
+]
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2])
+@pytest.mark.parametrize("task", ["piqa", "arc-easy", "hellaswag", "openbookqa"])
+def test_the_shared_prefix_scorer_equals_the_per_choice_scorer(build, task, tok):
+    """Each question's common prefix run once (its keys/values repeated for the choices) gives the
+    per-choice sums to float precision, so acc / acc_norm / acc_bytes are identical."""
+    model = build(len(tok))
+    enc = encode_mc_for_lm(SHARED_ROWS, tok, 64, task=task)
+    plain = mc_loglikelihoods(model, enc, batch_size=4)
+    shared = mc_loglikelihoods_shared(model, enc)
+    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-4)
+    fast, slow = score_mc(model, enc), score_mc(model, enc, shared_prefix=False)
+    assert fast.pop("loss") == pytest.approx(slow.pop("loss"), abs=1e-5)
+    assert fast == slow  # acc, acc_norm, acc_bytes, num_rows
+
+
+def test_the_shared_prefix_leaves_every_choice_a_token_of_its_own():
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 0], [5, 6, 9, 9]])
+    assert shared_prefix_length(ids, torch.tensor([4, 3, 4])) == 2  # rows differ at position 2
+    assert shared_prefix_length(ids[:2], torch.tensor([4, 3])) == 2  # row 1 ends at 3: one token kept
+    assert shared_prefix_length(ids[:1], torch.tensor([4])) == 3
 
 
 def test_acc_norm_divides_by_characters_and_acc_bytes_by_utf8_bytes():

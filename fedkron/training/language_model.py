@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedkron.training.common import ProximalTerm, TrainResult, index_batches, local_optimizer
+from fedkron.training.mc_scoring import mc_loglikelihoods_shared, picked_logprob_sums
 
 TRAIN_KEYS = ("input_ids", "attention_mask", "labels")
 
@@ -30,16 +31,9 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def continuation_logprobs(model: nn.Module, input_ids, attention_mask, mask) -> torch.Tensor:
-    """Σ log p(token | prefix) over the tokens where ``mask`` is True, one sum per row (fp64).
-
-    Only the masked positions' logits go through log-softmax (vocabularies are ~50k wide)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
-    target_mask = mask[:, 1:]
-    picked = logits[target_mask].float().log_softmax(-1)
-    token_lp = picked.gather(-1, input_ids[:, 1:][target_mask].unsqueeze(-1)).squeeze(-1)
-    rows = torch.arange(len(input_ids), device=input_ids.device).unsqueeze(1).expand_as(target_mask)[target_mask]
-    sums = torch.zeros(len(input_ids), dtype=torch.float64, device=input_ids.device)
-    return sums.index_add_(0, rows, token_lp.double())
+    """Σ log p(token | prefix) over the tokens where ``mask`` is True, one sum per row (fp64)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return picked_logprob_sums(logits, input_ids, mask)
 
 
 @torch.no_grad()
@@ -76,14 +70,22 @@ def mc_metrics(lls: torch.Tensor, encoded: dict[str, torch.Tensor]) -> dict[str,
     return out
 
 
-def score_mc(model: nn.Module, encoded: dict[str, torch.Tensor], batch_size: int = 16) -> dict[str, float]:
+def score_mc(
+    model: nn.Module, encoded: dict[str, torch.Tensor], batch_size: int = 16, shared_prefix: bool = True
+) -> dict[str, float]:
     """Zero-shot multiple choice scored by the LM, as lm-evaluation-harness does.
 
     ``acc``: argmax of each choice's summed log-likelihood; ``acc_norm``: of that sum divided by the
     choice string's length in characters (lm-eval's ``acc_norm``); ``acc_bytes``: divided by its
     UTF-8 byte length (lm-eval's ``acc_bytes``); ``loss``: mean negative log-likelihood per token
     of the gold continuations (comparable to the training loss); ``num_rows``. Ties: first choice.
+
+    ``shared_prefix`` (default): each question's common prefix runs once
+    (:func:`fedkron.training.mc_scoring.mc_loglikelihoods_shared`, equal sums); otherwise every
+    choice runs whole, ``batch_size`` sequences at a time.
     """
+    if shared_prefix:
+        return mc_metrics(mc_loglikelihoods_shared(model, encoded), encoded)
     return mc_metrics(mc_loglikelihoods(model, encoded, batch_size), encoded)
 
 
