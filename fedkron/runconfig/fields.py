@@ -1,7 +1,7 @@
 """One typed run config that flows to every part of a run, and the one definition of every setting.
 
 Each field carries its help text, allowed values and flag group: the CLI flags, the
-``[tool.flwr.app.config]`` table and the README's flag table are all checked against (or made
+``[tool.flwr.app.config]`` table and docs/cli.md's flag table are all checked against (or made
 from) these fields, so a setting is written down once. Built from CLI flags, from Flower's run
 config or from the ConfigRecord the server broadcasts; validated once.
 """
@@ -41,7 +41,7 @@ from fedkron.strategies.registry import STRATEGIES
 
 
 def knob(default: Any, help: str, group: str, choices: tuple | None = None, cli: bool = True) -> Any:
-    """A RunConfig field with the facts the CLI, the Flower app config and the README read."""
+    """A RunConfig field with the facts the CLI, the Flower app config and docs/cli.md read."""
     return field(default=default, metadata={"help": help, "group": group, "choices": choices, "cli": cli})
 
 
@@ -85,7 +85,7 @@ class RunConfig:
     )
     task: str = knob(
         "sst2",
-        "the task (`sst2` ships with fedkron; the others come from --data-dir or the hub); see Task defaults",
+        "the task (`sst2` ships with fedkron; the others come from --data-dir or the hub); see docs/sim.md",
         MODEL,
     )
     data_dir: str = knob(
@@ -123,7 +123,7 @@ class RunConfig:
     )
     device: str = knob("auto", "where models run: `cuda` when present for `auto`", MODEL, DEVICES)
     gradient_checkpointing: bool = knob(
-        False, "recompute activations in the backward pass (less memory, more time; language models)", MODEL
+        False, "recompute activations in the backward pass (less memory, more time)", MODEL
     )
     # Adapter
     method: str = knob("kron-lora", "adapter: Kron-LoRA, KronA or LoRA", ADAPTER, METHODS)
@@ -207,7 +207,7 @@ class RunConfig:
         "what is averaged: `per-factor` (every factor) or `exact` (only the output-side "
         "factor: Kron-LoRA B1, KronA B, LoRA B (FFA-LoRA); the others stay at their seeded init, "
         "so the average of the factors is the average of the ΔW); empty = the method's default "
-        "(per-factor for every method; see Savings in the README)",
+        "(per-factor for every method; see docs/results.md)",
         AGGREGATION,
         ("",) + AGGREGATIONS,
     )
@@ -262,7 +262,7 @@ class RunConfig:
     batch_size: int = knob(16, "batch size of local training", LOCAL_TRAINING)
     lr: float = knob(
         0.0,
-        "local learning rate (0 = the method's default, chosen on SST-2: see README; with "
+        "local learning rate (0 = the method's default, chosen on SST-2: see docs/results.md; with "
         "--lr-schedule cosine: its value in round 1)",
         LOCAL_TRAINING,
     )
