@@ -302,9 +302,9 @@ def test_downlink_error_feedback_keeps_the_sum_of_broadcasts_on_the_sum_of_state
     states = [{"w": torch.randn(300, generator=g)} for _ in range(20)]
     with_ef, without = Downlink(get_codec("nf4"), True), Downlink(get_codec("nf4"), False)
     drift_ef = drift = torch.zeros(300)
-    for st in states:
-        drift_ef = drift_ef + with_ef.publish(st)["w"] - st["w"]
-        drift = drift + without.publish(st)["w"] - st["w"]
+    for state in states:
+        drift_ef = drift_ef + with_ef.publish(state)["w"] - state["w"]
+        drift = drift + without.publish(state)["w"] - state["w"]
     assert float(drift_ef.norm()) < 0.3 * float(drift.norm())  # bounded by one residual, not 20 errors
 
 
