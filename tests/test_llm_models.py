@@ -283,3 +283,17 @@ def test_smollm2_converts_once_loads_fast_and_knows_paris():
             meta = type(model)(model.config)
         counts[method] = trainable_parameter_count(inject(meta, lm_adapter_config(method, rank=8)))
     assert counts == {"kron-lora": 953_700, "lora": 2_442_240}  # DESIGN.md's figures
+
+
+def test_a_pickle_only_checkpoint_is_refused_at_load_never_unpickled(tmp_path, monkeypatch):
+    """Even past preflight (a hub download, a folder changed since): loading asks for safetensors."""
+    import pickle
+
+    folder = tmp_path / "pickled"
+    save_folder(tiny_llama(len(bpe_tokenizer())), bpe_tokenizer(), folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("a checkpoint was unpickled"))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        load_causal_lm(str(folder))

@@ -129,13 +129,13 @@ def build_model(cfg: RunConfig, num_labels: int, multiple_choice: bool = False) 
     auto = AutoModel if dual else AutoModelForMultipleChoice if multiple_choice else AutoModelForSequenceClassification
     torch.manual_seed(cfg.seed)
     kwargs = {} if multiple_choice else {"num_labels": num_labels}
-    if cfg.model == "tiny-bert":
+    if cfg.model == "tiny-bert":  # (from_config: no weights to read)
         config = AutoConfig.from_pretrained(minilm_path(), local_files_only=True, **TINY_BERT, **kwargs)
         model = auto.from_config(config)
     elif cfg.model == "minilm-l6":
-        model = auto.from_pretrained(minilm_path(), local_files_only=True, **kwargs)
-    else:
-        model = auto.from_pretrained(cfg.model, **kwargs)
+        model = auto.from_pretrained(minilm_path(), local_files_only=True, use_safetensors=True, **kwargs)
+    else:  # use_safetensors: a pickle checkpoint is refused, never unpickled
+        model = auto.from_pretrained(cfg.model, use_safetensors=True, **kwargs)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if dual:

@@ -176,7 +176,7 @@ def _load(auto, model: str, base_quant: str, dtype, device, gradient_checkpointi
     local = local_files_only if local_files_only is not None else Path(source).is_dir()
     torch_dtype = to_dtype(dtype)
     quant = quantization_config(base_quant, torch_dtype)
-    kwargs = dict(dtype=torch_dtype, local_files_only=local)
+    kwargs = dict(dtype=torch_dtype, local_files_only=local, use_safetensors=True)  # never unpickle a checkpoint
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": str(device)})
     try:
