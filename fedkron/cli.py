@@ -25,7 +25,7 @@ _PER_METHOD = ("rank", "aggregation", "lr")
 
 
 def default_text(f: dataclasses.Field) -> str:
-    """How a field's default reads in ``--help`` and in the README's flag table."""
+    """How a field's default reads in ``--help`` and in docs/cli.md's flag table."""
     if f.name in _PER_TASK:
         return "per task"
     if f.name in _PER_METHOD:
@@ -85,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def flag_table() -> str:
-    """The README's flag table of ``fedkron sim``, made from the parser (a test keeps them equal)."""
+    """docs/cli.md's flag table of ``fedkron sim``, made from the parser (a test keeps them equal)."""
     parser = build_parser()
     sim = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "sim")[1]
     defaults = {

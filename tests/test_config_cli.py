@@ -171,14 +171,13 @@ def test_flower_app_config_is_the_run_config_at_its_defaults():
     assert RunConfig.from_mapping(app_config) == RunConfig()
 
 
-def test_readme_flag_table_is_the_parsers():
-    """The README's flag table of ``fedkron sim`` is made from the parser, so it lists every flag
-    with the help and default the CLI has (regenerate: python -c "from fedkron.cli import
-    flag_table; print(flag_table())")."""
+def test_cli_reference_flag_table_is_the_parsers():
+    """docs/cli.md's flag table of ``fedkron sim`` is made from the parser, so it lists every flag
+    with the help and default the CLI has (regenerate: python scripts/sync_docs.py)."""
     from fedkron.cli import flag_table
 
-    readme = (ROOT / "README.md").read_text()
-    assert flag_table() in readme
+    reference = (ROOT / "docs" / "cli.md").read_text()
+    assert flag_table() in reference
 
 
 def test_every_run_config_field_is_a_flag_or_app_only():

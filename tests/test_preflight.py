@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.slow  # real `fedkron sim` processes (their imports take seconds each)
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,11 +127,11 @@ def _a_finished_looking_run(folder: Path, rounds=2, checkpoint=True):
     ).resolved()
     (folder / "config.json").write_text(json.dumps(cfg.to_record()))
     (folder / "metrics.jsonl").write_text("".join(json.dumps({"round": r}) + "\n" for r in range(rounds + 1)))
-    if checkpoint:
-        ck = folder / "checkpoint" / f"round-{rounds}"
-        ck.mkdir(parents=True)
-        (ck / "state.json").write_text(json.dumps({"round": rounds, "metrics": [], "config": cfg.to_record()}))
-        (folder / "checkpoint" / "latest.json").write_text(json.dumps({"round": rounds, "folder": f"round-{rounds}"}))
+    if checkpoint:  # written by the server's own writer, so it reads back as a real one
+        from fedkron.server.checkpoint import save_checkpoint
+        from fedkron.server.ledger import Ledger
+
+        save_checkpoint(folder, rounds, {"w": torch.zeros(2)}, ({}, {}), Ledger(), [], cfg.to_record())
     return cfg
 
 
@@ -175,4 +176,4 @@ def test_resume_refuses_a_lost_checkpoint_and_changed_settings(tmp_path):
     (edited / "config.json").write_text(json.dumps(saved))
     proc, _ = _fedkron("sim", "--resume", str(edited), "--rounds", "3")
     assert proc.returncode == 2
-    assert "quant 'nf4' (now 'int8')" in proc.stderr and "seed 0 (now 7)" in proc.stderr
+    assert "uplink 'nf4' (now 'int8')" in proc.stderr and "seed 0 (now 7)" in proc.stderr
