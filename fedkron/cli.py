@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from fedkron.logs import quiet_third_party
 from fedkron.runconfig.fields import ConfigError, RunConfig, bits_to_codec
@@ -110,8 +111,10 @@ def flag_table() -> str:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from fedkron.server.progress import format_round
-    from fedkron.sim.simulate import RunFailed, SimulationInterrupted, run_sim
+    # Imports inside the commands: each command loads only its own stack (Ray, Flower's engine,
+    # the deploy tools), so `fedkron --help` and a refused flag answer at once.
+    from fedkron.server.progress import format_round  # here: see cmd_sim
+    from fedkron.sim.simulate import RunFailed, SimulationInterrupted, run_sim  # here: see cmd_sim
 
     cfg = resume_config(args) if args.resume else config_from_args(args).resolved()
     print(
@@ -144,9 +147,8 @@ def interrupted(stopped, folders: list[str]) -> int:
 def resume_config(args: argparse.Namespace) -> RunConfig:
     """The saved config of the run in ``--resume DIR``. Other run flags would change the run; only
     ``--rounds`` may be given, to extend it beyond the rounds it has."""
-    from pathlib import Path
 
-    from fedkron.server.checkpoint import latest_round, require_rounds_left, saved_config
+    from fedkron.server.checkpoint import latest_round, require_rounds_left, saved_config  # here: see cmd_sim
 
     folder = Path(args.resume)
     given = [
@@ -189,9 +191,9 @@ def summary_text(s: dict, out: str) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fedkron.server.progress import format_round
-    from fedkron.sim.compare import LoraSettings, parse_runs, run_compare
-    from fedkron.sim.simulate import SimulationInterrupted
+    from fedkron.server.progress import format_round  # here: see cmd_sim
+    from fedkron.sim.compare import LoraSettings, parse_runs, run_compare  # here: see cmd_sim
+    from fedkron.sim.simulate import SimulationInterrupted  # here: see cmd_sim
 
     specs = parse_runs(args.runs)
     base = config_from_args(args)
@@ -216,7 +218,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fedkron.sim.compare import DEFAULT_RUNS
+    from fedkron.sim.compare import DEFAULT_RUNS  # here: see cmd_sim
 
     parser = argparse.ArgumentParser(
         prog="fedkron", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

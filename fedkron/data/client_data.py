@@ -13,13 +13,27 @@ from dataclasses import dataclass
 
 import torch
 
+from fedkron.data import (
+    cached_tensors,
+    custom_task,
+    eval_sample,
+    get_client_data,
+    get_eval_data,
+    get_partition_rows,
+    get_splits,
+    get_task,
+    majority_baseline,
+    partition_indices,
+)
+from fedkron.data.lm_encode import encode_instructions, encode_mc_for_lm, encode_mc_for_training
+from fedkron.data.lm_prompts import format_instruction
+from fedkron.data.lm_rows import instruction_splits, lm_choice_rows
 from fedkron.models import is_language_model, load_tokenizer
 from fedkron.runconfig.fields import RunConfig
 
 
 @functools.lru_cache(maxsize=8)
 def _custom_spec(train, eval_file, text_column, text_pair_column, label_column):
-    from fedkron.data import custom_task
 
     return custom_task(
         train,
@@ -32,7 +46,6 @@ def _custom_spec(train, eval_file, text_column, text_pair_column, label_column):
 
 def task_spec(cfg: RunConfig):
     """The run's TaskSpec (built from --train-file for ``custom``); None for ``instruct``."""
-    from fedkron.data import get_task
 
     if cfg.task == "instruct":
         return None
@@ -54,14 +67,12 @@ def data_layout(cfg: RunConfig, task) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _instruction_splits(train: str, eval_file: str, seed: int):
-    from fedkron.data.lm_rows import instruction_splits
 
     return instruction_splits(train, eval_file or None, seed)
 
 
 def _rows(cfg: RunConfig, split: str, partition: tuple[int, int] | None):
     """The rows of a client's partition (``partition`` = (id, count)) or of the held-out sample."""
-    from fedkron.data import eval_sample, get_partition_rows, get_splits, partition_indices
 
     if cfg.task == "instruct":
         rows = _instruction_splits(cfg.train_file, cfg.eval_file, cfg.seed)[split]
@@ -89,9 +100,6 @@ def _rows(cfg: RunConfig, split: str, partition: tuple[int, int] | None):
 def _lm_tensors(cfg: RunConfig, split: str, partition: tuple[int, int] | None, training: bool):
     """A language model's tensors: the answer-only training set, or multiple choice to score (or
     instruction rows to measure loss and perplexity on)."""
-    from fedkron.data import cached_tensors
-    from fedkron.data.lm_encode import encode_instructions, encode_mc_for_lm, encode_mc_for_training
-    from fedkron.data.lm_rows import lm_choice_rows
 
     key = (  # everything the rows and their encoding read (a `custom` file's columns too)
         "lm",
@@ -127,7 +135,6 @@ def _lm_tensors(cfg: RunConfig, split: str, partition: tuple[int, int] | None, t
 def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: str = "train") -> dict:
     """Encoded tensors of this client's partition; ``split="test"``: its share of the held-out
     split (its own data for federated evaluation), encoded for scoring."""
-    from fedkron.data import get_client_data
 
     if is_language_model(cfg.model):
         return _lm_tensors(cfg, split, (partition_id, num_partitions), training=split == "train")
@@ -154,7 +161,6 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: s
 
 def generation_prompts(cfg: RunConfig, n: int = 3) -> list[str]:
     """The first ``n`` held-out instructions, formatted as the model is prompted (for samples)."""
-    from fedkron.data.lm_prompts import format_instruction
 
     rows = _instruction_splits(cfg.train_file, cfg.eval_file, cfg.seed)["test"]
     tokenizer = load_tokenizer(cfg.model)
@@ -171,7 +177,6 @@ class EvalSet:
 
 def eval_data(cfg: RunConfig) -> EvalSet:
     """The held-out split the server scores every round (a seeded sample of ``eval_samples`` rows)."""
-    from fedkron.data import get_eval_data, get_splits, majority_baseline
 
     rows = _rows(cfg, "test", None)
     if cfg.task == "instruct":

@@ -24,6 +24,20 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 log = logging.getLogger(__name__)
 
 
+def _task_kind(kind: str | None, text_pair_column: str | None) -> str:
+    """``single`` or ``pair``: given, or from whether a second text column is named."""
+    if kind is None:
+        kind = "pair" if text_pair_column else "single"
+    if kind not in ("single", "pair"):
+        raise ValueError(
+            f"fedkron.data: custom_task kind {kind!r}; expected 'single' or 'pair' (multiple choice is not supported)"
+        )
+    if (kind == "pair") != bool(text_pair_column):
+        need = "needs" if kind == "pair" else "takes no"
+        raise ValueError(f"fedkron.data: custom_task kind {kind!r} {need} text_pair_column")
+    return kind
+
+
 def custom_task(
     train: str,
     eval: str | None = None,  # noqa: A002 - the name users see in the CLI / config
@@ -46,15 +60,7 @@ def custom_task(
     (mapped to ids in sorted order: ``spec.label_names``). `kind` defaults to ``"pair"`` when
     `text_pair_column` is set, else ``"single"``.
     """
-    if kind is None:
-        kind = "pair" if text_pair_column else "single"
-    if kind not in ("single", "pair"):
-        raise ValueError(
-            f"fedkron.data: custom_task kind {kind!r}; expected 'single' or 'pair' (multiple choice is not supported)"
-        )
-    if (kind == "pair") != bool(text_pair_column):
-        need = "needs" if kind == "pair" else "takes no"
-        raise ValueError(f"fedkron.data: custom_task kind {kind!r} {need} text_pair_column")
+    kind = _task_kind(kind, text_pair_column)
     columns = (text_column, text_pair_column, label_column)
     hub = _is_hub(train)
     if hub:

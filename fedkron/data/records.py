@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import datasets
 
+from fedkron.data.lm_prompts import PromptError, llm_adapters_to_mc
 from fedkron.data.tasks import TaskSpec
 
 
@@ -178,8 +179,6 @@ def _arc(row: dict, spec: TaskSpec) -> dict:
 def _openbookqa(row: dict, spec: TaskSpec) -> dict:
     """The hub's rows (question_stem, choices, answerKey) or LLM-Adapters' instruction records."""
     if "instruction" in row:
-        from fedkron.data.lm_prompts import PromptError, llm_adapters_to_mc
-
         try:
             return llm_adapters_to_mc(row)
         except (PromptError, KeyError, ValueError) as err:

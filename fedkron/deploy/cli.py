@@ -33,7 +33,13 @@ from fedkron.deploy.supervise import DEFAULT_GRACE, Supervisor
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedkron deploy", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    _add_file_commands(sub)
+    _add_process_commands(sub)
+    return p
 
+
+def _add_file_commands(sub) -> None:
+    """certs, keys, connection, register: the files and registrations a deployment needs."""
     c = sub.add_parser("certs", help="create a CA and a SuperLink server certificate")
     c.add_argument("outdir")
     c.add_argument(
@@ -67,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--connection", default="edge")
     r.add_argument("--dry-run", action="store_true")
 
+
+def _add_process_commands(sub) -> None:
+    """superlink, supernode: the long-running Flower processes, supervised."""
     s = sub.add_parser("superlink", help="start a SuperLink (TLS + SuperNode authentication)")
     s.add_argument("--certs", help="folder from `fedkron deploy certs`")
     s.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
@@ -93,7 +102,6 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--insecure", action="store_true", help="no TLS")
     _add_grace(e)
     e.add_argument("--dry-run", action="store_true")
-    return p
 
 
 def _add_grace(parser: argparse.ArgumentParser) -> None:

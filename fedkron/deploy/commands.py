@@ -58,6 +58,23 @@ def superlink_command(
     return cmd
 
 
+def _node_config(partition: tuple[int, int] | None, data_dir: str | None) -> dict[str, Any]:
+    """The SuperNode's ``--node-config``: its partition of the shared data, or its own data folder."""
+    node_config: dict[str, Any] = {}
+    if partition is not None:
+        pid, num = partition
+        if not 0 <= pid < num:
+            raise DeployConfigError(f"partition-id {pid} is outside [0, num-partitions={num})")
+        node_config.update({"partition-id": pid, "num-partitions": num})
+    if data_dir:
+        if not Path(data_dir).is_dir():
+            raise DeployConfigError(f"data-dir {data_dir!r} is not a folder")
+        node_config["data-dir"] = str(Path(data_dir).resolve())
+    if not node_config:
+        raise DeployConfigError("a SuperNode needs a partition (--partition I N) or its own --data-dir")
+    return node_config
+
+
 def supernode_command(
     *,
     superlink: str,
@@ -80,18 +97,7 @@ def supernode_command(
     """
     if isolation not in ISOLATIONS:
         raise DeployConfigError(f"isolation must be one of {ISOLATIONS} (got {isolation!r})")
-    node_config: dict[str, Any] = {}
-    if partition is not None:
-        pid, num = partition
-        if not 0 <= pid < num:
-            raise DeployConfigError(f"partition-id {pid} is outside [0, num-partitions={num})")
-        node_config.update({"partition-id": pid, "num-partitions": num})
-    if data_dir:
-        if not Path(data_dir).is_dir():
-            raise DeployConfigError(f"data-dir {data_dir!r} is not a folder")
-        node_config["data-dir"] = str(Path(data_dir).resolve())
-    if not node_config:
-        raise DeployConfigError("a SuperNode needs a partition (--partition I N) or its own --data-dir")
+    node_config = _node_config(partition, data_dir)
     cmd = [
         "flower-supernode",
         "--superlink",

@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import tomllib
 
+from fedkron.devices.mixes import BUILTIN_MIXES
+
 _DRAW_TAG = 0xDE71CE  # separates the profile stream from the per-round streams in devices.timing
 
 
@@ -266,7 +268,6 @@ def save_mix(mix: DeviceMix, path: str | Path) -> Path:
 
 def load_mix(spec: str | Path) -> DeviceMix:
     """``--devices NAME|FILE``: a built-in mix by name, else a .toml or .json file."""
-    from fedkron.devices.mixes import BUILTIN_MIXES
 
     if isinstance(spec, str) and spec in BUILTIN_MIXES:
         return mix_from_mapping(BUILTIN_MIXES[spec], f"built-in mix {spec!r}")

@@ -50,7 +50,7 @@ TINY_BERT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, int
 
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(model: str):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # here: transformers takes seconds to import
 
     if model in ENCODER_ALIASES:
         return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
@@ -69,7 +69,7 @@ def is_language_model(model: str) -> bool:
         return True
     if model in ENCODER_ALIASES:
         return False
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # here: transformers takes seconds to import
 
     source = resolve_model_source(model)
     config = AutoConfig.from_pretrained(source, local_files_only=os.path.isdir(source))
@@ -117,8 +117,13 @@ def build_model(cfg: RunConfig, num_labels: int, multiple_choice: bool = False) 
     Multiple choice with ``cfg.mc_head == "dual"`` wraps the bare encoder in
     `DualEncoderForMultipleChoice` (embedding similarity); "cross" is `AutoModelForMultipleChoice`.
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForMultipleChoice, AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
+    from transformers import (  # here: transformers takes seconds to import
+        AutoConfig,
+        AutoModel,
+        AutoModelForMultipleChoice,
+        AutoModelForSequenceClassification,
+    )
+    from transformers.utils import logging as hf_logging  # here: transformers takes seconds to import
 
     hf_logging.disable_progress_bar()
     if os.environ.get("TRANSFORMERS_VERBOSITY", "error") == "error":

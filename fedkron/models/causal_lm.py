@@ -87,7 +87,7 @@ def check_model_source(model: str) -> None:
     from huggingface_hub import (
         hf_hub_download,
         try_to_load_from_cache,
-    )  # here: huggingface_hub is only needed for hub models
+    )  # here: huggingface_hub is only needed for hub models  # here: huggingface_hub is only needed for hub models
 
     if isinstance(try_to_load_from_cache(model, "config.json"), str):
         return

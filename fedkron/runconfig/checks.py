@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedkron.compression.payload import BLOCK_SIZES
+from fedkron.data import TASKS
 from fedkron.runconfig.choices import FILE_TASKS, ConfigError, flag
 from fedkron.strategies.edge import edge_problems
 from fedkron.strategies.registry import STRATEGIES
@@ -159,7 +160,6 @@ def _accounted(cfg: RunConfig) -> bool:
 
 
 def _multiple_choice(task: str) -> bool:
-    from fedkron.data import TASKS
 
     return task in TASKS and TASKS[task].is_multiple_choice
 

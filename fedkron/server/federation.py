@@ -8,6 +8,7 @@ central evaluation writes each round's metrics row and checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -26,9 +27,10 @@ from fedkron.adapters import (
     save_adapter,
     trainable_parameter_count,
 )
+from fedkron.data import check_task_data, resolve_source
 from fedkron.data.client_data import EvalSet, eval_data, generation_prompts, model_shape, task_spec
 from fedkron.devices.timing import append_timing_csv
-from fedkron.models import build_model
+from fedkron.models import build_model, load_tokenizer
 from fedkron.runconfig.fields import DEFAULT_ROUND_TIMEOUT, RunConfig, codec_bits
 from fedkron.server.checkpoint import Checkpoint, load_checkpoint, require_rounds_left, save_checkpoint
 from fedkron.server.interrupt import RunInterrupted, StoppableGrid
@@ -39,6 +41,7 @@ from fedkron.server.rounds import run_rounds
 from fedkron.strategies.edge import keep_timing_rows, timing_row
 from fedkron.strategies.registry import build_strategy
 from fedkron.strategies.wrapper import FedKron, from_arrayrecord, to_arrayrecord
+from fedkron.training.language_model import sample_generations
 from fedkron.training.local import evaluate_metrics
 
 log = logging.getLogger("fedkron")
@@ -287,7 +290,6 @@ def first_summary(cfg: RunConfig, model, initial: dict, strategy: FedKron, evals
 def partition_sizes(cfg: RunConfig) -> dict[int, int] | None:
     """Rows of each client's partition when this process can read the training data locally (the
     packaged set, or a data folder), so no client can claim more examples than it holds."""
-    from fedkron.data import check_task_data, resolve_source
 
     spec = task_spec(cfg)
     if spec is None:  # instruction data: every client reports its own partition's size
@@ -306,10 +308,6 @@ def partition_sizes(cfg: RunConfig) -> dict[int, int] | None:
 
 def write_generations(folder: Path, server_round: int, cfg: RunConfig, model) -> None:
     """A few held-out instructions answered greedily by the global model, appended per round."""
-    import json
-
-    from fedkron.models import load_tokenizer
-    from fedkron.training.language_model import sample_generations
 
     prompts = generation_prompts(cfg)
     outputs = sample_generations(model, load_tokenizer(cfg.model), prompts, max_new_tokens=48)

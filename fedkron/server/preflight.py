@@ -9,14 +9,28 @@ losing an earlier run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import uuid
 from pathlib import Path
 
+from fedkron.adapters import inject
+from fedkron.data import check_task_data, resolve_source
 from fedkron.data.client_data import model_shape, task_spec
+from fedkron.data.lm_rows import instruction_splits
+from fedkron.models import TINY_BERT, adapter_config, is_language_model, minilm_path, resolved_device
+from fedkron.models.causal_lm import (
+    ALIASES,
+    ModelLoadError,
+    check_model_source,
+    lm_adapter_config,
+    resolve_model_source,
+)
 from fedkron.runconfig.fields import ConfigError, RunConfig
+from fedkron.server.checkpoint import resume_problems
+from fedkron.server.results import write_json
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "ledger.csv", "accuracy_and_mb.png", "timing.csv")
 RUN_FOLDERS = ("checkpoint", "client-state", "adapter")
@@ -45,7 +59,6 @@ def preflight(cfg: RunConfig, *, check_data: bool = True) -> None:
 def _failed_summary(cfg: RunConfig, problems: list[str]) -> None:
     """The failed-start summary, only into a folder that holds no run: over a finished run (refused
     ``--overwrite``) it would leave that run's config, metrics and checkpoint under a "failed" summary."""
-    from fedkron.server.results import write_json
 
     out = Path(cfg.out)
     if _holds_run_files(out):
@@ -86,7 +99,6 @@ def _holds_run_files(folder: Path) -> bool:
 def output_problems(cfg: RunConfig) -> list[str]:
     """The results folder must be writable, have room for a run's files, and must not hold a run
     that this one would replace, unless asked (``--overwrite``) or continued (``--resume``)."""
-    from fedkron.server.checkpoint import resume_problems
 
     out = Path(cfg.out)
     if cfg.resume:
@@ -153,11 +165,8 @@ def clear_run(folder: Path) -> None:
 def model_problems(cfg: RunConfig) -> list[str]:
     """The model can be found, holds loadable weights, and the adapters fit it: built on the meta
     device, no weights read."""
-    from fedkron.models.causal_lm import ModelLoadError, check_model_source
 
     if cfg.model not in BUILTIN_MODELS:
-        from fedkron.models import is_language_model
-
         try:
             check_model_source(cfg.model)
             language_model = is_language_model(cfg.model)
@@ -185,7 +194,6 @@ def model_problems(cfg: RunConfig) -> list[str]:
 def weights_problems(model: str) -> list[str]:
     """A local model folder must hold safetensors weights: a pickle checkpoint (pytorch_model.bin)
     would be refused only after Ray has started, and fedkron never unpickles (a pickle runs code)."""
-    from fedkron.models.causal_lm import ALIASES
 
     folder = Path(model).expanduser()
     if model in BUILTIN_MODELS or model in ALIASES or not folder.is_dir():
@@ -204,9 +212,7 @@ def weights_problems(model: str) -> list[str]:
 
 def _encoder_config(cfg: RunConfig):
     """(the encoder's config, None) or (None, one line saying why it cannot be read)."""
-    from transformers import AutoConfig
-
-    from fedkron.models import TINY_BERT, minilm_path
+    from transformers import AutoConfig  # here: transformers takes seconds to import
 
     try:
         if cfg.model in BUILTIN_MODELS:
@@ -229,11 +235,12 @@ def _encoder_config(cfg: RunConfig):
 
 def _adapter_fit_problems(cfg: RunConfig, config, num_labels: int, multiple_choice: bool) -> list[str]:
     """Build the model with its task head on the meta device and inject the adapters."""
-    import torch
-    from transformers import AutoModel, AutoModelForMultipleChoice, AutoModelForSequenceClassification
-
-    from fedkron.adapters import inject
-    from fedkron.models import adapter_config
+    import torch  # here: torch takes seconds to import
+    from transformers import (  # here: transformers takes seconds to import
+        AutoModel,
+        AutoModelForMultipleChoice,
+        AutoModelForSequenceClassification,
+    )
 
     dual = multiple_choice and cfg.mc_head == "dual"
     auto = AutoModel if dual else AutoModelForMultipleChoice if multiple_choice else AutoModelForSequenceClassification
@@ -254,12 +261,8 @@ def _adapter_fit_problems(cfg: RunConfig, config, num_labels: int, multiple_choi
 
 def lm_problems(cfg: RunConfig) -> list[str]:
     """A language model: its adapters fit (meta device, from its config) and the settings suit it."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from fedkron.adapters import inject
-    from fedkron.models import resolved_device
-    from fedkron.models.causal_lm import lm_adapter_config, resolve_model_source
+    import torch  # here: torch takes seconds to import
+    from transformers import AutoConfig, AutoModelForCausalLM  # here: transformers takes seconds to import
 
     problems = []
     if cfg.mc_head != "cross":
@@ -270,8 +273,6 @@ def lm_problems(cfg: RunConfig) -> list[str]:
             "trains on its answer tokens (use --local-loss ce)"
         )
     if cfg.base_quant != "none" and resolved_device(cfg) == "cpu":
-        import importlib.util
-
         if importlib.util.find_spec("bitsandbytes") is None:
             problems.append("base-quant needs bitsandbytes")
     try:
@@ -289,13 +290,10 @@ def lm_problems(cfg: RunConfig) -> list[str]:
 
 def data_problems(cfg: RunConfig) -> list[str]:
     """Load and partition the training data as the clients will (a bad file, too few rows)."""
-    from fedkron.data import check_task_data, resolve_source
 
     try:
         spec = task_spec(cfg)
         if spec is None:  # instruction files
-            from fedkron.data.lm_rows import instruction_splits
-
             splits = instruction_splits(cfg.train_file, cfg.eval_file or None, cfg.seed)
             if len(splits["train"]) < cfg.clients:
                 return [

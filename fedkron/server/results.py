@@ -107,10 +107,10 @@ class ResultsFolder:
         """accuracy per round and cumulative MB per round (up and down), side by side."""
         if not self.rows:
             return None
-        import matplotlib
+        import matplotlib  # here: matplotlib takes a second to import and only reports draw
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # here: matplotlib takes a second to import and only reports draw
 
         rounds = [r["round"] for r in self.rows]
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))

@@ -12,6 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedkron.runconfig.fields import AGGREGATIONS, CODECS, METHODS, ConfigError, RunConfig
+from fedkron.server.checkpoint import PER_FOLDER, latest_round, saved_config
+from fedkron.server.preflight import data_problems, holds_a_run, model_problems
+from fedkron.sim.report import write_report
+from fedkron.sim.simulate import prepared, quiet, ray_address_problems, run_many
 
 DEFAULT_RUNS = "kron-lora:nf4,lora:fp32,flowertune"
 # Runs known by a name: the baselines a reader asks for.
@@ -105,7 +109,6 @@ def resume_plan(cfg: RunConfig) -> str:
     """What a resumed compare does with the run folder ``cfg.out``: ``"done"`` (finished with these
     settings: keep it), ``"resume"`` (cut off after a checkpoint: go on from there) or ``"fresh"``.
     A folder holding a run with other settings is refused rather than mixed into the report."""
-    from fedkron.server.checkpoint import PER_FOLDER, latest_round, saved_config
 
     folder = Path(cfg.out)
     if not (folder / "config.json").is_file():
@@ -148,9 +151,6 @@ def run_compare(
     The runs share one Ray start (``run``, for tests: a function called per run instead). With
     ``resume``, runs already finished in ``out`` with the same settings are kept and a run cut off
     mid-way continues from its last checkpoint (see :func:`resume_plan`)."""
-    from fedkron.server.preflight import data_problems, holds_a_run, model_problems
-    from fedkron.sim.report import write_report
-    from fedkron.sim.simulate import prepared, quiet, ray_address_problems, run_many
 
     configs = run_configs(base, specs, out, lora, downlink)
     plans = [resume_plan(cfg) if resume else "fresh" for cfg in configs]  # every refusal before any run

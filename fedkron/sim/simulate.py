@@ -10,6 +10,7 @@ actors keep their tokenized data between runs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -21,9 +22,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from fedkron.client.client_app import app as default_client_app
 from fedkron.logs import VERBOSE_ENV, quiet_third_party
 from fedkron.runconfig.fields import ConfigError, RunConfig
+from fedkron.server.federation import run_federation
+from fedkron.server.interrupt import RunInterrupted
 from fedkron.server.preflight import clear_run, preflight
+from fedkron.sim.reaper import actor_processes
 
 log = logging.getLogger("fedkron")
 Progress = Callable[[dict], None]
@@ -130,9 +139,6 @@ def run_many(
     deployed server must). SIGINT / SIGTERM stop the simulation at the next message exchange:
     the run's summary says "interrupted", Ray is shut down and :class:`SimulationInterrupted` raised."""
     quiet(verbose)
-    from flwr.simulation import run_simulation
-
-    from fedkron.client.client_app import app as default_client_app
 
     summaries: list[dict] = []
     stop, caught = threading.Event(), []
@@ -180,11 +186,7 @@ def start_ray(init_args: dict) -> None:
 def _server_app(cfgs, progress, summaries: list[dict], stop: threading.Event, nodes, query_partitions: bool):
     """The ServerApp that runs ``cfgs`` one after the other, appending each summary; it stops at
     the first interrupted run (``stop`` set), and Flower's engine then ends as after a last run."""
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-
-    from fedkron.server.federation import run_federation
-    from fedkron.server.interrupt import RunInterrupted
+    # here: Flower's strategies load the server runtime (a second); read only when a run starts
 
     server_app = ServerApp()
 
@@ -208,7 +210,6 @@ def _server_app(cfgs, progress, summaries: list[dict], stop: threading.Event, no
 
 def _written_summary(cfg: RunConfig, status: str) -> dict:
     """The summary the run wrote into its folder (``status`` alone if it could not write one)."""
-    import json
 
     try:
         return {**json.loads((Path(cfg.out) / "summary.json").read_text()), "out": cfg.out}
@@ -267,7 +268,6 @@ def stop_on_signals(stop: threading.Event, caught: list[int]) -> Iterator[Callab
 def end_client_actors() -> None:
     """SIGKILL this process's Ray client actors (``ray::ClientAppActor``): a task waiting on one
     then fails at once and Flower's engine can end."""
-    from fedkron.sim.reaper import actor_processes
 
     for pid in actor_processes(os.getpid(), "ray::ClientAppActor"):
         try:

@@ -26,9 +26,10 @@ class StrategySpec:
     needs: Callable[[RunConfig], list[str]] = lambda cfg: []  # settings it cannot work with
 
     def build(self, cfg: RunConfig, **common) -> Strategy:
+        # here: Flower's strategies load the server runtime (a second); read only when a run starts
         from flwr.serverapp import (
             strategy as flower,
-        )  # here: Flower's strategies import the server runtime (a second), read only when a run starts
+        )
 
         return getattr(flower, self.flower_class)(**common, **self.options(cfg))
 
@@ -105,11 +106,12 @@ def build_strategy(cfg: RunConfig) -> Strategy:
 def privacy_wrapper(inner: Strategy, cfg: RunConfig) -> Strategy:
     """Flower's server-side clipping wrappers: fixed (with an RDP accountant when noise is added to
     plain FedAvg, the case Flower accounts for) or adaptive; ``inner`` itself when neither is asked."""
+    # here: Flower's strategies load the server runtime (a second); read only when a run starts
     from flwr.serverapp.strategy import (
         DifferentialPrivacyServerSideAdaptiveClipping,
         DifferentialPrivacyServerSideFixedClipping,
         FedAvg,
-    )  # here: Flower's strategies import the server runtime (a second), read only when a run starts
+    )
 
     sampled = cfg.sampled_per_round()
     if cfg.adaptive_clipping:
@@ -123,12 +125,13 @@ def privacy_wrapper(inner: Strategy, cfg: RunConfig) -> Strategy:
         return inner
     accountant = None
     if cfg.dp_noise > 0 and isinstance(inner, FedAvg) and type(inner).aggregate_train is FedAvg.aggregate_train:
+        # here: Flower's strategies load the server runtime (a second); read only when a run starts
         from flwr.serverapp import (
             NeighboringRelation,
             PrivacyConfig,
             RdpAccountant,
             SamplingMethod,
-        )  # here: Flower's strategies import the server runtime (a second), read only when a run starts
+        )
 
         accountant = RdpAccountant(
             PrivacyConfig(

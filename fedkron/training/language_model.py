@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedkron.data.lm_encode import special_prefix
 from fedkron.training.common import ProximalTerm, TrainResult, index_batches, local_optimizer
 from fedkron.training.mc_scoring import mc_loglikelihoods_shared, picked_logprob_sums
 
@@ -161,7 +162,6 @@ def sample_generations(
     """Greedy (deterministic) continuations of formatted prompts, without the prompt and special tokens.
 
     Batches are left-padded for generation; the tokenizer's padding side is restored afterwards."""
-    from fedkron.data.lm_encode import special_prefix
 
     was_training, side = model.training, tokenizer.padding_side
     model.eval()
