@@ -10,10 +10,10 @@ the caller says so (``force``), because a new CA silently invalidates every depl
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
+
+from fedkron.durable import atomic_write as durable_write
 
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -74,35 +74,8 @@ def write_public(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write(path: str | Path, data: bytes, mode: int) -> None:
-    """Temp file (O_EXCL, ``mode``) beside ``path`` → fsync → ``os.replace``; never follows a symlink."""
+    """:func:`fedkron.durable.atomic_write`, refusing a symlink at ``path`` with a clear message."""
     path = Path(path)
-    if path.is_symlink():  # re-checked here: os.replace would swap the link, but say so clearly
+    if path.is_symlink():  # os.replace would swap the link itself; say so instead
         raise KeyFileError(f"refusing to write through a symlink: {path}")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp, flags, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)  # the umask may have removed bits; the mode is exact either way
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (POSIX); harmless to skip where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    durable_write(path, data, mode)

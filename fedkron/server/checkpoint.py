@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedkron.durable import fsync_dir
 from fedkron.runconfig.fields import ConfigError
 from fedkron.server.ledger import Ledger
 from fedkron.server.results import read_metrics, write_atomically
@@ -79,10 +80,10 @@ def save_checkpoint(
     (tmp / "state.json").write_text(
         json.dumps({"round": rnd, "metrics": metrics, "strategy": values, "config": config})
     )
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
-    _fsync_dir(root, files=False)  # the rename itself on disk before the pointer names it
+    fsync_dir(root, files=False)  # the rename itself on disk before the pointer names it
     write_atomically(root / "latest.json", json.dumps({"round": rnd, "folder": folder.name}))
     for old in root.glob("round-*"):  # keep only the newest complete checkpoint
         if old != folder:
@@ -253,16 +254,3 @@ def read_checkpoint(out: Path, folder: Path) -> Checkpoint:
             "restore it, or start again with --overwrite"
         ) from None
     return ckpt
-
-
-def _fsync_dir(folder: Path, files: bool = True) -> None:
-    """``folder``'s files (unless not ``files``) and its own entry list flushed to disk."""
-    if files:
-        for path in folder.iterdir():
-            with path.open("rb") as fh:
-                os.fsync(fh.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

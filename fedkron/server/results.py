@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fedkron.durable import atomic_write
 from fedkron.server.ledger import MB
 
 
@@ -24,21 +25,9 @@ def write_json(path: Path, obj: dict[str, Any]) -> Path:
 
 
 def write_atomically(path: Path, text: str) -> Path:
-    """``path`` replaced by ``text`` in one step: written to a temporary file, flushed to disk,
-    renamed over ``path``; on failure (a full disk) the temporary file is removed and ``path`` is
-    left as it was."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """``path`` replaced by ``text`` in one step (:func:`fedkron.durable.atomic_write`): a reader, or
+    a resume after a crash or a full disk, sees the old file or the new one, never half."""
+    return atomic_write(path, text.encode())
 
 
 def append_line(path: Path, text: str) -> None:
