@@ -127,9 +127,10 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_cli_fails_before_ray_with_a_clear_message(capsys, monkeypatch):
-    import fedkron.sim.simulate as simulate
+    def started(*args, **kwargs):
+        raise AssertionError("the simulation started")
 
-    monkeypatch.setattr(simulate, "run_simulation", None, raising=False)  # must never be reached
+    monkeypatch.setattr("flwr.simulation.run_simulation", started)  # must never be reached
     with pytest.raises(SystemExit) as info:
         main(["sim", "--rank", "-1", "--method", "dora"])
     assert info.value.code == 2

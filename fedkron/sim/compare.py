@@ -14,8 +14,8 @@ from pathlib import Path
 from fedkron.runconfig.fields import AGGREGATIONS, CODECS, METHODS, ConfigError, RunConfig
 from fedkron.server.checkpoint import PER_FOLDER, latest_round, saved_config
 from fedkron.server.preflight import data_problems, holds_a_run, model_problems
+from fedkron.sim import simulate  # used as simulate.<name>: a stand-in set by a test is always the one called
 from fedkron.sim.report import write_report
-from fedkron.sim.simulate import prepared, quiet, ray_address_problems, run_many
 
 DEFAULT_RUNS = "kron-lora:nf4,lora:fp32,flowertune"
 # Runs known by a name: the baselines a reader asks for.
@@ -154,7 +154,7 @@ def run_compare(
 
     configs = run_configs(base, specs, out, lora, downlink)
     plans = [resume_plan(cfg) if resume else "fresh" for cfg in configs]  # every refusal before any run
-    problems = ray_address_problems(base.ray_address) if run is None else []
+    problems = simulate.ray_address_problems(base.ray_address) if run is None else []
     for cfg, plan in zip(configs, plans):
         if plan == "fresh" and holds_a_run(Path(cfg.out)) and not cfg.overwrite:
             problems.append(f"{cfg.out} holds a run; pass --overwrite to replace it, --resume to keep it")
@@ -177,9 +177,11 @@ def run_compare(
             except Exception as err:  # one failed run must not lose the others
                 print(f"run {spec.label} failed: {type(err).__name__}: {err}")
     elif todo:
-        quiet(verbose)
+        simulate.quiet(verbose)
         t0 = time.perf_counter()
-        summaries = run_many([prepared(cfg, checked=True) for _, cfg in todo], reporters, verbose=verbose)
+        summaries = simulate.run_many(
+            [simulate.prepared(cfg, checked=True) for _, cfg in todo], reporters, verbose=verbose
+        )
         for (spec, _), summary in zip(todo, summaries):
             print(f"run {spec.label}: {summary['status']}", flush=True)
         print(f"{len(todo)} runs in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import flwr.simulation
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.simulation import run_simulation
 
 from fedkron.client.client_app import app as default_client_app
 from fedkron.logs import VERBOSE_ENV, quiet_third_party
@@ -149,7 +149,7 @@ def run_many(
             start_ray(backend["init_args"])
             rearm()  # ray.init installs its own SIGTERM handler (exit at once, no summary)
             if not stop.is_set():
-                run_simulation(
+                flwr.simulation.run_simulation(  # looked up at call time: tests can stand in for it
                     server_app=server_app,
                     client_app=client_app or default_client_app,
                     num_supernodes=max(c.clients for c in cfgs),
