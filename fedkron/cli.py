@@ -2,7 +2,7 @@
 
 fedkron sim       one simulated federation (Ray), the embedded offline default with no flags
 fedkron compare   several methods/codecs on the same task, partition and client schedule
-                  (the offline default: Kron-LoRA nf4 vs LoRA fp32 on BoolQ)
+                  (the offline default: Kron-LoRA nf4 vs LoRA-8 fp32 and FlowerTune on SST-2)
 fedkron deploy    certificates, node keys and SuperLink/SuperNode commands for real edge nodes
 """
 
