@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from faulty import corrupt
 from flwr.app import Array, ConfigRecord, Message, RecordDict
 
 from fedkron.compression import get_codec
@@ -26,6 +25,7 @@ from fedkron.protocol import (
     read_reply,
     sent_names,
 )
+from fedkron.sim.faults import corrupt
 
 SHAPES = {"layer.A": torch.Size([2, 3]), "layer.B1": torch.Size([4, 2]), "head.weight": torch.Size([5])}
 

@@ -37,9 +37,8 @@ def runs(tmp_path_factory):
     """A real 3-run ``compare`` on Ray: kron-lora nf4 (partition 0 sends a corrupted payload),
     kron-lora fp32 (partition 1 raises) and kron-lora nf4 exact (clean), same task, seed and
     client schedule."""
-    from faulty import make_faulty_app
-
     from fedkron.sim.compare import parse_runs, run_compare
+    from fedkron.sim.faults import make_faulty_app
     from fedkron.sim.simulate import run_sim
 
     root = tmp_path_factory.mktemp("sim")

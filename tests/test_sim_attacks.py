@@ -44,7 +44,7 @@ def _rows(folder):
 
 
 def test_bad_fields_and_headers_reject_one_reply_and_the_run_goes_on(tmp_path):
-    from faulty import make_faulty_app
+    from fedkron.sim.faults import make_faulty_app
 
     app = make_faulty_app({1: "nan-partition", 2: "huge-header", 3: "no-info"})
     cfg = RunConfig(**BASE, out=str(tmp_path / "a")).resolved()
@@ -59,7 +59,7 @@ def test_bad_fields_and_headers_reject_one_reply_and_the_run_goes_on(tmp_path):
 
 
 def test_one_client_cannot_steer_the_global_adapter(tmp_path):
-    from faulty import make_faulty_app
+    from fedkron.sim.faults import make_faulty_app
 
     app = make_faulty_app({1: "claim-examples", 2: "overflow"}, only_in="attack")
     cfgs = {n: RunConfig(**BASE, out=str(tmp_path / n)).resolved() for n in ("clean", "attack")}
@@ -79,7 +79,7 @@ def test_one_client_cannot_steer_the_global_adapter(tmp_path):
 def test_one_huge_reply_of_two_neither_wrecks_nor_stops_the_run(tmp_path):
     """Two replies a round, no history: the ×1e30 update is rejected (it once passed and then
     made every client train on NaN), and its claimed evaluation weight is capped."""
-    from faulty import make_faulty_app
+    from fedkron.sim.faults import make_faulty_app
 
     app = make_faulty_app({1: "scale-1e30", 3: "claim-eval"})
     base = dict(BASE, fraction=0.5, fraction_evaluate=1.0, eval_samples=8)

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from faulty import corrupt
 from flwr.app import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,6 +19,7 @@ from fedkron.protocol import make_reply, read_broadcast
 from fedkron.runconfig.fields import RunConfig
 from fedkron.server.ledger import Ledger, LedgerGrid
 from fedkron.server.rounds import run_rounds
+from fedkron.sim.faults import corrupt
 from fedkron.strategies.registry import build_strategy
 from fedkron.strategies.wrapper import FedKron, from_arrayrecord, to_arrayrecord
 

@@ -1,5 +1,6 @@
-"""A ClientApp that misbehaves on purpose, for fault-injection tests and benchmarks (test-only:
-not part of the installed package; benchmarks import it from the repository's tests/ folder).
+"""A ClientApp that misbehaves on purpose, for measuring the server's defences: the tests and
+``benchmarks/bench_faults.py`` run it, and a researcher can put it in a simulation to attack a
+strategy (``run_sim(cfg, client_app=make_faulty_app({1: "scale-100"}))``).
 
 Chosen partitions run the real training, then corrupt their reply in one of several ways; the
 rest behave normally. The server must drop (or robustly absorb) what the bad ones send.
