@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 from fedkron.logs import quiet_third_party
+from fedkron.runconfig.choices import PER_METHOD_FIELDS as _PER_METHOD
+from fedkron.runconfig.choices import PER_TASK_FIELDS as _PER_TASK
 from fedkron.runconfig.fields import ConfigError, RunConfig, bits_to_codec
 from fedkron.server.ledger import MB
 
@@ -21,8 +23,6 @@ CLI_ONLY = {  # flags that are not run-config fields: sugar and output
     "--bits": "uplink bits: 4 = nf4 (or `--uplink fp4`), 8 = int8, 16 = fp16, 32 = fp32",
     "--verbose": "show Flower's, Ray's and transformers' own logs",
 }
-_PER_TASK = ("max_length", "clients", "rounds", "local_steps", "eval_samples")
-_PER_METHOD = ("rank", "aggregation", "lr")
 
 
 def default_text(f: dataclasses.Field) -> str:

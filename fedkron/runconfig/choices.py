@@ -48,6 +48,11 @@ class ConfigError(ValueError):
     """A run-config value is invalid; the message lists every problem found."""
 
 
+# The fields whose field default means "the task's default" (eval-samples: -1) and "the method's".
+PER_TASK_FIELDS = (*TASK_DEFAULTED, "eval_samples")
+PER_METHOD_FIELDS = tuple(METHOD_DEFAULTS["kron-lora"])  # rank, aggregation, lr
+
+
 def flag(name: str) -> str:
     """A field's name as its CLI flag / Flower run-config key."""
     return name.replace("_", "-")

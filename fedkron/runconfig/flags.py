@@ -18,12 +18,12 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fedkron.runconfig.choices import TASK_DEFAULTED, flag
+from fedkron.runconfig.choices import PER_METHOD_FIELDS as _PER_METHOD
+from fedkron.runconfig.choices import PER_TASK_FIELDS as _PER_TASK
+from fedkron.runconfig.choices import flag
 from fedkron.runconfig.fields import RunConfig
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
-_PER_TASK = (*TASK_DEFAULTED, "eval_samples")  # their field default means "the task's default"
-_PER_METHOD = ("rank", "aggregation", "lr")  # ... "the method's default"
 GROUP = "run settings (RunConfig fields, as in `fedkron sim --help`)"
 
 
