@@ -16,7 +16,7 @@ from fedkron.compression.payload import BLOCK_SIZES
 from fedkron.data import TASKS
 from fedkron.runconfig.choices import FILE_TASKS, ConfigError, flag
 from fedkron.strategies.edge import edge_problems
-from fedkron.strategies.registry import STRATEGIES
+from fedkron.strategies.registry import STRATEGIES, STRATEGY_FIELDS, strategies_reading
 
 if TYPE_CHECKING:
     from fedkron.runconfig.fields import RunConfig
@@ -132,7 +132,12 @@ def _federation_problems(cfg: RunConfig) -> list[str]:
 # Settings that only some runs read: (field, does this run read it?, the flag value it needs). A value
 # changed from its default in a run that never reads it would be dropped without a word; refused
 # instead. (A language model's own limits are preflight's lm_problems: they need the model's config.)
-_STRATEGY_LR = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+def _strategy_scope(field: str) -> tuple[str, Callable[[RunConfig], bool], str]:
+    """A strategy setting's scope, from the registry's record of which strategies read it."""
+    names = strategies_reading(field)
+    return field, lambda c: c.strategy in names, f"--strategy {(' or ' if len(names) == 2 else ', ').join(names)}"
+
+
 SCOPED: tuple[tuple[str, Callable[[RunConfig], bool], str], ...] = (
     ("data_dir", lambda c: c.task not in FILE_TASKS, "a named task (custom and instruct read --train-file)"),
     ("train_file", lambda c: c.task in FILE_TASKS, "--task custom or instruct"),
@@ -142,11 +147,7 @@ SCOPED: tuple[tuple[str, Callable[[RunConfig], bool], str], ...] = (
     ("label_column", lambda c: c.task == "custom", "--task custom"),
     ("mc_head", lambda c: _multiple_choice(c.task), "a multiple-choice task (piqa, arc-easy, ...)"),
     ("dirichlet_alpha", lambda c: c.partition == "dirichlet", "--partition dirichlet"),
-    ("server_lr", lambda c: c.strategy in _STRATEGY_LR, f"--strategy {', '.join(_STRATEGY_LR)}"),
-    ("server_momentum", lambda c: c.strategy == "fedavgm", "--strategy fedavgm"),
-    ("proximal_mu", lambda c: c.strategy == "fedprox", "--strategy fedprox"),
-    ("trim_fraction", lambda c: c.strategy == "fedtrimmedavg", "--strategy fedtrimmedavg"),
-    ("num_malicious", lambda c: c.strategy in ("krum", "bulyan"), "--strategy krum or bulyan"),
+    *(_strategy_scope(name) for name in STRATEGY_FIELDS),
     ("dp_delta", lambda c: _accounted(c), "--dp-noise > 0 and --clip-norm on plain fedavg (where ε is accounted)"),
     ("max_weight_share", lambda c: c.dp_noise == 0, "no --dp-noise (central DP weighs every client equally)"),
     ("lr_min", lambda c: c.lr_schedule == "cosine", "--lr-schedule cosine"),

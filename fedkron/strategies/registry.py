@@ -24,6 +24,7 @@ class StrategySpec:
     flower_class: str  # in flwr.serverapp.strategy
     options: Callable[[RunConfig], dict]  # its constructor's own arguments
     needs: Callable[[RunConfig], list[str]] = lambda cfg: []  # settings it cannot work with
+    reads: tuple[str, ...] = ()  # the run-config fields it reads (others of STRATEGY_FIELDS are refused)
 
     def build(self, cfg: RunConfig, **common) -> Strategy:
         # here: Flower's strategies load the server runtime (a second); read only when a run starts
@@ -62,19 +63,34 @@ def _bulyan_needs(cfg: RunConfig) -> list[str]:
 
 STRATEGIES: dict[str, StrategySpec] = {
     # FedAvg with a server learning rate ≠ 1 is FedAvgM without momentum: w + lr · mean(Δ).
-    "fedavg": StrategySpec("FedAvg", lambda c: {}),
+    "fedavg": StrategySpec("FedAvg", lambda c: {}, reads=("server_lr",)),
     "fedavgm": StrategySpec(
-        "FedAvgM", lambda c: {"server_learning_rate": c.server_lr, "server_momentum": c.server_momentum}
+        "FedAvgM",
+        lambda c: {"server_learning_rate": c.server_lr, "server_momentum": c.server_momentum},
+        reads=("server_lr", "server_momentum"),
     ),
-    "fedadam": StrategySpec("FedAdam", _eta),
-    "fedyogi": StrategySpec("FedYogi", _eta),
-    "fedadagrad": StrategySpec("FedAdagrad", _eta),
-    "fedprox": StrategySpec("FedProx", lambda c: {"proximal_mu": c.proximal_mu}),
+    "fedadam": StrategySpec("FedAdam", _eta, reads=("server_lr",)),
+    "fedyogi": StrategySpec("FedYogi", _eta, reads=("server_lr",)),
+    "fedadagrad": StrategySpec("FedAdagrad", _eta, reads=("server_lr",)),
+    "fedprox": StrategySpec("FedProx", lambda c: {"proximal_mu": c.proximal_mu}, reads=("proximal_mu",)),
     "fedmedian": StrategySpec("FedMedian", lambda c: {}),
-    "fedtrimmedavg": StrategySpec("FedTrimmedAvg", lambda c: {"beta": c.trim_fraction}),
-    "krum": StrategySpec("Krum", lambda c: {"num_malicious_nodes": c.num_malicious}, _krum_needs),
-    "bulyan": StrategySpec("Bulyan", lambda c: {"num_malicious_nodes": c.num_malicious}, _bulyan_needs),
+    "fedtrimmedavg": StrategySpec("FedTrimmedAvg", lambda c: {"beta": c.trim_fraction}, reads=("trim_fraction",)),
+    "krum": StrategySpec(
+        "Krum", lambda c: {"num_malicious_nodes": c.num_malicious}, _krum_needs, reads=("num_malicious",)
+    ),
+    "bulyan": StrategySpec(
+        "Bulyan", lambda c: {"num_malicious_nodes": c.num_malicious}, _bulyan_needs, reads=("num_malicious",)
+    ),
 }
+
+# The settings only some strategies read, in the order --help lists them.
+STRATEGY_FIELDS = ("server_lr", "server_momentum", "proximal_mu", "trim_fraction", "num_malicious")
+
+
+def strategies_reading(field: str) -> tuple[str, ...]:
+    """The strategy names whose Flower strategy reads ``field`` (one of STRATEGY_FIELDS)."""
+    return tuple(name for name, spec in STRATEGIES.items() if field in spec.reads)
+
 
 # The wrapper picks the clients itself (seeded) and gives the inner strategy exactly those: it
 # must take all of them and never wait for more.
