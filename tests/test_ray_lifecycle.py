@@ -6,11 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from sim_process import start_sim
 
 from fedkron.sim.reaper import _alive, _table, ray_processes_below
 
@@ -18,20 +18,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--model", "tiny-bert", "--task", "sst2", "--clients", "2", "--local-steps", "2"]
 FLAGS += ["--batch-size", "8", "--max-length", "32", "--eval-samples", "32"]
-
-
-def _sim(args, **kw) -> subprocess.Popen:
-    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
-    return subprocess.Popen(
-        [sys.executable, "-m", "fedkron", "sim", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        **kw,
-    )
 
 
 def _ray_below_until_round_1(proc: subprocess.Popen, out: Path, limit: float = 300) -> dict[int, int]:
@@ -60,7 +46,7 @@ def _wait_gone(seen: dict[int, int], limit: float) -> dict[int, int]:
 def test_an_unreachable_ray_address_is_one_line_before_anything_is_written(tmp_path):
     out = tmp_path / "run"
     t0 = time.monotonic()
-    proc = _sim(FLAGS + ["--rounds", "1", "--ray-address", "127.0.0.1:1", "--out", str(out)])
+    proc = start_sim(FLAGS + ["--rounds", "1", "--ray-address", "127.0.0.1:1", "--out", str(out)])
     text, _ = proc.communicate(timeout=60)
     assert time.monotonic() - t0 < 30
     assert proc.returncode == 2, text
@@ -71,7 +57,7 @@ def test_an_unreachable_ray_address_is_one_line_before_anything_is_written(tmp_p
 
 def test_sigkill_leaves_no_ray_process_behind(tmp_path):
     out = tmp_path / "run"
-    proc = _sim(FLAGS + ["--rounds", "3", "--out", str(out)])
+    proc = start_sim(FLAGS + ["--rounds", "3", "--out", str(out)])
     seen = _ray_below_until_round_1(proc, out)
     os.kill(proc.pid, signal.SIGKILL)  # the driver alone, not its process group
     proc.communicate()
@@ -83,7 +69,7 @@ def test_sigkill_leaves_no_ray_process_behind(tmp_path):
 
 def test_sigterm_ends_the_run_as_interrupted_and_resume_finishes_it(tmp_path):
     out = tmp_path / "run"
-    proc = _sim(FLAGS + ["--rounds", "3", "--out", str(out)])
+    proc = start_sim(FLAGS + ["--rounds", "3", "--out", str(out)])
     seen = _ray_below_until_round_1(proc, out)
     proc.send_signal(signal.SIGTERM)
     text, _ = proc.communicate(timeout=120)
@@ -94,7 +80,7 @@ def test_sigterm_ends_the_run_as_interrupted_and_resume_finishes_it(tmp_path):
     assert summary["status"] == "interrupted" and summary["rounds_completed"] >= 1
     assert not _wait_gone(seen, limit=10)
 
-    resumed = _sim(["--resume", str(out)])
+    resumed = start_sim(["--resume", str(out)])
     text, _ = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, text[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -3,14 +3,13 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from sim_process import start_sim
 
 from fedkron.server.ledger import Ledger
 
@@ -40,20 +39,6 @@ FLAGS = [
 ]
 
 
-def _sim(args, **kw):
-    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
-    return subprocess.Popen(
-        [sys.executable, "-m", "fedkron", "sim", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        **kw,
-    )
-
-
 def _finish(proc, limit=400):
     out, _ = proc.communicate(timeout=limit)
     assert proc.returncode == 0, out[-3000:]
@@ -71,8 +56,8 @@ def _train_totals(folder: Path, figure: str) -> tuple[int, int, int]:
 
 def test_sigkill_mid_round_then_resume_matches_an_uninterrupted_run(tmp_path):
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    victim = _sim(FLAGS + ["--out", str(killed)])
-    reference = _sim(FLAGS + ["--out", str(clean)])
+    victim = start_sim(FLAGS + ["--out", str(killed)])
+    reference = start_sim(FLAGS + ["--out", str(clean)])
     # Kill the victim (and its Ray processes) once round 1 is checkpointed and round 2 has started.
     pointer = killed / "checkpoint" / "latest.json"
     deadline = time.time() + 300
@@ -87,7 +72,7 @@ def test_sigkill_mid_round_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert json.loads(pointer.read_text())["round"] in (1, 2)
     assert not (killed / "adapter").exists()  # it really died before finishing
 
-    out = _finish(_sim(["--resume", str(killed)]))
+    out = _finish(start_sim(["--resume", str(killed)]))
     assert "completed" in out
     _finish(reference)
 
@@ -110,7 +95,7 @@ def test_sigkill_mid_round_then_resume_matches_an_uninterrupted_run(tmp_path):
 
     # Extend the finished run by one round: rounds 1-3 are kept as they were, round 4 is added.
     before = (clean / "metrics.jsonl").read_text().splitlines()
-    out = _finish(_sim(["--resume", str(clean), "--rounds", "4"]))
+    out = _finish(start_sim(["--resume", str(clean), "--rounds", "4"]))
     assert "completed" in out
     after = (clean / "metrics.jsonl").read_text().splitlines()
     assert after[:4] == before  # the earlier rounds' rows, untouched
