@@ -127,3 +127,18 @@ def test_importing_the_package_leaves_logging_and_warnings_alone():
     env = {k: v for k, v in os.environ.items() if k not in ("FEDKRON_VERBOSE", "PYTHONWARNINGS")}
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
     assert done.stdout.split() == ["True", "True"], done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("entry", ["fedkron.client.client_app", "fedkron.server.server_app"])
+def test_an_app_module_hides_import_time_notices_unless_verbose(entry):
+    """Every Ray actor imports the ClientApp module: a notice raised while it imports bitsandbytes
+    and torch's compiler would be printed once per actor. It is quieted before those imports; with
+    ``FEDKRON_VERBOSE`` it shows (so this test sees the notice it hides)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FEDKRON_VERBOSE", "PYTHONWARNINGS")}
+    seen = []
+    for verbose in ("", "1"):
+        cmd = [sys.executable, "-W", "always::DeprecationWarning", "-c", f"import {entry}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**env, "FEDKRON_VERBOSE": verbose}, timeout=300)
+        assert done.returncode == 0, done.stderr
+        seen.append("script_method" in done.stderr)
+    assert seen == [False, True]

@@ -1,12 +1,15 @@
 """The Flower ClientApp: thin handlers over :mod:`fedkron.client.worker`."""
 
-from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
-
-from fedkron.client.worker import handle_evaluate, handle_query, handle_train
 from fedkron.logs import quiet_third_party
 
-quiet_third_party()  # an entry point: every simulated client (Ray actor) imports this module
+# An entry point: every simulated client (Ray actor) imports this module. Quieted before the imports
+# below, which load bitsandbytes and torch's compiler (their import-time notices are what it hides).
+quiet_third_party()
+
+from flwr.app import Context, Message  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+
+from fedkron.client.worker import handle_evaluate, handle_query, handle_train  # noqa: E402
 
 app = ClientApp()
 

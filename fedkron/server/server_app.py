@@ -2,16 +2,19 @@
 
 from pathlib import Path
 
-from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
-
 from fedkron.logs import quiet_third_party
-from fedkron.runconfig.fields import RunConfig
-from fedkron.server.federation import run_federation
-from fedkron.server.preflight import clear_run, preflight
-from fedkron.server.progress import format_round
 
-quiet_third_party()  # an entry point: every simulated client (Ray actor) imports this module
+# An entry point (the ServerApp process). Quieted before the imports below, which load bitsandbytes
+# and torch's compiler (their import-time notices are what it hides).
+quiet_third_party()
+
+from flwr.app import Context  # noqa: E402
+from flwr.serverapp import Grid, ServerApp  # noqa: E402
+
+from fedkron.runconfig.fields import RunConfig  # noqa: E402
+from fedkron.server.federation import run_federation  # noqa: E402
+from fedkron.server.preflight import clear_run, preflight  # noqa: E402
+from fedkron.server.progress import format_round  # noqa: E402
 
 app = ServerApp()
 
