@@ -113,6 +113,7 @@ def frontier_plot(path: Path, configs: list[dict], fronts: dict[str, list[str]],
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # here: matplotlib takes a second to import and only reports draw
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # here: as matplotlib above
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     markers = "osD^v<>P*X"
@@ -133,6 +134,11 @@ def frontier_plot(path: Path, configs: list[dict], fronts: dict[str, list[str]],
         ax.axhline(100 * target, color="grey", ls="--", lw=1, label=f"target {100 * target:.1f}%")
     ax.set(xscale="log", xlabel="total MB (up + down, mean over seeds, log scale)",
            ylabel="final held-out accuracy (%)", title="Bytes–accuracy frontier")  # fmt: skip
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    low, high = ax.get_ylim()  # an interval past 0 % or 100 % is drawn up to the edge
+    ax.set_ylim(max(low, 0.0), min(high, 100.0))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
