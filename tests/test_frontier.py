@@ -268,3 +268,24 @@ def test_compare_savings_cells_split_each_total_into_codec_adapter_and_rounds(tm
     ratio = (3072 * 4 + 100) / (40 * 0.5 + 100)
     assert f"| kron-lora-nf4-r4 | {ratio:.1f}× / {ratio:.1f}× / " in text
     assert f"= {codec:.3g} codec × {3072 / 40:.3g} adapter × 1 rounds |" in text
+
+
+def test_a_failed_run_loses_no_other_and_is_left_out_of_its_config_figures(tmp_path):
+    from fedkron.sim.compare import parse_runs
+    from fedkron.sim.frontier import run_frontier
+
+    def run(cfg, progress=None):
+        if cfg.seed == 2 and cfg.method == "kron-lora":
+            raise RuntimeError("the run never wrote a thing")
+        summary = fake_run(cfg)
+        if cfg.seed == 1 and cfg.method == "kron-lora":  # ended failed, its summary says so
+            summary["status"] = "failed: RuntimeError: boom"
+            (Path(cfg.out) / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    run_frontier(RunConfig(**BASE), parse_runs("kron-lora:nf4:r2,lora:fp32:r8"), [0, 1, 2], tmp_path, run=run)
+    configs = {c["config"]: c for c in json.loads((tmp_path / "frontier.json").read_text())["configs"]}
+    assert (configs["kron-lora-nf4-r2"]["n"], configs["kron-lora-nf4-r2"]["left_out"]) == (1, 1)
+    assert configs["kron-lora-nf4-r2"]["seeds"] == [0] and configs["lora-fp32-r8"]["n"] == 3
+    assert configs["kron-lora-nf4-r2"]["vs_reference"]["pairs"] == 1
+    assert "| 1 (1 left out) |" in (tmp_path / "frontier.md").read_text()
