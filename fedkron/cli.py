@@ -3,6 +3,8 @@
 fedkron sim       one simulated federation (Ray), the embedded offline default with no flags
 fedkron compare   several methods/codecs on the same task, partition and client schedule
                   (the offline default: Kron-LoRA nf4 vs LoRA-8 fp32 and FlowerTune on SST-2)
+fedkron frontier  the bytes–accuracy frontier: run configs (method, codec, rank, targets) over
+                  paired seeds, each method's Pareto front, bytes to a target, savings decomposed
 fedkron deploy    certificates, node keys and SuperLink/SuperNode commands for real edge nodes
 """
 
@@ -217,8 +219,66 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_frontier(args: argparse.Namespace) -> int:
+    from fedkron.server.progress import format_round  # here: see cmd_sim
+    from fedkron.sim.compare import LoraSettings, parse_runs  # here: see cmd_sim
+    from fedkron.sim.frontier import parse_seeds, run_frontier  # here: see cmd_sim
+    from fedkron.sim.simulate import SimulationInterrupted  # here: see cmd_sim
+
+    if args.seed is not None:
+        raise ConfigError("fedkron frontier runs every config at each of --seeds (e.g. --seeds 0-4); drop --seed")
+    specs, seeds = parse_runs(args.runs), parse_seeds(args.seeds)
+    base = config_from_args(args)
+    out = args.out or f"results/frontier-{base.task}"
+    print(
+        f"fedkron frontier: {len(specs)} configs × {len(seeds)} seeds ({', '.join(s.label for s in specs)}; "
+        f"seeds {', '.join(map(str, seeds))}) on {base.task} ({base.model}) → {out}",
+        flush=True,
+    )
+    lora = LoraSettings(rank=args.lora_rank, lr=args.lora_lr, targets=args.lora_targets)
+    try:
+        report = run_frontier(
+            base,
+            specs,
+            seeds,
+            out,
+            lora=lora,
+            resume=args.resume,
+            downlink=args.downlink,
+            verbose=args.verbose,
+            target=args.target,
+            progress=lambda label, row: print(f"[{label}] {format_round(row)}", flush=True),
+        )
+    except SimulationInterrupted as stopped:
+        return interrupted(stopped, [out])
+    print(f"report: {report}")
+    return 0
+
+
+def _add_runs_flags(p: argparse.ArgumentParser, default_runs: str, what: str) -> None:
+    """--runs, the LoRA settings and --resume: what compare and frontier both take."""
+    p.add_argument(
+        "--runs",
+        default=default_runs,
+        help=f"comma-separated method[:codec][:aggregation][:rN][:targets] runs (the parts after the "
+        f"method in any order; targets joined by +; the codec used both ways) (default {default_runs}); "
+        "presets: flowertune (LoRA-8 on query,value, fp32: Flower's recipe), ffa-lora[:codec] (LoRA with "
+        "A frozen: exact); e.g. kron-lora:nf4:exact,lora:nf4:r8:query+value,lora:fp32",
+    )
+    p.add_argument("--lora-rank", type=int, default=8, help="rank of the LoRA runs that name none (default 8)")
+    p.add_argument("--lora-lr", type=float, help="learning rate of the LoRA runs (default: --lr)")
+    p.add_argument("--lora-targets", help="adapted layers of the LoRA runs, e.g. query,value (default: --targets)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue the {what} in --out: keep runs finished there with the same "
+        "settings, continue a run cut off mid-way from its last checkpoint",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fedkron.sim.compare import DEFAULT_RUNS  # here: see cmd_sim
+    from fedkron.sim.frontier import DEFAULT_FRONTIER_RUNS, DEFAULT_SEEDS  # here: see cmd_sim
 
     parser = argparse.ArgumentParser(
         prog="fedkron", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -231,24 +291,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_sim.set_defaults(func=cmd_sim)
     p_cmp = sub.add_parser("compare", help="several methods/codecs on one task, seed and client schedule")
-    p_cmp.add_argument(
-        "--runs",
-        default=DEFAULT_RUNS,
-        help=f"comma-separated method:codec[:aggregation] runs, the codec used both ways (default "
-        f"{DEFAULT_RUNS}); presets: flowertune (LoRA-8 on query,value, fp32: Flower's recipe), "
-        "ffa-lora[:codec] (LoRA with A frozen: exact); e.g. kron-lora:nf4:exact,lora:nf4,lora:fp32",
-    )
-    p_cmp.add_argument("--lora-rank", type=int, default=8, help="rank of the LoRA runs (default 8)")
-    p_cmp.add_argument("--lora-lr", type=float, help="learning rate of the LoRA runs (default: --lr)")
-    p_cmp.add_argument("--lora-targets", help="adapted layers of the LoRA runs, e.g. query,value (default: --targets)")
-    p_cmp.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the compare in --out: keep runs finished there with the same "
-        "settings, continue a run cut off mid-way from its last checkpoint",
-    )
+    _add_runs_flags(p_cmp, DEFAULT_RUNS, "compare")
     _add_run_flags(p_cmp)
     p_cmp.set_defaults(func=cmd_compare)
+    p_fr = sub.add_parser("frontier", help="the bytes–accuracy frontier of run configs over paired seeds")
+    _add_runs_flags(p_fr, DEFAULT_FRONTIER_RUNS, "frontier")
+    p_fr.add_argument(
+        "--seeds",
+        default=DEFAULT_SEEDS,
+        help=f"seeds every config runs at, e.g. 0-4 or 0,1,2 (default {DEFAULT_SEEDS})",
+    )
+    p_fr.add_argument(
+        "--target",
+        type=float,
+        help="target accuracy as a fraction, e.g. 0.84 (default: the mean final accuracy of the reference "
+        "lora:fp32:r8 − 1 point)",
+    )
+    _add_run_flags(p_fr)
+    p_fr.set_defaults(func=cmd_frontier)
     sub.add_parser(
         "deploy",
         help="TLS certificates, node keys and SuperLink/SuperNode commands "

@@ -28,13 +28,13 @@ CLI_INTRO = """# Command reference
 
 <!-- Made by scripts/sync_docs.py from fedkron's RunConfig fields; edit the fields, then run it. -->
 
-`fedkron sim` and `fedkron compare` take one flag per run-config field (`python -m fedkron sim
+`fedkron sim`, `fedkron compare` and `fedkron frontier` take one flag per run-config field (`python -m fedkron sim
 --help`); the same settings are the keys of `flwr run . --run-config "..."` (`-` for `_`, see
 [deployment.md](deployment.md)). "per task" and "per method" defaults are in
 [sim.md](sim.md#task-defaults). Unknown values and impossible combinations stop the run before Ray
 starts, every problem listed.
 
-## `fedkron sim` (and the run flags of `fedkron compare`)
+## `fedkron sim` (and the run flags of `fedkron compare` and `fedkron frontier`)
 
 """
 
@@ -59,13 +59,14 @@ def app_config() -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_table() -> str:
-    """The flags only ``fedkron compare`` has, from its parser (the run flags are sim's table)."""
+def compare_table(command: str = "compare") -> str:
+    """The flags only ``fedkron <command>`` (compare, frontier) has, from its parser (the run flags
+    are sim's table)."""
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices  # argparse keeps subparsers nowhere public
     sim_flags = {o for a in sub["sim"]._actions for o in a.option_strings}
     rows = ["| flag | meaning |", "|---|---|"]
-    for action in sub["compare"]._actions:
+    for action in sub[command]._actions:
         flags = [o for o in action.option_strings if o.startswith("--")]
         if flags and flags[0] != "--help" and (flags[0] not in sim_flags or flags[0] == "--resume"):
             meaning = (action.help or "").replace("%%", "%").replace("|", "/")
@@ -74,9 +75,14 @@ def compare_table() -> str:
 
 
 def cli_md() -> str:
-    """docs/cli.md: the flag table of ``fedkron sim``, the compare-only flags, a pointer for deploy."""
+    """docs/cli.md: the flag table of ``fedkron sim``, the compare-only and frontier-only flags, a
+    pointer for deploy."""
     compare = "\n## `fedkron compare`: its own flags\n\n" + compare_table() + "\n"
-    return CLI_INTRO + flag_table() + "\n" + compare + DEPLOY
+    frontier = (
+        "\n## `fedkron frontier`: its own flags\n\nIt also takes every run flag above except `--seed` "
+        "(see [compare.md](compare.md#frontier)).\n\n" + compare_table("frontier") + "\n"
+    )
+    return CLI_INTRO + flag_table() + "\n" + compare + frontier + DEPLOY
 
 
 def with_app_config(pyproject: str) -> str:

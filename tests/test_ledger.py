@@ -29,11 +29,14 @@ def test_ledger_totals_and_csv_round_trip(tmp_path):
     ledger.write_csv(tmp_path / "ledger.csv")
     again = Ledger.read_csv(tmp_path / "ledger.csv")
     assert again.rows == ledger.rows and again.totals() == ledger.totals()
-    # a ledger written before the content_bytes column existed still reads
-    old = tmp_path / "old.csv"
+    # ledgers written before the values column, and before the content_bytes column, still read
     lines = (tmp_path / "ledger.csv").read_text().splitlines()
-    old.write_text("\n".join(",".join(line.split(",")[:-1]) for line in lines) + "\n")
-    assert [r.content_bytes for r in Ledger.read_csv(old).rows] == [0, 0, 0, 0]
+    assert lines[0].endswith(",content_bytes,values")
+    for dropped, content in ((1, [130, 0, 0, 0]), (2, [0, 0, 0, 0])):
+        old = tmp_path / f"old{dropped}.csv"
+        old.write_text("\n".join(",".join(line.split(",")[:-dropped]) for line in lines) + "\n")
+        rows = Ledger.read_csv(old).rows
+        assert [r.content_bytes for r in rows] == content and [r.values for r in rows] == [0, 0, 0, 0]
 
 
 def _tiny_run(num_nodes, handler, **kw):
@@ -108,3 +111,32 @@ def test_every_message_is_counted_once_with_its_round_kind_and_partition(flower_
     train = [r for r in ledger.rows if r.kind == "train"]
     assert sorted(r.partition_id for r in train) == [0, 0, 1, 1, 2, 2]
     assert sorted(r.partition_id for r in ledger.rows if r.kind == "query" and r.direction == "up") == [0, 1, 2]
+
+
+def test_ledger_values_are_the_values_each_payload_carries(flower_identity, tmp_path):
+    """``values`` per row equals the tensor values decoded from that very message (a real encode,
+    both ways), whatever the codec; query messages carry none; and it survives the CSV."""
+    from fedkron.client.worker import handle_query
+    from fedkron.compression import decode, from_records
+    from fedkron.protocol import ARRAYS, MANIFEST
+
+    def values_in(msg):  # every value the message's payload decodes to
+        return sum(t.numel() for t in decode(from_records(msg.content[ARRAYS], msg.content[MANIFEST])).values())
+
+    sent_up = []  # counted as each reply leaves: the server later swaps its content
+
+    def handler(msg, ctx):
+        if msg.metadata.message_type == "query":
+            return handle_query(msg, ctx)
+        reply = handle_train(msg, ctx)
+        sent_up.append(values_in(reply))
+        return reply
+
+    ledger, grid = _tiny_run(2, handler, uplink="nf4", downlink="fp32")
+    rows = {d: sorted(r.values for r in ledger.rows if r.kind == "train" and r.direction == d) for d in ("down", "up")}
+    sent_down = [values_in(m) for m in grid.grid.sent if m.metadata.message_type == "train"]
+    assert rows["down"] == sorted(sent_down) and rows["up"] == sorted(sent_up)
+    assert len(rows["up"]) == 2 and min(rows["up"]) > 0
+    assert all(r.values == 0 for r in ledger.rows if r.kind == "query")
+    ledger.write_csv(tmp_path / "ledger.csv")
+    assert [r.values for r in Ledger.read_csv(tmp_path / "ledger.csv").rows] == [r.values for r in ledger.rows]

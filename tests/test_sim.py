@@ -247,3 +247,47 @@ def test_resumed_compare_extends_a_run_from_its_checkpoint(runs, tmp_path):
     assert new[3]["bytes_up"] > 0
     assert json.loads((root / "kron-lora-nf4-exact" / "summary.json").read_text())["rounds"] == 3
     assert resume_plan(run_configs(longer, spec, root)[0]) == "done"
+
+
+def test_a_tiny_frontier_runs_two_configs_at_two_seeds_on_one_ray_start(tmp_path):
+    """2 configs × 2 seeds through one ``simulate.run_many``: each run at its own seed, the runs of
+    one seed scored on the same rows, and the report's byte ratio split from the real ledgers."""
+    from fedkron.sim import simulate
+    from fedkron.sim.compare import parse_runs
+    from fedkron.sim.frontier import run_frontier
+
+    starts = []
+    run_many = simulate.run_many
+
+    def counted(cfgs, *args, **kwargs):
+        starts.append([c.seed for c in cfgs])
+        return run_many(cfgs, *args, **kwargs)
+
+    simulate.run_many = counted
+    try:
+        run_frontier(
+            RunConfig(**{**TINY, "rounds": 1, "clients": 2}),
+            parse_runs("kron-lora:nf4:r2,lora:fp32:r8"),
+            [0, 1],
+            tmp_path,
+        )
+    finally:
+        simulate.run_many = run_many
+    assert starts == [[0, 0, 1, 1]]  # one Ray start for all four runs
+    for seed in (0, 1):
+        summaries = [
+            json.loads((tmp_path / f"seed{seed}" / f / "summary.json").read_text())
+            for f in ("kron-lora-nf4-r2", "lora-fp32-r8")
+        ]
+        assert all(s["status"] == "completed" for s in summaries)
+        assert (
+            summaries[0]["eval_note"] == summaries[1]["eval_note"]
+            and summaries[0]["majority_baseline"] == summaries[1]["majority_baseline"]
+        )
+        assert json.loads((tmp_path / f"seed{seed}" / "lora-fp32-r8" / "config.json").read_text())["seed"] == seed
+    result = json.loads((tmp_path / "frontier.json").read_text())
+    kron = next(c for c in result["configs"] if c["config"] == "kron-lora-nf4-r2")
+    assert kron["n"] == 2 and kron["values_per_client_round"] == 2 * kron["values_sent"]  # all of it, both ways
+    vs = kron["vs_reference"]
+    assert vs["pairs"] == 2 and vs["rounds"] == 1.0
+    assert vs["codec"] * vs["adapter"] * vs["rounds"] == pytest.approx(vs["bytes_ratio"], rel=1e-12)

@@ -5,7 +5,7 @@ Data flow on a client: ``ErrorFeedback.step(update, get_codec("nf4", double_quan
 buffer size checked before anything is allocated) → ``decode`` (any codec). Wire format v2.
 """
 
-from .byte_figures import content_byte_figures, message_byte_figures, payload_bytes, record_byte_figures
+from .byte_figures import content_byte_figures, message_byte_figures, payload_bytes, payload_values, record_byte_figures
 from .codecs import Codec, decode, get_codec
 from .error_feedback import ErrorFeedback
 from .payload import CODE_BITS, FORMAT_VERSION, Encoded, PayloadError
@@ -27,6 +27,7 @@ __all__ = [
     "get_codec",
     "message_byte_figures",
     "payload_bytes",
+    "payload_values",
     "record_byte_figures",
     "to_records",
 ]

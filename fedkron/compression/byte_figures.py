@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedkron.flwr_private import message_to_proto, recorddict_to_proto
 
-from .manifest import declared_sizes
+from .manifest import declared_sizes, declared_values
 from .records import MANIFEST_KEY
 
 
@@ -31,6 +31,14 @@ def payload_bytes(config_record: ConfigRecord) -> int:
     manifest_bytes = config_record[MANIFEST_KEY]
     code_bytes, n_scales = declared_sizes(manifest_bytes)
     return len(manifest_bytes) + code_bytes + 4 * n_scales
+
+
+def payload_values(config_record: ConfigRecord) -> int:
+    """Tensor values (adapter parameters) the payload in ``config_record`` carries, as its manifest
+    declares them (0 when it has none): the ledger's ``values`` figure."""
+    if MANIFEST_KEY not in config_record:
+        return 0
+    return declared_values(config_record[MANIFEST_KEY])
 
 
 def content_byte_figures(content: RecordDict) -> dict[str, int]:

@@ -216,26 +216,38 @@ def _compare(index: int, name: str, shape: tuple[int, ...], expected: Mapping[st
         raise PayloadError(f"fedkron.compression: tensor {name!r} has shape {shape}, expected {want}")
 
 
-_sizes: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
+_sizes: OrderedDict[bytes, tuple[int, int, int]] = OrderedDict()
 _sizes_lock = threading.Lock()
 
 
 def remember_sizes(raw: bytes, layout: Layout) -> None:
-    """Keep (code bytes, scale values) of a checked manifest so byte figures need not parse it again."""
+    """Keep (code bytes, scale values, tensor values) of a checked manifest so byte figures need not
+    parse it again."""
     if isinstance(raw, bytes) and len(raw) <= _SIZES_MAX_BYTES:
+        values = sum(math.prod(shape) for shape in layout.shapes)
         with _sizes_lock:
-            _sizes[raw] = (layout.code_offsets[-1], layout.scale_offsets[-1])
+            _sizes[raw] = (layout.code_offsets[-1], layout.scale_offsets[-1], values)
             _sizes.move_to_end(raw)
             while len(_sizes) > _SIZES_KEPT:
                 _sizes.popitem(last=False)
 
 
-def declared_sizes(raw: bytes) -> tuple[int, int]:
-    """(code bytes, float32 scale values) the manifest ``raw`` declares; parsed once per manifest."""
+def _declared(raw: bytes) -> tuple[int, int, int]:
     with _sizes_lock:
         hit = _sizes.get(raw) if isinstance(raw, bytes) else None
     if hit is not None:
         return hit
     layout = read_layout(load_manifest(raw))
     remember_sizes(raw, layout)
-    return layout.code_offsets[-1], layout.scale_offsets[-1]
+    return layout.code_offsets[-1], layout.scale_offsets[-1], sum(math.prod(s) for s in layout.shapes)
+
+
+def declared_sizes(raw: bytes) -> tuple[int, int]:
+    """(code bytes, float32 scale values) the manifest ``raw`` declares; parsed once per manifest."""
+    return _declared(raw)[:2]
+
+
+def declared_values(raw: bytes) -> int:
+    """How many tensor values (adapter parameters) the manifest ``raw`` declares: the values the
+    payload carries, whatever the codec; parsed once per manifest."""
+    return _declared(raw)[2]

@@ -4,12 +4,15 @@
 so no strategy has to remember to: one row per message with four byte figures (codec payload,
 ``ArrayRecord.count_bytes()``, every record's ``count_bytes()`` as Flower's ``message_size_mod``
 reports it, and the serialized protobuf size). Totals are sums over rows, so a report can always
-be traced back to individual messages.
+be traced back to individual messages. Each row also counts the ``values`` (adapter parameters)
+its payload carries, as the payload's manifest declares them: bytes ÷ values is the bytes one
+value cost on the wire, framing included.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -19,7 +22,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Message, MessageType
 from flwr.serverapp import Grid
 
-from fedkron.compression import MANIFEST_KEY, payload_bytes
+from fedkron.compression import MANIFEST_KEY, payload_bytes, payload_values
 from fedkron.compression.manifest import MAX_MANIFEST_BYTES, load_manifest, manifest_bound, read_layout
 from fedkron.flwr_private import message_to_proto
 from fedkron.protocol import MANIFEST
@@ -40,6 +43,7 @@ class LedgerRow:
     serialized: int
     status: str = "ok"  # "ok", "rejected", "failed" (an error reply)
     content_bytes: int = 0
+    values: int = 0  # adapter values the payload carries (its manifest's tensor sizes); 0 in older ledgers
 
 
 def content_bytes(msg: Message) -> int:
@@ -54,28 +58,31 @@ def content_bytes(msg: Message) -> int:
     return total
 
 
-def reply_payload(msg: Message, expected: Mapping[str, tuple[int, ...]] | None) -> int:
-    """Payload bytes of a training reply, read as ``read_reply`` reads it: the ``manifest`` record
-    only, inflated at most to the bound of the ``expected`` tensors and checked against them; 0
-    when it cannot be read so (the reply will be rejected)."""
+def reply_payload(msg: Message, expected: Mapping[str, tuple[int, ...]] | None) -> tuple[int, int]:
+    """(payload bytes, values) of a training reply, read as ``read_reply`` reads it: the ``manifest``
+    record only, inflated at most to the bound of the ``expected`` tensors and checked against
+    them; (0, 0) when it cannot be read so (the reply will be rejected)."""
     if msg.metadata.message_type != MessageType.TRAIN or MANIFEST not in msg.content:
-        return 0
+        return 0, 0
     record = msg.content[MANIFEST]
     raw = record.get(MANIFEST_KEY) if isinstance(record, ConfigRecord) else None
     if not isinstance(raw, bytes):
-        return 0
+        return 0, 0
     try:
         bound = manifest_bound(expected) if expected else MAX_MANIFEST_BYTES
         layout = read_layout(load_manifest(raw, bound), expected)
     except Exception:  # PayloadError, or whatever a hostile manifest raises: nothing readable
-        return 0
-    return len(raw) + layout.code_offsets[-1] + 4 * layout.scale_offsets[-1]
+        return 0, 0
+    values = sum(math.prod(shape) for shape in layout.shapes)
+    return len(raw) + layout.code_offsets[-1] + 4 * layout.scale_offsets[-1], values
 
 
-def sent_payload(msg: Message) -> int:
-    """Payload bytes of a message this server built (its own manifest, sizes remembered)."""
+def sent_payload(msg: Message) -> tuple[int, int]:
+    """(payload bytes, values) of a message this server built (its own manifest, sizes remembered)."""
     record = msg.content[MANIFEST] if MANIFEST in msg.content else None
-    return payload_bytes(record) if isinstance(record, ConfigRecord) else 0
+    if not isinstance(record, ConfigRecord):
+        return 0, 0
+    return payload_bytes(record), payload_values(record)
 
 
 class Ledger:
@@ -121,10 +128,11 @@ class Ledger:
         )
 
     def _figures(self, msg: Message, direction: str) -> dict[str, int]:
-        """``payload``, ``count_bytes`` and ``content_bytes`` of one message (0 for an error reply)."""
+        """``payload``, ``count_bytes``, ``content_bytes`` and ``values`` of one message (0 for an error
+        reply)."""
         if msg.has_error():
-            return {"payload": 0, "count_bytes": 0, "content_bytes": 0}
-        payload = sent_payload(msg) if direction == "down" else reply_payload(msg, self.expected)
+            return {"payload": 0, "count_bytes": 0, "content_bytes": 0, "values": 0}
+        payload, values = sent_payload(msg) if direction == "down" else reply_payload(msg, self.expected)
         arrays = msg.content.array_records.values()
         try:
             count = sum(record.count_bytes() for record in arrays)
@@ -134,7 +142,7 @@ class Ledger:
             content = content_bytes(msg)
         except Exception:
             content = count
-        return {"payload": payload, "count_bytes": count, "content_bytes": content}
+        return {"payload": payload, "count_bytes": count, "content_bytes": content, "values": values}
 
     def annotate(self, msg: Message, **values) -> None:
         """Complete the row of a recorded reply with what was learnt by reading it (its ``status``

@@ -7,6 +7,7 @@ what those folders hold (ledgers and metrics), so every number in it can be trac
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,17 +32,23 @@ class RunSpec:
     method: str  # an adapter method or a preset name
     codec: str | None = None  # both ways unless --downlink says otherwise; None: the preset's or fp32
     aggregation: str | None = None  # None: kron-lora takes the base config's, the others per-factor
+    rank: int | None = None  # None: --lora-rank for LoRA, the base config's for the others
+    targets: str | None = None  # module-name suffixes joined by "+"; None: the preset's or the base's
+
+    def _parts(self) -> tuple[str, ...]:
+        rank = f"r{self.rank}" if self.rank else None
+        return tuple(filter(None, (self.method, self.codec, self.aggregation, rank, self.targets)))
 
     @property
     def label(self) -> str:
-        return ":".join(filter(None, (self.method, self.codec, self.aggregation)))
+        return ":".join(self._parts())
 
     @property
     def folder(self) -> str:
-        return "-".join(filter(None, (self.method, self.codec, self.aggregation)))
+        return "-".join(self._parts())
 
     def settings(self, base: RunConfig) -> dict:
-        """The RunConfig fields this run sets (method, codec, aggregation, targets)."""
+        """The RunConfig fields this run sets (method, codec, aggregation, rank, targets)."""
         out = dict(PRESETS.get(self.method, {"method": self.method}))
         out.setdefault("uplink", self.codec or "fp32")
         if self.codec:
@@ -49,22 +56,67 @@ class RunSpec:
         if self.aggregation:
             out["aggregation"] = self.aggregation
         out.setdefault("aggregation", base.aggregation if out["method"] == "kron-lora" else "per-factor")
+        if self.rank:
+            out["rank"] = self.rank
+        if self.targets:
+            out["targets"] = self.targets.replace("+", ",")
         return out
 
 
+GRAMMAR = "method[:codec][:aggregation][:rN][:targets], targets joined by '+'"
+_RANK = re.compile(r"r(\d+)")
+_CODEC_LIKE = re.compile(r"(fp|bf|int|uint|nf|q)\d+")  # a misspelt codec, not a module name
+_TARGETS = re.compile(r"all-linear|[A-Za-z_][\w.]*(\+[A-Za-z_][\w.]*)*")
+
+
+def _token_kind(token: str) -> str | None:
+    """Which part of a run spec ``token`` is: codec, aggregation, rank or targets (None: none)."""
+    if token in CODECS:
+        return "codec"
+    if token in AGGREGATIONS:  # read at call time: aggregations added to runconfig are known here
+        return "aggregation"
+    if _RANK.fullmatch(token):
+        return "rank"
+    if _CODEC_LIKE.fullmatch(token) or not _TARGETS.fullmatch(token):
+        return None
+    return "targets"
+
+
+def parse_spec(item: str) -> tuple[RunSpec, list[str]]:
+    """One ``method[:codec][:aggregation][:rN][:targets]`` (the parts after the method in any order,
+    each recognised by its kind) → the spec and the problems with it."""
+    method, *tokens = item.split(":")
+    problems, parts = [], {}
+    if method not in METHODS and method not in PRESETS:
+        problems.append(f"{item!r}: method {method!r} is not one of {', '.join(METHODS + tuple(PRESETS))}")
+    for token in tokens:
+        kind = _token_kind(token)
+        if kind is None and _CODEC_LIKE.fullmatch(token):
+            problems.append(f"{item!r}: codec {token!r} is not one of {', '.join(CODECS)}")
+        elif kind is None:
+            problems.append(
+                f"{item!r}: {token!r} is no codec ({', '.join(CODECS)}), aggregation "
+                f"({', '.join(AGGREGATIONS)}), rank (r1, r8, …) or targets (e.g. query+value)"
+            )
+        elif kind in parts:
+            problems.append(f"{item!r}: two {kind}s ({parts[kind]!r}, {token!r})")
+        else:
+            parts[kind] = token
+    rank = int(_RANK.fullmatch(parts["rank"]).group(1)) if "rank" in parts else None
+    if rank == 0:
+        problems.append(f"{item!r}: rank r0 (ranks start at r1; leave it out for the default)")
+    spec = RunSpec(method, parts.get("codec"), parts.get("aggregation"), rank or None, parts.get("targets"))
+    return spec, problems
+
+
 def parse_runs(text: str) -> list[RunSpec]:
-    """``"kron-lora:nf4:exact,lora:fp32,flowertune"`` (method:codec[:aggregation], or a preset:
-    flowertune, ffa-lora[:codec]) → run specs; every problem named at once."""
+    """``"kron-lora:nf4:exact,lora:nf4:r8:query+value,flowertune"`` (see :data:`GRAMMAR`; presets:
+    flowertune, ffa-lora) → run specs; every problem named at once."""
     specs, problems = [], []
     for item in [t.strip() for t in text.split(",") if t.strip()]:
-        method, codec, aggregation = (item.split(":") + ["", ""])[:3]
-        if method not in METHODS and method not in PRESETS:
-            problems.append(f"{item!r}: method {method!r} is not one of {', '.join(METHODS + tuple(PRESETS))}")
-        if codec and codec not in CODECS:
-            problems.append(f"{item!r}: codec {codec!r} is not one of {', '.join(CODECS)}")
-        if aggregation and aggregation not in AGGREGATIONS:
-            problems.append(f"{item!r}: aggregation {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
-        specs.append(RunSpec(method, codec or None, aggregation or None))
+        spec, found = parse_spec(item)
+        specs.append(spec)
+        problems += found
     if not specs:
         problems.append("--runs lists no run (e.g. kron-lora:nf4,lora:fp32)")
     if len({s.folder for s in specs}) != len(specs):
@@ -96,7 +148,8 @@ def run_configs(
     for spec in specs:
         settings = spec.settings(base)
         if settings["method"] == "lora":
-            settings.update(rank=lora.rank, **({"lr": lora.lr} if lora.lr else {}))
+            settings.setdefault("rank", lora.rank)
+            settings.update({"lr": lora.lr} if lora.lr else {})
             if lora.targets and "targets" not in settings:
                 settings["targets"] = lora.targets
         settings["downlink"] = downlink or settings["uplink"]
@@ -153,36 +206,51 @@ def run_compare(
     mid-way continues from its last checkpoint (see :func:`resume_plan`)."""
 
     configs = run_configs(base, specs, out, lora, downlink)
+    run_all([s.label for s in specs], configs, "comparison", progress, run, resume, verbose)
+    return write_report(out, [Path(c.out) for c in configs])
+
+
+def run_all(
+    labels: list[str],
+    configs: list[RunConfig],
+    what: str = "comparison",
+    progress: Callable[[str, dict], None] | None = None,
+    run: Callable[..., dict] | None = None,
+    resume: bool = False,
+    verbose: bool = False,
+) -> None:
+    """Run ``configs`` (named ``labels`` in progress lines) on one Ray start, or through ``run`` (for
+    tests: called per run). Every config is checked, and with ``resume`` planned (kept, continued or
+    fresh), before any run starts; a failed run does not stop the others."""
     plans = [resume_plan(cfg) if resume else "fresh" for cfg in configs]  # every refusal before any run
-    problems = simulate.ray_address_problems(base.ray_address) if run is None else []
+    problems = simulate.ray_address_problems(configs[0].ray_address) if run is None and configs else []
     for cfg, plan in zip(configs, plans):
         if plan == "fresh" and holds_a_run(Path(cfg.out)) and not cfg.overwrite:
             problems.append(f"{cfg.out} holds a run; pass --overwrite to replace it, --resume to keep it")
         if plan != "done":
             problems += [p for p in model_problems(cfg) + data_problems(cfg) if p not in problems]
     if problems:
-        raise ConfigError("cannot start the comparison:\n  - " + "\n  - ".join(problems))
-    Path(out).mkdir(parents=True, exist_ok=True)
+        raise ConfigError(f"cannot start the {what}:\n  - " + "\n  - ".join(problems))
     todo = []
-    for spec, cfg, plan in zip(specs, configs, plans):
+    for label, cfg, plan in zip(labels, configs, plans):
         if plan == "done":
-            print(f"run {spec.label}: finished earlier in {cfg.out}, kept", flush=True)
+            print(f"run {label}: finished earlier in {cfg.out}, kept", flush=True)
             continue
-        todo.append((spec, dataclasses.replace(cfg, resume=plan == "resume", overwrite=plan == "fresh")))
-    reporters = [(lambda row, label=spec.label: progress(label, row)) if progress else None for spec, _ in todo]
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        todo.append((label, dataclasses.replace(cfg, resume=plan == "resume", overwrite=plan == "fresh")))
+    reporters = [(lambda row, label=label: progress(label, row)) if progress else None for label, _ in todo]
     if run is not None:
-        for (spec, cfg), report in zip(todo, reporters):
+        for (label, cfg), report in zip(todo, reporters):
             try:
                 run(cfg, progress=report)
             except Exception as err:  # one failed run must not lose the others
-                print(f"run {spec.label} failed: {type(err).__name__}: {err}")
+                print(f"run {label} failed: {type(err).__name__}: {err}")
     elif todo:
         simulate.quiet(verbose)
         t0 = time.perf_counter()
         summaries = simulate.run_many(
             [simulate.prepared(cfg, checked=True) for _, cfg in todo], reporters, verbose=verbose
         )
-        for (spec, _), summary in zip(todo, summaries):
-            print(f"run {spec.label}: {summary['status']}", flush=True)
+        for (label, _), summary in zip(todo, summaries):
+            print(f"run {label}: {summary['status']}", flush=True)
         print(f"{len(todo)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
-    return write_report(out, [Path(c.out) for c in configs])

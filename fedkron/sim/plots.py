@@ -104,3 +104,42 @@ def comparison_plots(out: Path, rows: list[dict]) -> None:
         ylabel="MB per round (log scale)",
         title="Bytes per round, both ways",
     )
+
+
+def frontier_plot(path: Path, configs: list[dict], fronts: dict[str, list[str]], target: float | None) -> None:
+    """Mean final accuracy (95 % interval as error bar) against mean total MB (log x), a marker and
+    colour per method, each method's Pareto front as a line, the target as a horizontal line."""
+    import matplotlib  # here: matplotlib takes a second to import and only reports draw
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # here: matplotlib takes a second to import and only reports draw
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # here: as matplotlib above
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    markers = "osD^v<>P*X"
+    by_name = {c["config"]: c for c in configs}
+    for i, method in enumerate(sorted({c["method"] for c in configs})):
+        colour = f"C{i}"
+        mine = [c for c in configs if c["method"] == method and c["final_mean"] is not None and c["mb_total"] > 0]
+        for c in mine:
+            ci = 100 * c["final_ci"] if c["final_ci"] is not None else 0.0
+            ax.errorbar(c["mb_total"], 100 * c["final_mean"], yerr=ci, fmt=markers[i % len(markers)], color=colour,
+                        capsize=3, label=method if c is mine[0] else None)  # fmt: skip
+            ax.annotate(c["config"], (c["mb_total"], 100 * c["final_mean"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
+        front = [by_name[name] for name in fronts.get(method, []) if by_name[name]["mb_total"] > 0]
+        if len(front) > 1:
+            ax.plot([c["mb_total"] for c in front], [100 * c["final_mean"] for c in front], color=colour, lw=1)
+    if target is not None:
+        ax.axhline(100 * target, color="grey", ls="--", lw=1, label=f"target {100 * target:.1f}%")
+    ax.set(xscale="log", xlabel="total MB (up + down, mean over seeds, log scale)",
+           ylabel="final held-out accuracy (%)", title="Bytes–accuracy frontier")  # fmt: skip
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    low, high = ax.get_ylim()  # an interval past 0 % or 100 % is drawn up to the edge
+    ax.set_ylim(max(low, 0.0), min(high, 100.0))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

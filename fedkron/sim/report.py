@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+from fractions import Fraction
 from pathlib import Path
 
 from fedkron.server.ledger import MB, Ledger
@@ -78,6 +79,8 @@ def read_run(folder: Path) -> dict:
         "mb_total": (up + down) / MB,
         "mb_up_per_client_round": up / max(ledger.count("up"), 1) / MB,
         "mb_down_per_client_round": down / max(ledger.count("down"), 1) / MB,
+        "client_rounds": ledger.count("down"),  # training messages sent: the client-rounds paid for
+        "values_total": ledger.total("up", "values") + ledger.total("down", "values"),
         "payload_up": ledger.total("up", "payload"),
         "count_bytes_up": ledger.total("up", "count_bytes"),
         "final_accuracy": accs[-1] if accs else None,
@@ -96,6 +99,33 @@ def read_run(folder: Path) -> dict:
         ),
         "metrics": metrics,
     }
+
+
+def decompose(ref: dict, run: dict) -> dict[str, Fraction] | None:
+    """``ref``'s total bytes over ``run``'s, split exactly: total = rounds × adapter × codec, from
+    bytes = client-rounds × values per client-round (up + down) × bytes per value. ``rounds`` is
+    the client-rounds ratio, ``adapter`` the values-per-client-round ratio, ``codec`` the
+    bytes-per-value ratio (framing included: message headers, manifests, block scales, the
+    query and evaluation messages). Each side gives ``bytes_total``, ``client_rounds`` and
+    ``values_total`` (numbers or Fractions); None when a side lacks values (a ledger from before
+    the ``values`` column) or sent nothing."""
+    sides = [[Fraction(r[k]) for k in ("bytes_total", "client_rounds", "values_total")] for r in (ref, run)]
+    if any(not all(side) for side in sides):
+        return None
+    (b0, c0, v0), (b1, c1, v1) = sides
+    return {
+        "total": b0 / b1,
+        "rounds": c0 / c1,
+        "adapter": (v0 / c0) / (v1 / c1),
+        "codec": (b0 / v0) / (b1 / v1),
+    }
+
+
+def decomposition_text(parts: dict[str, Fraction] | None) -> str:
+    """``"= 3.9 codec × 2.1 adapter × 1.00 rounds"`` ("" without a decomposition)."""
+    if not parts:
+        return ""
+    return " = " + " × ".join(f"{float(parts[k]):.3g} {k}" for k in ("codec", "adapter", "rounds"))
 
 
 def is_baseline(row: dict) -> bool:
@@ -136,22 +166,7 @@ def write_report(
     time_report.add_time_figures(rows, time_target)
     timed = time_report.time_section(rows, time_target)
     with (out / "results.csv").open("w", newline="") as fh:
-        keys = [k for k, _ in COLUMNS] + [
-            "bytes_up",
-            "bytes_down",
-            "bytes_total",
-            "bytes_to_target",
-            "payload_up",
-            "count_bytes_up",
-            "mb_up_per_client_round",
-            "mb_down_per_client_round",
-            "majority_baseline",
-            "seconds",
-            "status",
-        ]
-        keys += [f"{kind}_saving_vs_{b['run']}" for b in baselines for kind in ("total", "uplink", "to_target")]
-        if timed:
-            keys += time_report.CSV_KEYS + [f"time_to_target_speedup_vs_{b['run']}" for b in baselines]
+        keys = csv_keys(baselines, bool(timed))
         writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -160,7 +175,10 @@ def write_report(
     (out / "report.md").write_text(
         f"# fedkron comparison\n\n{settings}\n\n{table}\n\n## Savings against each baseline\n\n{savings}\n\n"
         "Bytes are serialized Flower message sizes from each run's ledger.csv (both directions, every "
-        "message). Each cell: total (up + down) × / uplink × / bytes to reach the target accuracy ×.\n\n"
+        "message). Each cell: total (up + down) × / uplink × / bytes to reach the target accuracy ×, "
+        "then the total split exactly as = codec × adapter × rounds: bytes per value (framing "
+        "included), values per client-round (up + down, from each message's manifest) and "
+        "client-rounds.\n\n"
         "![accuracy vs MB](accuracy_vs_mb.png)\n\n![accuracy per round](accuracy_per_round.png)\n\n"
         "![bytes per round](bytes_per_round.png)\n"
         + (
@@ -174,6 +192,30 @@ def write_report(
     comparison_plots(out, rows)
     print(f"{settings}\n\n{table}\n\n{savings}" + (f"\n\n{timed}" if timed else ""))
     return out / "report.md"
+
+
+def csv_keys(baselines: list[dict], timed: bool) -> list[str]:
+    """results.csv's columns: the table's, the byte figures, and each saving against each baseline."""
+    keys = [k for k, _ in COLUMNS] + [
+        "bytes_up",
+        "bytes_down",
+        "bytes_total",
+        "bytes_to_target",
+        "client_rounds",
+        "values_total",
+        "payload_up",
+        "count_bytes_up",
+        "mb_up_per_client_round",
+        "mb_down_per_client_round",
+        "majority_baseline",
+        "seconds",
+        "status",
+    ]
+    keys += [f"{kind}_saving_vs_{b['run']}" for b in baselines for kind in ("total", "uplink", "to_target")]
+    keys += [f"{k}_factor_vs_{b['run']}" for b in baselines for k in ("codec", "adapter", "rounds")]
+    if timed:
+        keys += time_report.CSV_KEYS + [f"time_to_target_speedup_vs_{b['run']}" for b in baselines]
+    return keys
 
 
 def settings_text(rows: list[dict], target: float | None) -> str:
@@ -207,7 +249,12 @@ def savings_table(rows: list[dict], baselines: list[dict]) -> str:
                 b["bytes_to_target"] / r["bytes_to_target"] if r["bytes_to_target"] and b["bytes_to_target"] else None
             )
             r[f"to_target_saving_vs_{b['run']}"] = reach
-            cells.append(f"{total:.1f}× / {up:.1f}× / " + (f"{reach:.1f}×" if reach else "–"))
+            parts = decompose(b, r)
+            for k in ("codec", "adapter", "rounds"):
+                r[f"{k}_factor_vs_{b['run']}"] = None if parts is None else float(parts[k])
+            cells.append(
+                f"{total:.1f}× / {up:.1f}× / " + (f"{reach:.1f}×" if reach else "–") + decomposition_text(parts)
+            )
         lines.append(f"| {r['run']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
