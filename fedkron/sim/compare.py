@@ -145,6 +145,7 @@ def run_compare(
     resume: bool = False,
     downlink: str | None = None,
     verbose: bool = False,
+    precision_eval: bool = False,
 ) -> Path:
     """Run every spec (all checked first, before any Ray start) and write the report into ``out``.
 
@@ -185,4 +186,18 @@ def run_compare(
         for (spec, _), summary in zip(todo, summaries):
             print(f"run {spec.label}: {summary['status']}", flush=True)
         print(f"{len(todo)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
+    if precision_eval:
+        evaluate_finished([Path(c.out) for c in configs])
     return write_report(out, [Path(c.out) for c in configs])
+
+
+def evaluate_finished(folders: list[Path]) -> None:
+    """``--precision-eval``: the precision table of every finished run (a run that cannot be scored
+    is named and skipped, its other figures kept)."""
+    from fedkron.sim.precision import evaluate_precisions  # here: builds models (transformers, seconds)
+
+    for folder in folders:
+        try:
+            evaluate_precisions(folder)
+        except Exception as err:  # one run that cannot be scored must not lose the report
+            print(f"run {folder.name}: no precision table ({type(err).__name__}: {err})", flush=True)
