@@ -136,26 +136,7 @@ def write_report(
     time_target = time_report.default_time_target(rows) if time_target is None else time_target
     time_report.add_time_figures(rows, time_target)
     timed = time_report.time_section(rows, time_target)
-    with (out / "results.csv").open("w", newline="") as fh:
-        keys = [k for k, _ in COLUMNS] + [
-            "bytes_up",
-            "bytes_down",
-            "bytes_total",
-            "bytes_to_target",
-            "payload_up",
-            "count_bytes_up",
-            "mb_up_per_client_round",
-            "mb_down_per_client_round",
-            "majority_baseline",
-            "seconds",
-            "status",
-        ]
-        keys += [f"{kind}_saving_vs_{b['run']}" for b in baselines for kind in ("total", "uplink", "to_target")]
-        if timed:
-            keys += time_report.CSV_KEYS + [f"time_to_target_speedup_vs_{b['run']}" for b in baselines]
-        writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "results.csv", rows, baselines, bool(timed))
     settings = settings_text(rows, target)
     table = markdown_table(rows)
     precision = precision_section(rows)
@@ -181,6 +162,30 @@ def write_report(
         + (f"\n\n{precision}" if precision else "")
     )
     return out / "report.md"
+
+
+def write_csv(path: Path, rows: list[dict], baselines: list[dict], timed: bool) -> None:
+    """``results.csv``: the table's columns, the raw byte figures and the savings per baseline."""
+    with path.open("w", newline="") as fh:
+        keys = [k for k, _ in COLUMNS] + [
+            "bytes_up",
+            "bytes_down",
+            "bytes_total",
+            "bytes_to_target",
+            "payload_up",
+            "count_bytes_up",
+            "mb_up_per_client_round",
+            "mb_down_per_client_round",
+            "majority_baseline",
+            "seconds",
+            "status",
+        ]
+        keys += [f"{kind}_saving_vs_{b['run']}" for b in baselines for kind in ("total", "uplink", "to_target")]
+        if timed:
+            keys += time_report.CSV_KEYS + [f"time_to_target_speedup_vs_{b['run']}" for b in baselines]
+        writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def settings_text(rows: list[dict], target: float | None) -> str:
