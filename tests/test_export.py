@@ -259,3 +259,16 @@ def test_compare_report_has_an_adapter_precision_section(tmp_path):
 def test_round_adapters_are_written_whole(tmp_path):
     keep_round_adapter(tmp_path, 5, {"a": torch.arange(3.0)}, {"method": "lora"})
     assert kept_rounds(tmp_path) == [5] and not [p for p in (tmp_path / "adapters").iterdir() if p.name[0] == "."]
+
+
+def test_compare_precision_eval_scores_finished_runs_and_names_the_others(tmp_path, capsys):
+    from fedkron.sim.compare import evaluate_finished
+
+    finished_run(tmp_path / "lora", method="lora", rank=4)
+    finished_run(tmp_path / "cut", method="kron-lora")
+    (tmp_path / "cut" / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    evaluate_finished([tmp_path / "cut", tmp_path / "lora"])
+    rows = json.loads((tmp_path / "lora" / "summary.json").read_text())["precision_robustness"]["rows"]
+    assert [r["precision"] for r in rows] == ["fp32", "bf16", "int8", "nf4", "fp4"]
+    assert "precision_robustness" not in json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert "run cut: no precision table" in capsys.readouterr().out
