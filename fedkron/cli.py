@@ -5,6 +5,8 @@ fedkron compare   several methods/codecs on the same task, partition and client 
                   (the offline default: Kron-LoRA nf4 vs LoRA-8 fp32 and FlowerTune on SST-2)
 fedkron frontier  the bytes–accuracy frontier: run configs (method, codec, rank, targets) over
                   paired seeds, each method's Pareto front, bytes to a target, savings decomposed
+fedkron export    a finished run's adapter as a PEFT or fedkron folder, or a merged model
+fedkron evaluate  a finished run's adapter scored after a round trip through each precision
 fedkron deploy    certificates, node keys and SuperLink/SuperNode commands for real edge nodes
 """
 
@@ -211,6 +213,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             resume=args.resume,
             downlink=args.downlink,
             verbose=args.verbose,
+            precision_eval=args.precision_eval,
             progress=lambda label, row: print(f"[{label}] {format_round(row)}", flush=True),
         )
     except SimulationInterrupted as stopped:
@@ -276,6 +279,45 @@ def _add_runs_flags(p: argparse.ArgumentParser, default_runs: str, what: str) ->
     )
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from fedkron.sim.export import export_run  # here: see cmd_sim
+
+    done = export_run(args.run_dir, args.out, args.format, args.merged, args.precision, args.round, args.overwrite)
+    print(f"fedkron export: {done.kind} → {done.folder} ({done.why})")
+    for name, size in done.files.items():
+        print(f"  {name}: {size:,} bytes")
+    print(f"  total on disk: {done.total_bytes:,} bytes; how to load it: {done.folder}/fedkron_export.json")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fedkron.sim.precision import evaluate_precisions, parse_precisions, table_text  # here: see cmd_sim
+
+    table = evaluate_precisions(args.run_dir, parse_precisions(args.precisions))
+    print(f"fedkron evaluate: {args.run_dir}, final adapter on {table['eval_rows']} held-out rows")
+    print(table_text(table))
+    print(f"written to {args.run_dir}/summary.json (key precision_robustness)")
+    return 0
+
+
+def _add_export_parsers(sub) -> None:
+    from fedkron.sim.export import FORMATS, PRECISIONS  # here: see cmd_sim
+
+    p = sub.add_parser("export", help="a finished run's adapter as a PEFT / fedkron folder, or merged (docs/export.md)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="results folder of a finished `fedkron sim` run")
+    p.add_argument("--format", default="peft", help=f"one of {', '.join(FORMATS)} (default peft)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (must be empty or absent)")
+    p.add_argument("--merged", action="store_true", help="the base model with ΔW merged (save_pretrained folder)")
+    p.add_argument("--precision", default="fp32", help=f"factor precision, one of {', '.join(PRECISIONS)}")
+    p.add_argument("--round", type=int, metavar="N", help="the adapter --save-every kept for round N")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("evaluate", help="accuracy of a run's adapter at each precision (docs/export.md)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="results folder of a finished `fedkron sim` run")
+    p.add_argument("--precisions", default="fp32,bf16,int8,nf4,fp4", help="comma-separated precisions")
+    p.set_defaults(func=cmd_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fedkron.sim.compare import DEFAULT_RUNS  # here: see cmd_sim
     from fedkron.sim.frontier import DEFAULT_FRONTIER_RUNS, DEFAULT_SEEDS  # here: see cmd_sim
@@ -292,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_sim.set_defaults(func=cmd_sim)
     p_cmp = sub.add_parser("compare", help="several methods/codecs on one task, seed and client schedule")
     _add_runs_flags(p_cmp, DEFAULT_RUNS, "compare")
+    p_cmp.add_argument(
+        "--precision-eval",
+        action="store_true",
+        help="after the runs, score each final adapter at fp32, bf16, int8, nf4 and fp4 "
+        "(fedkron evaluate) and add an adapter-precision section to the report",
+    )
     _add_run_flags(p_cmp)
     p_cmp.set_defaults(func=cmd_compare)
     p_fr = sub.add_parser("frontier", help="the bytes–accuracy frontier of run configs over paired seeds")
@@ -309,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_flags(p_fr)
     p_fr.set_defaults(func=cmd_frontier)
+    _add_export_parsers(sub)
     sub.add_parser(
         "deploy",
         help="TLS certificates, node keys and SuperLink/SuperNode commands "

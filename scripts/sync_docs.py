@@ -74,15 +74,33 @@ def compare_table(command: str = "compare") -> str:
     return "\n".join(rows)
 
 
+def command_table(name: str) -> str:
+    """Every argument of subcommand ``name`` (positional ones first), from its parser."""
+    sub = build_parser()._subparsers._group_actions[0].choices
+    rows = ["| argument | meaning |", "|---|---|"]
+    for action in sub[name]._actions:
+        shown = action.option_strings[0] if action.option_strings else action.metavar or action.dest
+        if shown != "-h":
+            meaning = (action.help or "").replace("%%", "%").replace("|", "/")
+            rows.append(f"| `{shown}` | {meaning} |")
+    return "\n".join(rows)
+
+
 def cli_md() -> str:
-    """docs/cli.md: the flag table of ``fedkron sim``, the compare-only and frontier-only flags, a
-    pointer for deploy."""
+    """docs/cli.md: the flag table of ``fedkron sim``, the compare-only and frontier-only flags, export
+    and evaluate, a pointer for deploy."""
     compare = "\n## `fedkron compare`: its own flags\n\n" + compare_table() + "\n"
     frontier = (
         "\n## `fedkron frontier`: its own flags\n\nIt also takes every run flag above except `--seed` "
         "(see [compare.md](compare.md#frontier)).\n\n" + compare_table("frontier") + "\n"
     )
-    return CLI_INTRO + flag_table() + "\n" + compare + frontier + DEPLOY
+    export = (
+        "\n## `fedkron export` and `fedkron evaluate`\n\nA finished run's adapter as a PEFT or fedkron "
+        "folder or a merged model, and its accuracy at each precision: [export.md](export.md).\n\n"
+        "`fedkron export RUN_DIR --out DIR`:\n\n" + command_table("export") + "\n\n"
+        "`fedkron evaluate RUN_DIR`:\n\n" + command_table("evaluate") + "\n"
+    )
+    return CLI_INTRO + flag_table() + "\n" + compare + frontier + export + DEPLOY
 
 
 def with_app_config(pyproject: str) -> str:

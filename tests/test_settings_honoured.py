@@ -55,6 +55,7 @@ COMPONENTS = {
     "aggregate": "fedkron.strategies.wrapper.FedKron.aggregate_train: the reply checks and weights",
     "backend": "fedkron.sim.simulate.backend_config: Ray's resources",
     "output": "fedkron.server.preflight.output_problems: a results folder holding a run",
+    "round_adapters": "fedkron.server.federation.FederationRun.evaluate_round: the round adapters it keeps",
 }
 
 COMMON: dict[str, Case] = {
@@ -118,6 +119,7 @@ COMMON: dict[str, Case] = {
     "out": Case({"out": "@results/other"}, ("federation",)),
     "overwrite": Case({"overwrite": True}, ("output",)),
     "resume": Case({"resume": True}, ("output",)),
+    "save_every": Case({"save_every": 1}, ("round_adapters",)),
     "client_state_dir": Case({"client_state_dir": "@state"}, ("train",)),
 }
 SETTINGS: dict[str, dict[str, Case]] = {
@@ -469,6 +471,28 @@ def observe_output(cfg: RunConfig, paths) -> list[str]:
     return [p.replace(str(out), "<out>") for p in output_problems(cfg)]
 
 
+def observe_round_adapters(cfg: RunConfig, paths) -> list[str]:
+    """run_federation with Flower's round loop stood in for (each round's evaluation called, scoring
+    skipped): the files it keeps under adapters/."""
+    from fedkron.server import federation
+
+    results = Path(cfg.out)
+    shutil.rmtree(results, ignore_errors=True)
+
+    def rounds(strategy, grid, arrays, first, last, evaluate_fn, timeout):
+        for rnd in range(first, last + 1):
+            evaluate_fn(rnd, arrays)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(federation, "run_rounds", rounds)
+        mp.setattr(federation.FederationRun, "score", lambda self, rnd, state: {})
+        mp.setattr(federation, "eval_data", lambda c: None)
+        mp.setattr(federation, "_finish", lambda *args: None)
+        federation.run_federation(FakeGrid(cfg.clients), cfg)
+    folder = results / "adapters"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
 OBSERVERS = {
     "train": lambda cfg, paths: observe_worker(cfg, "train", paths),
     "evaluate": lambda cfg, paths: observe_worker(cfg, "evaluate", paths),
@@ -483,6 +507,7 @@ OBSERVERS = {
     "aggregate": observe_aggregate,
     "backend": observe_backend,
     "output": observe_output,
+    "round_adapters": observe_round_adapters,
 }
 RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 

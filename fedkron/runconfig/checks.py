@@ -106,6 +106,7 @@ def _federation_problems(cfg: RunConfig) -> list[str]:
             ),
             (cfg.dirichlet_alpha > 0, f"dirichlet-alpha must be > 0 (got {cfg.dirichlet_alpha})"),
             (cfg.round_timeout >= 0, f"round-timeout must be ≥ 0 (got {cfg.round_timeout})"),
+            (cfg.save_every >= 0, f"save-every must be ≥ 0 (0 = off; got {cfg.save_every})"),
             (0 <= cfg.seed < 2**32, f"seed must be in [0, 2^32) (got {cfg.seed})"),
             (cfg.server_lr > 0, f"server-lr must be > 0 (got {cfg.server_lr})"),
             (0 <= cfg.server_momentum < 1, f"server-momentum must be in [0, 1) (got {cfg.server_momentum})"),

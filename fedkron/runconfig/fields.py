@@ -327,6 +327,12 @@ class RunConfig:
     overwrite: bool = knob(
         False, "replace a run already in the results folder (without it, such a folder is refused)", OUTPUT
     )
+    save_every: int = knob(
+        0,
+        "keep the global adapter of every N-th round as adapters/round-NNN.safetensors (0 = off; "
+        "`fedkron export --round N` reads one)",
+        OUTPUT,
+    )
     resume: bool = knob(False, "continue from the newest checkpoint in `out`", OUTPUT, cli=False)
     client_state_dir: str = knob(
         "",

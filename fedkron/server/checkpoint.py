@@ -19,15 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
-from fedkron.durable import fsync_dir
+from fedkron.durable import atomic_write, fsync_dir
 from fedkron.runconfig.fields import ConfigError
 from fedkron.server.ledger import Ledger
 from fedkron.server.results import read_metrics, write_atomically
 
 log = logging.getLogger("fedkron")
 FOLDER_NAME = re.compile(r"round-(\d+)")
+ROUND_ADAPTERS = "adapters"  # --save-every N: the global adapter of rounds N, 2N, … (round-003.safetensors)
+ROUND_ADAPTER = re.compile(r"round-(\d+)\.safetensors")
 
 
 @dataclass
@@ -254,3 +256,27 @@ def read_checkpoint(out: Path, folder: Path) -> Checkpoint:
             "restore it, or start again with --overwrite"
         ) from None
     return ckpt
+
+
+def round_adapter_path(out: Path, rnd: int) -> Path:
+    """Where ``--save-every`` keeps round ``rnd``'s global adapter in the results folder ``out``."""
+    return Path(out) / ROUND_ADAPTERS / f"round-{rnd:03d}.safetensors"
+
+
+def keep_round_adapter(out: Path, rnd: int, global_state: dict[str, torch.Tensor], config: dict) -> Path:
+    """Round ``rnd``'s global adapter state (the checkpoint's tensors; the run config in the
+    metadata), written atomically: an interrupted write leaves no half file under its name."""
+    path = round_adapter_path(out, rnd)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = save(
+        {k: v.detach().cpu().contiguous() for k, v in global_state.items()},
+        metadata={"format": "pt", "round": str(rnd), "method": str(config.get("method"))},
+    )
+    return atomic_write(path, data)
+
+
+def kept_rounds(out: Path) -> list[int]:
+    """The rounds whose global adapter ``--save-every`` kept in ``out``, ascending."""
+    folder = Path(out) / ROUND_ADAPTERS
+    found = [ROUND_ADAPTER.fullmatch(p.name) for p in folder.glob("round-*.safetensors")] if folder.is_dir() else []
+    return sorted(int(m.group(1)) for m in found if m)

@@ -32,7 +32,13 @@ from fedkron.data.client_data import EvalSet, eval_data, generation_prompts, mod
 from fedkron.devices.timing import append_timing_csv
 from fedkron.models import build_model, load_tokenizer
 from fedkron.runconfig.fields import DEFAULT_ROUND_TIMEOUT, RunConfig, codec_bits
-from fedkron.server.checkpoint import Checkpoint, load_checkpoint, require_rounds_left, save_checkpoint
+from fedkron.server.checkpoint import (
+    Checkpoint,
+    keep_round_adapter,
+    load_checkpoint,
+    require_rounds_left,
+    save_checkpoint,
+)
 from fedkron.server.interrupt import RunInterrupted, StoppableGrid
 from fedkron.server.ledger import MB, Ledger, LedgerGrid
 from fedkron.server.progress import ReplyTicker
@@ -120,6 +126,8 @@ class FederationRun:
                 self.results.rows,
                 self.cfg.to_record(),
             )
+            if self.cfg.save_every and server_round % self.cfg.save_every == 0:
+                keep_round_adapter(self.results.path, server_round, state, self.cfg.to_record())
         loss, acc = scores.get("loss"), scores.get("accuracy")
         return MetricRecord({k: v for k, v in (("accuracy", acc), ("loss", loss)) if v is not None})
 

@@ -198,6 +198,7 @@ def run_compare(
     resume: bool = False,
     downlink: str | None = None,
     verbose: bool = False,
+    precision_eval: bool = False,
 ) -> Path:
     """Run every spec (all checked first, before any Ray start) and write the report into ``out``.
 
@@ -207,6 +208,8 @@ def run_compare(
 
     configs = run_configs(base, specs, out, lora, downlink)
     run_all([s.label for s in specs], configs, "comparison", progress, run, resume, verbose)
+    if precision_eval:
+        evaluate_finished([Path(c.out) for c in configs])
     return write_report(out, [Path(c.out) for c in configs])
 
 
@@ -254,3 +257,15 @@ def run_all(
         for (label, _), summary in zip(todo, summaries):
             print(f"run {label}: {summary['status']}", flush=True)
         print(f"{len(todo)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def evaluate_finished(folders: list[Path]) -> None:
+    """``--precision-eval``: the precision table of every finished run (a run that cannot be scored
+    is named and skipped, its other figures kept)."""
+    from fedkron.sim.precision import evaluate_precisions  # here: builds models (transformers, seconds)
+
+    for folder in folders:
+        try:
+            evaluate_precisions(folder)
+        except Exception as err:  # one run that cannot be scored must not lose the report
+            print(f"run {folder.name}: no precision table ({type(err).__name__}: {err})", flush=True)

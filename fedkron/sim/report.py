@@ -98,6 +98,7 @@ def read_run(folder: Path) -> dict:
             else summary["status"]
         ),
         "metrics": metrics,
+        "precision_robustness": summary.get("precision_robustness"),
     }
 
 
@@ -165,13 +166,10 @@ def write_report(
     time_target = time_report.default_time_target(rows) if time_target is None else time_target
     time_report.add_time_figures(rows, time_target)
     timed = time_report.time_section(rows, time_target)
-    with (out / "results.csv").open("w", newline="") as fh:
-        keys = csv_keys(baselines, bool(timed))
-        writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "results.csv", rows, baselines, bool(timed))
     settings = settings_text(rows, target)
     table = markdown_table(rows)
+    precision = precision_section(rows)
     (out / "report.md").write_text(
         f"# fedkron comparison\n\n{settings}\n\n{table}\n\n## Savings against each baseline\n\n{savings}\n\n"
         "Bytes are serialized Flower message sizes from each run's ledger.csv (both directions, every "
@@ -187,11 +185,24 @@ def write_report(
             if timed
             else ""
         )
+        + (f"\n{precision}\n" if precision else "")
     )
 
     comparison_plots(out, rows)
-    print(f"{settings}\n\n{table}\n\n{savings}" + (f"\n\n{timed}" if timed else ""))
+    print(
+        f"{settings}\n\n{table}\n\n{savings}"
+        + (f"\n\n{timed}" if timed else "")
+        + (f"\n\n{precision}" if precision else "")
+    )
     return out / "report.md"
+
+
+def write_csv(path: Path, rows: list[dict], baselines: list[dict], timed: bool) -> None:
+    """``results.csv``: the table's columns, the raw byte figures and the savings per baseline."""
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=csv_keys(baselines, timed), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def csv_keys(baselines: list[dict], timed: bool) -> list[str]:
@@ -278,3 +289,31 @@ def markdown_table(rows: list[dict]) -> str:
     sep = "|" + "---|" * len(COLUMNS)
     body = ["| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
     return "\n".join([head, sep, *body])
+
+
+def precision_section(rows: list[dict]) -> str:
+    """ "Adapter precision": each run's final adapter after a round trip through each precision
+    (``fedkron evaluate`` / ``compare --precision-eval``); empty when no run has the table."""
+    scored = [r for r in rows if r.get("precision_robustness")]
+    if not scored:
+        return ""
+    lines = [
+        "## Adapter precision",
+        "",
+        "The final global adapter's factors quantized and dequantized (base model and task head unchanged), "
+        "scored on the held-out rows; bytes: the adapter file at that precision (fedkron format).",
+        "",
+        "| run | method | precision | accuracy | Δ vs fp32 | adapter bytes | factor rel. error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in scored:
+        table = r["precision_robustness"]["rows"]
+        ref = next((p["accuracy"] for p in table if p["precision"] == "fp32"), None)
+        for p in table:
+            acc = p["accuracy"]
+            delta = "–" if acc is None or ref is None else f"{100 * (acc - ref):+.1f} pt"
+            lines.append(
+                f"| {r['run']} | {r['method']} | {p['precision']} | {_fmt('accuracy', acc)} | {delta} | "
+                f"{p['adapter_bytes']:,} | {p['factor_rel_error']:.1e} |"
+            )
+    return "\n".join(lines)
