@@ -3,6 +3,7 @@
 fedkron sim       one simulated federation (Ray), the embedded offline default with no flags
 fedkron compare   several methods/codecs on the same task, partition and client schedule
                   (the offline default: Kron-LoRA nf4 vs LoRA-8 fp32 and FlowerTune on SST-2)
+fedkron continual tasks in sequence (each stage from the last one's adapter), a retention matrix
 fedkron deploy    certificates, node keys and SuperLink/SuperNode commands for real edge nodes
 """
 
@@ -217,6 +218,53 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_continual(args: argparse.Namespace) -> int:
+    from fedkron.server.progress import format_round  # here: see cmd_sim
+    from fedkron.sim.compare import parse_runs  # here: see cmd_sim
+    from fedkron.sim.continual import parse_tasks, run_continual  # here: see cmd_sim
+    from fedkron.sim.simulate import SimulationInterrupted  # here: see cmd_sim
+
+    if args.task is not None:
+        raise ConfigError("fedkron continual takes --tasks A,B[,C] (the stages, in order), not --task")
+    tasks, specs = parse_tasks(args.tasks), parse_runs(args.runs)
+    base = config_from_args(args)
+    out = args.out or f"results/continual-{'-'.join(tasks)}"
+    print(f"fedkron continual: {' → '.join(tasks)} ({base.model}), runs {', '.join(s.label for s in specs)} → {out}")
+    try:
+        report = run_continual(
+            base,
+            tasks,
+            specs,
+            out,
+            downlink=args.downlink,
+            resume=args.resume,
+            verbose=args.verbose,
+            progress=lambda label, row: print(f"[{label}] {format_round(row)}", flush=True),
+        )
+    except SimulationInterrupted as stopped:
+        return interrupted(stopped, [out])
+    print(Path(report).read_text())
+    print(f"report: {report} (and continual.json)")
+    return 0
+
+
+def _add_continual(sub) -> None:
+    from fedkron.sim.continual import DEFAULT_RUNS  # here: see cmd_sim
+
+    p = sub.add_parser("continual", help="federated stages on tasks in sequence, and a retention matrix")
+    p.add_argument("--tasks", required=True, help="comma-separated tasks learnt in this order, e.g. sst2,sentiment")
+    p.add_argument(
+        "--runs",
+        default=DEFAULT_RUNS,
+        help=f"comma-separated method:codec[:aggregation] runs, each through every stage (default {DEFAULT_RUNS})",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="keep stages finished in --out, continue a stage cut off mid-way"
+    )
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_continual)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fedkron.sim.compare import DEFAULT_RUNS  # here: see cmd_sim
 
@@ -249,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_flags(p_cmp)
     p_cmp.set_defaults(func=cmd_compare)
+    _add_continual(sub)
     sub.add_parser(
         "deploy",
         help="TLS certificates, node keys and SuperLink/SuperNode commands "

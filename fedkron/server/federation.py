@@ -33,6 +33,7 @@ from fedkron.devices.timing import append_timing_csv
 from fedkron.models import build_model, load_tokenizer
 from fedkron.runconfig.fields import DEFAULT_ROUND_TIMEOUT, RunConfig, codec_bits
 from fedkron.server.checkpoint import Checkpoint, load_checkpoint, require_rounds_left, save_checkpoint
+from fedkron.server.init_adapter import initial_state
 from fedkron.server.interrupt import RunInterrupted, StoppableGrid
 from fedkron.server.ledger import MB, Ledger, LedgerGrid
 from fedkron.server.progress import ReplyTicker
@@ -236,6 +237,8 @@ def start_run(
     evalset = eval_data(cfg) if cfg.central_eval else None
     model = build_model(cfg, *model_shape(cfg))
     initial = {k: v.clone() for k, v in adapter_state_dict(model).items()}
+    if cfg.init_adapter and not ckpt:  # a resumed run goes on from its checkpoint instead
+        initial = initial_state(cfg, model, initial)
     ledger = ckpt.ledger if ckpt else Ledger()
     strategy = FedKron(
         build_strategy(cfg),
@@ -284,6 +287,7 @@ def first_summary(cfg: RunConfig, model, initial: dict, strategy: FedKron, evals
         "eval_note": evalset.note if evalset else "no central evaluation (--no-central-eval)",
         "status": "running",
         "resumed_from_round": ckpt.round if ckpt else None,
+        "init_adapter": cfg.init_adapter or None,
     }
 
 
