@@ -28,7 +28,7 @@ CLI_INTRO = """# Command reference
 
 <!-- Made by scripts/sync_docs.py from fedkron's RunConfig fields; edit the fields, then run it. -->
 
-`fedkron sim` and `fedkron compare` take one flag per run-config field (`python -m fedkron sim
+`fedkron sim`, `fedkron compare` and `fedkron continual` take one flag per run-config field (`python -m fedkron sim
 --help`); the same settings are the keys of `flwr run . --run-config "..."` (`-` for `_`, see
 [deployment.md](deployment.md)). "per task" and "per method" defaults are in
 [sim.md](sim.md#task-defaults). Unknown values and impossible combinations stop the run before Ray
@@ -59,13 +59,13 @@ def app_config() -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_table() -> str:
-    """The flags only ``fedkron compare`` has, from its parser (the run flags are sim's table)."""
+def compare_table(command: str = "compare") -> str:
+    """The flags only ``fedkron compare`` (or ``continual``) has, from its parser (the run flags are sim's table)."""
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices  # argparse keeps subparsers nowhere public
     sim_flags = {o for a in sub["sim"]._actions for o in a.option_strings}
     rows = ["| flag | meaning |", "|---|---|"]
-    for action in sub["compare"]._actions:
+    for action in sub[command]._actions:
         flags = [o for o in action.option_strings if o.startswith("--")]
         if flags and flags[0] != "--help" and (flags[0] not in sim_flags or flags[0] == "--resume"):
             meaning = (action.help or "").replace("%%", "%").replace("|", "/")
@@ -76,7 +76,11 @@ def compare_table() -> str:
 def cli_md() -> str:
     """docs/cli.md: the flag table of ``fedkron sim``, the compare-only flags, a pointer for deploy."""
     compare = "\n## `fedkron compare`: its own flags\n\n" + compare_table() + "\n"
-    return CLI_INTRO + flag_table() + "\n" + compare + DEPLOY
+    continual = (
+        "\n## `fedkron continual`: its own flags\n\nThe run flags are sim's (not `--task`: the stages are "
+        "`--tasks`); see [continual.md](continual.md).\n\n" + compare_table("continual") + "\n"
+    )
+    return CLI_INTRO + flag_table() + "\n" + compare + continual + DEPLOY
 
 
 def with_app_config(pyproject: str) -> str:

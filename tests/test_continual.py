@@ -273,3 +273,21 @@ def test_exact_aggregation_starts_only_from_the_seeded_frozen_factors(data_dir, 
     model = build_model(cfg, *model_shape(cfg))
     with pytest.raises(ConfigError, match="frozen factors are not the seeded init"):
         initial_state(cfg, model, {k: v.clone() for k, v in adapter_state_dict(model).items()})
+
+
+def test_continual_cli_refuses_bad_tasks_before_any_work(capsys, tmp_path):
+    from fedkron.cli import main
+
+    out = tmp_path / "out"
+    for argv, text in (
+        (["--tasks", "sst2"], "at least two"),
+        (["--tasks", "sst2,nope"], "'nope'"),
+        (["--tasks", "sst2,rte,sst2"], "twice"),
+        (["--tasks", "sst2,rte", "--task", "rte"], "not --task"),
+        (["--tasks", "sst2,sentiment", "--partition", "natural"], "partition 'natural' needs"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            main(["continual", *argv, "--out", str(out)])
+        assert stopped.value.code == 2
+        assert text in capsys.readouterr().err, argv
+    assert not out.exists()

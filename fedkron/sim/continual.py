@@ -104,7 +104,7 @@ def run_stages(
     """The stages not done yet, in order (stage k of a run after its stage k−1), all runs on one Ray
     start (``run``, for tests: a function called per stage instead)."""
     order = [
-        (f"{spec.label} stage {k} {cfg.task}", cfg)
+        (f"{spec.label} stage {k + 1} {cfg.task}", cfg)
         for k in range(len(next(iter(plans.values()))))
         for spec, cfgs in plans.items()
         for cfg in [cfgs[k]]
@@ -165,10 +165,9 @@ class Scorer:
         self.cfgs, self._built = cfgs, {}
 
     def _task(self, j: int):
-        # here: models, data and training load torch and transformers (seconds)
-        from fedkron.adapters import adapter_factor_roles, adapter_state_dict
-        from fedkron.data.client_data import eval_data, model_shape
-        from fedkron.models import build_model
+        from fedkron.adapters import adapter_factor_roles, adapter_state_dict  # here: loads torch (seconds)
+        from fedkron.data.client_data import eval_data, model_shape  # here: loads transformers (seconds)
+        from fedkron.models import build_model  # here: loads transformers (seconds)
 
         if j not in self._built:
             cfg = self.cfgs[j]
