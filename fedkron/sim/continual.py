@@ -101,8 +101,8 @@ def run_stages(
     run: Callable[..., dict] | None = None,
     verbose: bool = False,
 ) -> None:
-    """The stages not done yet, in order (stage k of a run after its stage k−1), all runs on one Ray
-    start (``run``, for tests: a function called per stage instead)."""
+    """The stages not done yet, in order (stage k of a run after its stage k−1), on Ray (:func:`on_ray`;
+    ``run``, for tests: a function called per stage instead)."""
     order = [
         (f"{spec.label} stage {k + 1} {cfg.task}", cfg)
         for k in range(len(next(iter(plans.values()))))
@@ -121,15 +121,27 @@ def run_stages(
         for (_, cfg), report in zip(jobs, reporters):
             run(cfg, progress=report)
     elif jobs:
-        simulate.quiet(verbose)
-        t0 = time.perf_counter()
-        summaries = simulate.run_many([simulate.prepared(c, checked=True) for _, c in jobs], reporters, verbose=verbose)
-        for (label, _), summary in zip(jobs, summaries):
-            print(f"{label}: {summary['status']}", flush=True)
-        print(f"{len(jobs)} stages in {time.perf_counter() - t0:.0f} s", flush=True)
+        on_ray(jobs, reporters, verbose)
     unfinished = [c.out for cfgs in plans.values() for c in cfgs if not (Path(c.out) / "adapter").is_dir()]
     if unfinished:
         raise RuntimeError(f"stages without a final adapter (see their summary.json): {', '.join(unfinished)}")
+
+
+def on_ray(jobs: list[tuple[str, RunConfig]], reporters: list, verbose: bool) -> None:
+    """Run the stages on Ray, one Ray start for each stretch of stages with the same number of
+    clients (the simulated SuperNodes hold partitions of that many)."""
+    simulate.quiet(verbose)
+    t0, start = time.perf_counter(), 0
+    while start < len(jobs):
+        end = start + 1
+        while end < len(jobs) and jobs[end][1].clients == jobs[start][1].clients:
+            end += 1
+        batch = [simulate.prepared(c, checked=True) for _, c in jobs[start:end]]
+        summaries = simulate.run_many(batch, reporters[start:end], verbose=verbose)
+        for (label, _), summary in zip(jobs[start:end], summaries):
+            print(f"{label}: {summary['status']}", flush=True)
+        start = end
+    print(f"{len(jobs)} stages in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def standard_error(p: float, n: int) -> float:
