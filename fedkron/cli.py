@@ -243,6 +243,9 @@ def cmd_continual(args: argparse.Namespace) -> int:
         )
     except SimulationInterrupted as stopped:
         return interrupted(stopped, [out])
+    except RuntimeError as err:  # a stage failed: its summary.json says why
+        print(f"fedkron: {err}", file=sys.stderr)
+        return 1
     print(Path(report).read_text())
     print(f"report: {report} (and continual.json)")
     return 0
