@@ -7,6 +7,7 @@ fedkron frontier  the bytes–accuracy frontier: run configs (method, codec, ran
                   paired seeds, each method's Pareto front, bytes to a target, savings decomposed
 fedkron export    a finished run's adapter as a PEFT or fedkron folder, or a merged model
 fedkron evaluate  a finished run's adapter scored after a round trip through each precision
+fedkron continual tasks in sequence (each stage from the last one's adapter), a retention matrix
 fedkron deploy    certificates, node keys and SuperLink/SuperNode commands for real edge nodes
 """
 
@@ -318,6 +319,56 @@ def _add_export_parsers(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def cmd_continual(args: argparse.Namespace) -> int:
+    from fedkron.server.progress import format_round  # here: see cmd_sim
+    from fedkron.sim.compare import parse_runs  # here: see cmd_sim
+    from fedkron.sim.continual import parse_tasks, run_continual  # here: see cmd_sim
+    from fedkron.sim.simulate import SimulationInterrupted  # here: see cmd_sim
+
+    if args.task is not None:
+        raise ConfigError("fedkron continual takes --tasks A,B[,C] (the stages, in order), not --task")
+    tasks, specs = parse_tasks(args.tasks), parse_runs(args.runs)
+    base = config_from_args(args)
+    out = args.out or f"results/continual-{'-'.join(tasks)}"
+    print(f"fedkron continual: {' → '.join(tasks)} ({base.model}), runs {', '.join(s.label for s in specs)} → {out}")
+    try:
+        report = run_continual(
+            base,
+            tasks,
+            specs,
+            out,
+            downlink=args.downlink,
+            resume=args.resume,
+            verbose=args.verbose,
+            progress=lambda label, row: print(f"[{label}] {format_round(row)}", flush=True),
+        )
+    except SimulationInterrupted as stopped:
+        return interrupted(stopped, [out])
+    except RuntimeError as err:  # a stage failed: its summary.json says why
+        print(f"fedkron: {err}", file=sys.stderr)
+        return 1
+    print(Path(report).read_text())
+    print(f"report: {report} (and continual.json)")
+    return 0
+
+
+def _add_continual(sub) -> None:
+    from fedkron.sim.continual import DEFAULT_RUNS  # here: see cmd_sim
+
+    p = sub.add_parser("continual", help="federated stages on tasks in sequence, and a retention matrix")
+    p.add_argument("--tasks", required=True, help="comma-separated tasks learnt in this order, e.g. sst2,sentiment")
+    p.add_argument(
+        "--runs",
+        default=DEFAULT_RUNS,
+        help=f"comma-separated method:codec[:aggregation] runs, each through every stage (default {DEFAULT_RUNS})",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="keep stages finished in --out, continue a stage cut off mid-way"
+    )
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_continual)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fedkron.sim.compare import DEFAULT_RUNS  # here: see cmd_sim
     from fedkron.sim.frontier import DEFAULT_FRONTIER_RUNS, DEFAULT_SEEDS  # here: see cmd_sim
@@ -358,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(p_fr)
     p_fr.set_defaults(func=cmd_frontier)
     _add_export_parsers(sub)
+    _add_continual(sub)
     sub.add_parser(
         "deploy",
         help="TLS certificates, node keys and SuperLink/SuperNode commands "

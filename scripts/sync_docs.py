@@ -28,11 +28,11 @@ CLI_INTRO = """# Command reference
 
 <!-- Made by scripts/sync_docs.py from fedkron's RunConfig fields; edit the fields, then run it. -->
 
-`fedkron sim`, `fedkron compare` and `fedkron frontier` take one flag per run-config field (`python -m fedkron sim
---help`); the same settings are the keys of `flwr run . --run-config "..."` (`-` for `_`, see
-[deployment.md](deployment.md)). "per task" and "per method" defaults are in
-[sim.md](sim.md#task-defaults). Unknown values and impossible combinations stop the run before Ray
-starts, every problem listed.
+`fedkron sim`, `fedkron compare`, `fedkron frontier` and `fedkron continual` take one flag per run-config
+field (`python -m fedkron sim --help`); the same settings are the keys of
+`flwr run . --run-config "..."` (`-` for `_`, see [deployment.md](deployment.md)). "per task" and
+"per method" defaults are in [sim.md](sim.md#task-defaults). Unknown values and impossible
+combinations stop the run before Ray starts, every problem listed.
 
 ## `fedkron sim` (and the run flags of `fedkron compare` and `fedkron frontier`)
 
@@ -60,8 +60,8 @@ def app_config() -> str:
 
 
 def compare_table(command: str = "compare") -> str:
-    """The flags only ``fedkron <command>`` (compare, frontier) has, from its parser (the run flags
-    are sim's table)."""
+    """The flags only ``fedkron <command>`` (compare, frontier, continual) has, from its parser (the run
+    flags are sim's table)."""
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices  # argparse keeps subparsers nowhere public
     sim_flags = {o for a in sub["sim"]._actions for o in a.option_strings}
@@ -100,7 +100,11 @@ def cli_md() -> str:
         "`fedkron export RUN_DIR --out DIR`:\n\n" + command_table("export") + "\n\n"
         "`fedkron evaluate RUN_DIR`:\n\n" + command_table("evaluate") + "\n"
     )
-    return CLI_INTRO + flag_table() + "\n" + compare + frontier + export + DEPLOY
+    continual = (
+        "\n## `fedkron continual`: its own flags\n\nThe run flags are sim's (not `--task`: the stages are "
+        "`--tasks`); see [continual.md](continual.md).\n\n" + compare_table("continual") + "\n"
+    )
+    return CLI_INTRO + flag_table() + "\n" + compare + frontier + continual + export + DEPLOY
 
 
 def with_app_config(pyproject: str) -> str:

@@ -48,7 +48,8 @@ COMPONENTS = {
     "placement": "fedkron.models.resolved_device (build_model's .to(), the worker's peak memory)",
     "loader": "fedkron.models.causal_lm.load_causal_lm's arguments (from build_language_model)",
     "strategy": "fedkron.strategies.registry.build_strategy: the Flower strategy and its DP wrapper",
-    "federation": "fedkron.server.federation.run_federation: the FedKron wrapper, run_rounds, results folder",
+    "federation": "fedkron.server.federation.run_federation: the FedKron wrapper and its starting adapter, "
+    "run_rounds, results folder",
     "configure_train": "fedkron.strategies.wrapper.FedKron.configure_train: the nodes a round trains",
     "configure_evaluate": "fedkron.strategies.wrapper.FedKron.configure_evaluate: the nodes that evaluate",
     "broadcast": "fedkron.strategies.wrapper.FedKron._broadcast: round 2's broadcast config",
@@ -130,6 +131,7 @@ SETTINGS: dict[str, dict[str, Case]] = {
         "base_quant": refused({"base_quant": "nf4"}),
         "targets": Case({"targets": "query,value"}, ("train",)),
         "local_loss": Case({"local_loss": "logit-adjusted"}, ("train",)),
+        "init_adapter": Case({"init_adapter": "@encoder_adapter"}, ("federation",)),
     },
     "lm": {
         **COMMON,
@@ -138,6 +140,7 @@ SETTINGS: dict[str, dict[str, Case]] = {
         "base_quant": Case({"base_quant": "nf4"}, ("loader",)),
         "targets": Case({"targets": "q_proj,v_proj"}, ("train",)),
         "local_loss": refused({"local_loss": "logit-adjusted"}),
+        "init_adapter": Case({"init_adapter": "@lm_adapter"}, ("federation",)),
     },
 }
 CASES = [(family, name) for family in SETTINGS for name in sorted(SETTINGS[family])]
@@ -205,7 +208,7 @@ def paths(tmp_path_factory) -> dict[str, str]:
     arc.mkdir(parents=True)
     for name in ("train.json", "validation.json", "test.json"):
         (arc / name).write_text(json.dumps(_arc_rows(24)))
-    return {
+    found = {
         "@llama": save_folder(tiny_llama(), bpe_tokenizer(), root / "llama"),
         "@gpt2": save_folder(tiny_gpt2(), bpe_tokenizer(), root / "gpt2"),
         "@csv": _write_csv(root / "reviews.csv", _reviews(40)),
@@ -217,6 +220,22 @@ def paths(tmp_path_factory) -> dict[str, str]:
         "@state": str(root / "client-state"),
         "@results": str(root / "results"),
     }
+    for family in SETTINGS:  # a stored adapter of the base run, moved off its seeded init
+        found[f"@{family}_adapter"] = _stored_adapter(base_config(family, found), root / f"{family}-adapter")
+    return found
+
+
+def _stored_adapter(cfg: RunConfig, folder: Path) -> str:
+    from fedkron.adapters import adapter_state_dict, save_adapter
+    from fedkron.data.client_data import model_shape
+    from fedkron.models import build_model
+
+    model = build_model(cfg.resolved(), *model_shape(cfg))
+    with torch.no_grad():
+        for tensor in adapter_state_dict(model).values():
+            tensor.add_(0.01)
+    save_adapter(model, folder)
+    return str(folder)
 
 
 def _resolve(values: dict, paths: dict[str, str]) -> dict:
@@ -372,7 +391,9 @@ def observe_federation(cfg: RunConfig, paths) -> dict:
     seen: dict = {"central_eval": False}
 
     def rounds(strategy, grid, arrays, first, last, evaluate_fn, timeout):
-        seen.update(rounds=(first, last, timeout), wrapper=snapshot(strategy))
+        seen.update(
+            rounds=(first, last, timeout), wrapper=snapshot(strategy), start=_state_digest(strategy.global_state)
+        )
         raise _Stop
 
     def evalset(c):
@@ -387,6 +408,10 @@ def observe_federation(cfg: RunConfig, paths) -> dict:
             federation.run_federation(FakeGrid(cfg.clients), cfg)
     seen["files"] = sorted(str(p.relative_to(results)) for p in results.rglob("*") if p.is_file())
     return seen
+
+
+def _state_digest(state: dict) -> str:
+    return _digest([(k, v.numpy().tobytes()) for k, v in sorted(state.items())])
 
 
 def observe_configure_train(cfg: RunConfig, paths) -> list[int]:

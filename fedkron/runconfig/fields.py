@@ -143,6 +143,13 @@ class RunConfig:
         ADAPTER,
         SHAPE_POLICIES,
     )
+    init_adapter: str = knob(
+        "",
+        "start from the final global adapter of results folder DIR (or an adapter folder, or its "
+        "adapter_model.safetensors) instead of the seeded init; same model and adapter settings, "
+        "see docs/continual.md ('' = the seeded init)",
+        ADAPTER,
+    )
     # Communication
     uplink: str = knob(
         "nf4",

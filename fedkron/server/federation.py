@@ -39,6 +39,7 @@ from fedkron.server.checkpoint import (
     require_rounds_left,
     save_checkpoint,
 )
+from fedkron.server.init_adapter import initial_state
 from fedkron.server.interrupt import RunInterrupted, StoppableGrid
 from fedkron.server.ledger import MB, Ledger, LedgerGrid
 from fedkron.server.progress import ReplyTicker
@@ -244,6 +245,8 @@ def start_run(
     evalset = eval_data(cfg) if cfg.central_eval else None
     model = build_model(cfg, *model_shape(cfg))
     initial = {k: v.clone() for k, v in adapter_state_dict(model).items()}
+    if cfg.init_adapter and not ckpt:  # a resumed run goes on from its checkpoint instead
+        initial = initial_state(cfg, model, initial)
     ledger = ckpt.ledger if ckpt else Ledger()
     strategy = FedKron(
         build_strategy(cfg),
@@ -292,6 +295,7 @@ def first_summary(cfg: RunConfig, model, initial: dict, strategy: FedKron, evals
         "eval_note": evalset.note if evalset else "no central evaluation (--no-central-eval)",
         "status": "running",
         "resumed_from_round": ckpt.round if ckpt else None,
+        "init_adapter": cfg.init_adapter or None,
     }
 
 

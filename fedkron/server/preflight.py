@@ -30,6 +30,7 @@ from fedkron.models.causal_lm import (
 )
 from fedkron.runconfig.fields import ConfigError, RunConfig
 from fedkron.server.checkpoint import resume_problems
+from fedkron.server.init_adapter import init_adapter_problems, shape_problems
 from fedkron.server.results import write_json
 
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "ledger.csv", "accuracy_and_mb.png", "timing.csv")
@@ -256,7 +257,7 @@ def _adapter_fit_problems(cfg: RunConfig, config, num_labels: int, multiple_choi
         return [f"{cfg.method} rank {cfg.rank} ({cfg.shape_policy} shapes) does not fit {cfg.model}: {err}"]
     if adapter > base:
         return [f"rank {cfg.rank}: the adapter ({adapter:,} values) would be larger than the model ({base:,})"]
-    return []
+    return init_adapter_problems(cfg) or (shape_problems(cfg, model) if cfg.init_adapter else [])
 
 
 def lm_problems(cfg: RunConfig) -> list[str]:
@@ -285,7 +286,8 @@ def lm_problems(cfg: RunConfig) -> list[str]:
             )
     except Exception as err:
         problems.append(f"{cfg.method} rank {cfg.rank} does not fit {cfg.model}: {str(err).splitlines()[0]}")
-    return problems
+        return problems
+    return problems + (init_adapter_problems(cfg) or (shape_problems(cfg, model) if cfg.init_adapter else []))
 
 
 def data_problems(cfg: RunConfig) -> list[str]:
