@@ -38,6 +38,8 @@ TASK_DEFAULTED = ("max_length", "clients", "rounds", "local_steps")  # 0 → the
 # Per-method defaults (rank, what is averaged, local learning rate by aggregation), chosen from the
 # SST-2 evidence in the README ("Savings against the baselines"): each method at its best rate.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # kron-lora, alternating: 8e-3 the best of 4e-3 / 8e-3 / 1.6e-2 (77.1 / 79.2 / 77.3 %, SST-2 compare
+    # settings, nf4 both ways, seed 1)
     "kron-lora": {
         "rank": 4,
         "aggregation": "per-factor",
