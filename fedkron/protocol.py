@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from fedkron.adapters.layers import KronALayer, KronLoRALayer, LoRALayer
 from fedkron.compression import Encoded, PayloadError, decode, from_records, to_records
 
 # Record keys of a message's content.
@@ -40,6 +41,16 @@ EVAL_LOSS, EVAL_ACCURACY = "eval-loss", "eval-accuracy"
 # Roles that travel in exact mode: the output-side factor (ΔW is linear in it while the others stay
 # at their shared seeded init) and fully trained modules such as the task head.
 EXACT_ROLES = ("B1", "B", "lora_B", "full")
+# Alternating mode: the order each method's factors train in, one role a round for every client,
+# starting with the factor the adapter's init zeroes (training another one while it is still zero
+# has zero gradient): Kron-LoRA B1 → B2 → A, KronA B → A, LoRA lora_B → lora_A (as RoLoRA).
+ALTERNATING_CYCLES = (("B1", "B2", "A"), ("B", "A"), ("lora_B", "lora_A"))
+
+# init ("b-zero", "a-zero") → cycle → the role that init zeroes, read from the layers themselves.
+ZERO_ROLES = {
+    init: {c: k.roles[k.zero_factor[init]] for c, k in zip(ALTERNATING_CYCLES, (KronLoRALayer, KronALayer, LoRALayer))}
+    for init in KronLoRALayer.zero_factor
+}
 
 
 class RejectedReply(ValueError):
@@ -49,11 +60,37 @@ class RejectedReply(ValueError):
 # --- what travels -------------------------------------------------------------------------------
 
 
-def sent_names(roles: Mapping[str, str], aggregation: str) -> list[str]:
-    """State names a client trains and sends (and the server broadcasts), in model order."""
+def round_role(roles: Mapping[str, str], server_round: int, init: str = "b-zero") -> str:
+    """The factor role every client trains in ``server_round`` (from 1) of an ``alternating`` run:
+    the method's cycle, started at the factor ``init`` zeroes. Depends on the round number alone, so
+    server and clients (and a resumed run) agree without telling each other."""
+    present = set(roles.values())
+    for cycle in ALTERNATING_CYCLES:
+        if set(cycle) <= present:
+            start = cycle.index(ZERO_ROLES[init][cycle])
+            return cycle[(start + server_round - 1) % len(cycle)]
+    raise ValueError(f"alternating aggregation needs adapter factors; roles here: {sorted(present)}")
+
+
+def sent_names(roles: Mapping[str, str], aggregation: str, server_round: int | None = None) -> list[str]:
+    """State names a client trains and sends in ``server_round``, in model order: ``exact``, the
+    output-side factor and full modules; ``alternating``, the round's factor (:func:`round_role`)
+    and full modules; ``per-factor``, everything."""
     if aggregation == "exact":
         return [name for name, role in roles.items() if role in EXACT_ROLES]
+    if aggregation == "alternating":
+        if server_round is None:
+            raise ValueError("alternating aggregation sends a different factor each round: give the round")
+        now = round_role(roles, server_round)
+        return [name for name, role in roles.items() if role in (now, "full")]
     return list(roles)
+
+
+def broadcast_names(roles: Mapping[str, str], aggregation: str) -> list[str]:
+    """State names every broadcast carries, in model order. ``alternating`` sends all factors each
+    round (a client is stateless between rounds, and the factors it does not train moved in earlier
+    rounds); ``exact`` only what trains (the rest is each side's seeded init)."""
+    return sent_names(roles, aggregation) if aggregation == "exact" else list(roles)
 
 
 def frozen_digest(state: Mapping[str, torch.Tensor], sent: list[str]) -> str:

@@ -7,6 +7,7 @@ import pytest
 import tomllib
 
 from fedkron.cli import build_parser, config_from_args, main
+from fedkron.runconfig.choices import METHOD_DEFAULTS
 from fedkron.runconfig.fields import TASK_DEFAULTS, ConfigError, RunConfig, bits_to_codec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,6 +232,9 @@ def test_compare_runs_parse_and_share_everything_but_method_codecs_and_aggregati
         str(tmp_path / f) for f in ("kron-lora-nf4-exact", "lora-fp32", "krona-int8", "flowertune", "ffa-lora-nf4")
     ]
     assert run_configs(base, specs[:1], tmp_path, downlink="fp32")[0].downlink == "fp32"  # --downlink wins
+    (alt,) = run_configs(RunConfig(task="sst2"), parse_runs("kron-lora:nf4:alternating"), tmp_path, LoraSettings())
+    alt_lr = METHOD_DEFAULTS["kron-lora"]["lr"]["alternating"]
+    assert (alt.aggregation, alt.lr, alt.out) == ("alternating", alt_lr, str(tmp_path / "kron-lora-nf4-alternating"))
     with pytest.raises(ConfigError) as info:
         parse_runs("dora:nf4,lora:int3,lora:fp32,lora:fp32")
     assert "method 'dora'" in str(info.value) and "codec 'int3'" in str(info.value) and "twice" in str(info.value)

@@ -15,6 +15,7 @@ from fedkron.protocol import (
     ROUND,
     Broadcast,
     RejectedReply,
+    broadcast_names,
     make_broadcast,
     make_eval_reply,
     make_info,
@@ -23,6 +24,7 @@ from fedkron.protocol import (
     read_eval_reply,
     read_info,
     read_reply,
+    round_role,
     sent_names,
 )
 from fedkron.sim.faults import corrupt
@@ -165,3 +167,25 @@ def test_exact_mode_sends_the_output_side_factor_of_every_method():
     }
     assert sent_names(roles, "exact") == ["a.B1", "b.B", "c.lora_B", "head.weight"]
     assert sent_names(roles, "per-factor") == list(roles)
+    assert broadcast_names(roles, "exact") == sent_names(roles, "exact")
+    assert broadcast_names(roles, "per-factor") == broadcast_names(roles, "alternating") == list(roles)
+
+
+@pytest.mark.parametrize(
+    "method_roles, b_zero, a_zero",
+    [
+        (("A", "B1", "B2"), ["B1", "B2", "A"], ["A", "B1", "B2"]),
+        (("A", "B"), ["B", "A"], ["A", "B"]),
+        (("lora_A", "lora_B"), ["lora_B", "lora_A"], ["lora_A", "lora_B"]),
+    ],
+)
+def test_alternating_mode_cycles_one_factor_a_round_from_the_zero_initialised_one(method_roles, b_zero, a_zero):
+    roles = {f"{layer}.{r}": r for layer in ("q", "v") for r in method_roles} | {"head.weight": "full"}
+    cycle = len(method_roles)
+    for rnd in range(1, 2 * cycle + 1):
+        role = b_zero[(rnd - 1) % cycle]
+        assert round_role(roles, rnd) == role
+        assert round_role(roles, rnd, init="a-zero") == a_zero[(rnd - 1) % cycle]
+        assert sent_names(roles, "alternating", rnd) == [f"q.{role}", f"v.{role}", "head.weight"]  # model order
+    with pytest.raises(ValueError, match="give the round"):
+        sent_names(roles, "alternating")

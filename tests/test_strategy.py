@@ -251,13 +251,17 @@ def test_a_reply_that_claims_another_partition_is_rejected(flower_identity):
         ("fedavg", {"adaptive_clipping": True}),
         ("fedavgm", {"downlink": "nf4"}),
         ("fedavg", {"downlink": "int8"}),
+        ("fedavg", {"downlink": "nf4", "error_feedback": True, "aggregation": "alternating"}),
     ],
 )
 def test_strategy_state_survives_a_checkpoint(flower_identity, name, kw):
     """Three rounds in one go equal two rounds, a save, a fresh strategy loaded, and round three
-    (the inner strategy's server state and a quantized broadcast's error feedback included)."""
-    ups = {r: _updates(4, r) for r in (1, 2, 3)}
+    (the inner strategy's server state and a quantized broadcast's error feedback included; in
+    alternating mode the resumed round 3 expects round 3's factor, A: the clients send only that)."""
+    from fedkron.protocol import sent_names
+
     cfg = _cfg(rounds=3, strategy=name, **kw)
+    ups = {r: _updates(4, r, names=sent_names(ROLES, cfg.aggregation, r)) for r in (1, 2, 3)}
     _, straight, _ = _run(cfg, Clients(ups, [1, 2, 3, 4]))
 
     first, mid, _ = _run(cfg, Clients(ups, [1, 2, 3, 4]), rounds=2)
@@ -347,3 +351,45 @@ def test_one_huge_well_formed_update_is_rejected_by_the_default_norm_bound(flowe
     assert strategy.round_stats[1].get("aggregate_refused")
     for k in SHAPES:
         assert torch.equal(off[k], _initial()[k])
+
+
+def test_alternating_rounds_are_exact_and_only_the_rounds_factor_goes_up(flower_identity):
+    """Rounds 1-4 train B1, B2, A, B1 (with the head): the wrapper's measured aggregation error is ~0
+    every round (per-factor's is not), replies carry only the round's factor (a reply with another
+    is rejected), and every broadcast, nf4 with error feedback, carries all factors."""
+    from collections import Counter
+
+    from fedkron.compression import payload_bytes, to_records
+    from fedkron.protocol import sent_names
+
+    sent = {r: sent_names(ROLES, "alternating", r) for r in range(1, 5)}
+    assert [sent[r][0] for r in range(1, 5)] == ["l.B1", "l.B2", "l.A", "l.B1"]
+    ups = {r: _updates(4, 40 + r, names=sent[r]) for r in range(1, 5)}
+    ups[2][3] = _updates(1, 9)[0]  # partition 3 sends every factor in round 2
+    cfg = _cfg(rounds=4, aggregation="alternating", downlink="nf4", error_feedback=True)
+    clients = Clients(ups, [1, 2, 3, 4])
+    strategy, _, ledger = _run(cfg, clients)
+    for r in range(1, 5):
+        assert strategy.round_stats[r]["aggregation_error"] < 1e-6, r
+        assert strategy.round_stats[r]["rejected"] == (r == 2)
+    assert all(sorted(seen["state"]) == sorted(SHAPES) for seen in clients.seen)
+    train = [x for x in ledger.rows if x.kind == "train" and x.status == "ok"]
+    assert sorted(Counter(x.direction for x in train).items()) == [("down", 16), ("up", 15)]
+    for row in train:
+        if row.direction == "up":
+            assert row.payload == payload_bytes(to_records(get_codec("fp32").encode(ups[row.round][0]))[1])
+        else:  # nf4 of every factor
+            assert row.payload == payload_bytes(to_records(strategy.downlink.codec.encode(_initial()))[1])
+    per_factor, _, _ = _run(_cfg(rounds=1, downlink="nf4"), Clients({1: _updates(4, 41)}, [1, 2, 3, 4]))
+    assert per_factor.round_stats[1]["aggregation_error"] > 1e-3
+
+
+def test_alternating_refuses_server_optimisers_that_keep_per_array_state():
+    from fedkron.runconfig.fields import ConfigError
+
+    for kw in (dict(strategy="fedavgm"), dict(strategy="fedadam"), dict(strategy="fedyogi"), dict(server_lr=0.5)):
+        with pytest.raises(ConfigError, match="aggregation 'alternating' cannot run with .* per array"):
+            _cfg(aggregation="alternating", **kw)
+        _cfg(aggregation="per-factor", **kw)  # fine where the same arrays travel every round
+    for name in ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg"):
+        assert _cfg(aggregation="alternating", strategy=name).strategy == name

@@ -61,7 +61,7 @@ def full_global_state(
     """The whole adapter state from a broadcast. In ``exact`` mode the server sends only the
     output-side factors and full modules (the others never leave their seeded init, so sending
     them would be wasted downlink); the rest comes from this process's own seeded build, checked
-    against the server's fingerprint of it."""
+    against the server's fingerprint of it. Every other mode (``alternating`` too) receives it all."""
     if cfg.aggregation != "exact":
         return received
     mine = frozen_digest(init, list(received))
@@ -74,15 +74,29 @@ def full_global_state(
     return {**{k: v for k, v in init.items() if k not in received}, **received}
 
 
-def select_trainable(model: torch.nn.Module, cfg: RunConfig) -> list[str]:
+def select_trainable(model: torch.nn.Module, cfg: RunConfig, server_round: int | None = None) -> list[str]:
     """Set which adapter tensors train this round and return their names (what the client sends)."""
     roles = adapter_factor_roles(model)
-    names = sent_names(roles, cfg.aggregation)
+    names = sent_names(roles, cfg.aggregation, server_round)
     keep = set(names)
     params = dict(model.named_parameters())
     for name in roles:
         params[name].requires_grad_(name in keep)
     return names
+
+
+def encode_update(cfg: RunConfig, update: dict[str, torch.Tensor], store: ResidualStore, server_round: int):
+    """The uplink payload of ``update``, with error feedback when on. Residuals are per name: those
+    of factors not sent this round (``alternating``) are kept as they are for their next turn."""
+    codec = get_codec(cfg.uplink, **cfg.codec_options(cfg.uplink))
+    if not cfg.error_feedback:
+        return codec.encode(update)
+    held = store.load(server_round)
+    ef = ErrorFeedback()
+    ef.load_state_dict({k: v for k, v in held.items() if k in update})
+    encoded, _ = ef.step(update, codec)
+    store.save(server_round, {**{k: v for k, v in held.items() if k not in update}, **ef.state_dict()})
+    return encoded
 
 
 def node_partition(context: Context) -> tuple[int, int]:
@@ -125,7 +139,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     data = client_data(cfg, pid, num_parts)
     model, seeded_init = cached_model(cfg)
     global_state = full_global_state(cfg, broadcast.state, seeded_init, broadcast.frozen_digest)
-    sent = select_trainable(model, cfg)
+    sent = select_trainable(model, cfg, broadcast.server_round)
     load_adapter_state_dict(model, global_state)
 
     t_train = time.perf_counter()
@@ -144,15 +158,7 @@ def handle_train(msg: Message, context: Context) -> Message:
 
     local = adapter_state_dict(model)
     update = {k: local[k].detach().float() - global_state[k].float() for k in sent}
-    codec = get_codec(cfg.uplink, **cfg.codec_options(cfg.uplink))
-    if cfg.error_feedback:
-        store = ResidualStore(cfg.client_state_dir, pid, context)
-        ef = ErrorFeedback()
-        ef.load_state_dict(store.load(broadcast.server_round))
-        encoded, _ = ef.step(update, codec)
-        store.save(broadcast.server_round, ef.state_dict())
-    else:
-        encoded = codec.encode(update)
+    encoded = encode_update(cfg, update, ResidualStore(cfg.client_state_dir, pid, context), broadcast.server_round)
     metrics = {
         NUM_EXAMPLES: result.num_examples,
         TRAIN_LOSS: result.loss,

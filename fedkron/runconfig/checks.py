@@ -32,7 +32,7 @@ def validate(cfg: RunConfig) -> None:
 def problems(cfg: RunConfig) -> list[str]:
     """Every problem of ``cfg`` (resolved: task and method defaults filled in)."""
     found = _value_problems(cfg) + _model_problems(cfg) + _federation_problems(cfg) + _training_problems(cfg)
-    found += _scope_problems(cfg)
+    found += _scope_problems(cfg) + _alternating_problems(cfg)
     if cfg.strategy in STRATEGIES:
         found += STRATEGIES[cfg.strategy].problems(cfg)
     return found + edge_problems(cfg)
@@ -177,6 +177,22 @@ def _scope_problems(cfg: RunConfig) -> list[str]:
     if cfg.task == "instruct" and cfg.partition != "iid":
         found.append(f"partition {cfg.partition!r} needs labels; --task instruct splits its rows iid")
     return found
+
+
+def _alternating_problems(cfg: RunConfig) -> list[str]:
+    """Alternating aggregation sends another factor each round: a server optimiser whose state is
+    kept per array (FedAvgM's momentum and its current arrays, FedAdam/Yogi/Adagrad's moments) pairs
+    one round's arrays with another's by position or key, so it cannot run."""
+    if cfg.aggregation != "alternating" or cfg.strategy not in STRATEGIES:
+        return []
+    if STRATEGIES[cfg.strategy].array_state or (cfg.strategy == "fedavg" and cfg.server_lr != 1.0):
+        how = f"--strategy {cfg.strategy}" if cfg.strategy != "fedavg" else "--server-lr ≠ 1 (FedAvgM)"
+        stateless = ", ".join(n for n, spec in STRATEGIES.items() if not spec.array_state)
+        return [
+            f"aggregation 'alternating' cannot run with {how}: its server state is kept per array across "
+            f"rounds, and alternating sends another factor each round (use one of {stateless}, with --server-lr 1)"
+        ]
+    return []
 
 
 def _training_problems(cfg: RunConfig) -> list[str]:

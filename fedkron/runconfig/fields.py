@@ -211,9 +211,11 @@ class RunConfig:
     )
     aggregation: str = knob(
         "",
-        "what is averaged: `per-factor` (every factor) or `exact` (only the output-side "
+        "what is averaged: `per-factor` (every factor), `exact` (only the output-side "
         "factor: Kron-LoRA B1, KronA B, LoRA B (FFA-LoRA); the others stay at their seeded init, "
-        "so the average of the factors is the average of the ΔW); empty = the method's default "
+        "so the average of the factors is the average of the ΔW) or `alternating` (one factor a "
+        "round, in turn: Kron-LoRA B1, B2, A; KronA B, A; LoRA B, A; also exact, every factor "
+        "learns; the downlink carries all factors); empty = the method's default "
         "(per-factor for every method; see docs/results.md)",
         AGGREGATION,
         ("",) + AGGREGATIONS,

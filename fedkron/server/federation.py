@@ -288,7 +288,7 @@ def first_summary(cfg: RunConfig, model, initial: dict, strategy: FedKron, evals
         "rounds": cfg.rounds,
         "aggregation": cfg.aggregation,
         "strategy": cfg.strategy,
-        "trainable_params": sum(initial[n].numel() for n in strategy.expected),
+        "trainable_params": sum(initial[n].numel() for n in strategy.broadcast),  # all, over the rounds
         "adapter_params": trainable_parameter_count(model),
         "majority_baseline": evalset.majority_baseline if evalset else None,
         "eval_rows": evalset.num_rows if evalset else 0,

@@ -25,6 +25,7 @@ class StrategySpec:
     options: Callable[[RunConfig], dict]  # its constructor's own arguments
     needs: Callable[[RunConfig], list[str]] = lambda cfg: []  # settings it cannot work with
     reads: tuple[str, ...] = ()  # the run-config fields it reads (others of STRATEGY_FIELDS are refused)
+    array_state: bool = False  # keeps server state per array across rounds (momentum, moments)
 
     def build(self, cfg: RunConfig, **common) -> Strategy:
         # here: Flower's strategies load the server runtime (a second); read only when a run starts
@@ -68,10 +69,11 @@ STRATEGIES: dict[str, StrategySpec] = {
         "FedAvgM",
         lambda c: {"server_learning_rate": c.server_lr, "server_momentum": c.server_momentum},
         reads=("server_lr", "server_momentum"),
+        array_state=True,
     ),
-    "fedadam": StrategySpec("FedAdam", _eta, reads=("server_lr",)),
-    "fedyogi": StrategySpec("FedYogi", _eta, reads=("server_lr",)),
-    "fedadagrad": StrategySpec("FedAdagrad", _eta, reads=("server_lr",)),
+    "fedadam": StrategySpec("FedAdam", _eta, reads=("server_lr",), array_state=True),
+    "fedyogi": StrategySpec("FedYogi", _eta, reads=("server_lr",), array_state=True),
+    "fedadagrad": StrategySpec("FedAdagrad", _eta, reads=("server_lr",), array_state=True),
     "fedprox": StrategySpec("FedProx", lambda c: {"proximal_mu": c.proximal_mu}, reads=("proximal_mu",)),
     "fedmedian": StrategySpec("FedMedian", lambda c: {}),
     "fedtrimmedavg": StrategySpec("FedTrimmedAvg", lambda c: {"beta": c.trim_fraction}, reads=("trim_fraction",)),

@@ -5,8 +5,9 @@ In the pattern of Flower's own wrappers (``DifferentialPrivacyServerSideFixedCli
 encodes the downlink, decodes and checks every reply (a bad one is rejected, logged and left
 out), and hands the inner strategy what a stock strategy expects: one plain float ``ArrayRecord``
 of client weights per valid reply. Aggregation itself (FedAvg, FedAdam, Krum, DP clipping, ...) is
-Flower's. Exact aggregation (only the output-side factor travels) and the per-round measurement of
-how far per-factor averaging is from averaging the clients' ΔW are properties of this wrapper.
+Flower's. Exact aggregation (only the output-side factor travels), alternating aggregation (one
+factor a round goes up, all come down) and the per-round measurement of how far per-factor
+averaging is from averaging the clients' ΔW are properties of this wrapper.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from fedkron.protocol import (
     TIMINGS,
     TRAIN_LOSS,
     ValidReply,
+    broadcast_names,
     frozen_digest,
     make_broadcast,
     read_eval_reply,
@@ -152,14 +154,13 @@ class FedKron(Strategy):
     ):
         """``known_partitions()``: node → (partition, partitions) where the simulation knows it."""
         self.strategy, self.cfg, self.roles = strategy, cfg, roles
-        self.sent = sent_names(roles, cfg.aggregation)
-        self.expected = {n: initial[n].shape for n in self.sent}
+        self.shapes = {n: initial[n].shape for n in roles}
+        self.broadcast = broadcast_names(roles, cfg.aggregation)  # what every broadcast carries
         self.global_state = {k: v.detach().clone() for k, v in initial.items()}
         self.downlink = Downlink(get_codec(cfg.downlink, **cfg.codec_options(cfg.downlink)), cfg.error_feedback)
-        self.global_state.update(self.downlink.publish({n: initial[n] for n in self.sent}))  # what clients hold
+        self.global_state.update(self.downlink.publish({n: initial[n] for n in self.broadcast}))  # what clients hold
         self.ledger = ledger  # told what reading a reply reveals (rejected, a node's partition)
-        if ledger is not None:
-            ledger.expect(self.expected)  # it reads a reply's payload within read_reply's limits
+        self._for_round(1)
         self.roster = Roster(
             cfg.clients,
             cfg.seed,
@@ -177,6 +178,15 @@ class FedKron(Strategy):
         self.round_stats: dict[int, dict] = {}
         self._asked: dict[int, int] = {}
         self._t0: dict[int, float] = {}
+
+    def _for_round(self, server_round: int) -> None:
+        """What clients train and send up in ``server_round`` (``alternating``: a different factor
+        each round, from the round number alone, as the clients compute it): the names the inner
+        strategy, the defences and the reply checks see."""
+        self.sent = sent_names(self.roles, self.cfg.aggregation, server_round)
+        self.expected = {n: self.shapes[n] for n in self.sent}
+        if self.ledger is not None:
+            self.ledger.expect(self.expected)  # it reads a reply's payload within read_reply's limits
 
     def _note(self, msg: Message, **values) -> None:
         if self.ledger is not None:
@@ -202,6 +212,7 @@ class FedKron(Strategy):
     ) -> Iterable[Message]:
         self._t0[server_round] = time.perf_counter()
         self.global_state = from_arrayrecord(arrays)
+        self._for_round(server_round)
         nodes, k = self.roster.draw(grid, server_round, self.cfg.fraction, self.cfg.over_select)
         self.round_stats[server_round] = {"sample_seconds": time.perf_counter() - self._t0[server_round]}
         if self.edge:
@@ -227,6 +238,7 @@ class FedKron(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """decode → defend → delegate (the inner strategy aggregates) → record."""
         rnd = _Round(server_round, self.round_stats.setdefault(server_round, {}), self._t0.pop(server_round, None))
+        self._for_round(server_round)
         self._decode(rnd, replies)
         self._defend(rnd)
         if len(rnd.valid) < self.cfg.min_replies:
@@ -369,7 +381,11 @@ class FedKron(Strategy):
                 rnd.number,
             )
         else:
-            self.global_state.update(self.downlink.publish(new))
+            # all broadcast factors are published again (alternating: those not trained this round
+            # unchanged), so the next broadcast is the whole state
+            self.global_state.update(
+                self.downlink.publish({**{n: self.global_state[n] for n in self.broadcast}, **new})
+            )
             set_current_arrays(self.strategy, to_arrayrecord({n: self.global_state[n] for n in self.sent}, np.float64))
         valid, weights = rnd.valid, rnd.weights
         train_loss = sum(r.metrics[TRAIN_LOSS] * w for r, w in zip(valid, weights)) / sum(weights)
@@ -472,9 +488,9 @@ class FedKron(Strategy):
         load_strategy_state(self.strategy, {k: v for k, v in tensors.items() if not k.startswith("downlink/")}, values)
         self.global_state = {k: global_state[k].clone() for k in self.global_state}
         if mine:
-            self.global_state.update(self.downlink.load_state_dict(mine, self.sent))
+            self.global_state.update(self.downlink.load_state_dict(mine, self.broadcast))
         else:  # a checkpoint written before the broadcast was kept: publish the state it holds
-            self.global_state.update(self.downlink.publish({n: self.global_state[n] for n in self.sent}))
+            self.global_state.update(self.downlink.publish({n: self.global_state[n] for n in self.broadcast}))
 
     def summary(self) -> None:
         log.info(
