@@ -168,6 +168,30 @@ def test_masked_loss_is_the_answer_tokens_mean_nll(tok):
     assert loss.item() == pytest.approx(nll / sum(n for _, n in nll_and_tokens), rel=1e-4)
 
 
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2])
+def test_the_answer_only_loss_equals_the_full_logits_loss(build, tok):
+    """The output layer runs on the answer positions only (one row each), and the loss and the
+    adapters' gradients are the full-logits ones."""
+    model = inject(build(len(tok)), lm_adapter_config("lora", rank=4, alpha=8.0, init_seed=0))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)  # ΔW ≠ 0, so the gradients reach every adapter factor
+    enc = encode_mc_for_training(ROWS, tok, 64, task="piqa")
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    loss = causal_lm_loss(model, enc)
+    hook.remove()
+    assert seen == [int((enc["labels"][:, 1:] != -100).sum())]
+    grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+    logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, :-1]
+    labels = enc["labels"][:, 1:]
+    full = torch.nn.functional.cross_entropy(logits[labels != -100], labels[labels != -100])
+    full_grads = torch.autograd.grad(full, [p for p in model.parameters() if p.requires_grad])
+    assert abs(loss.item() - full.item()) < 1e-5
+    for got, want in zip(grads, full_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["kron-lora", "lora"])
 def test_training_on_a_repeated_example_lowers_its_masked_loss(method, tok):
     model = inject(tiny_llama(len(tok)), lm_adapter_config(method, rank=4, alpha=8.0, init_seed=0))

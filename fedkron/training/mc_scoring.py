@@ -2,10 +2,12 @@
 
 A question's choices are one sequence each (``fedkron.data.lm_encode.encode_mc_for_lm``); they share
 the context's tokens, so the per-choice scorer runs that context once per choice. Here each
-question's longest common token prefix runs once, its keys/values are repeated for the choices
-(``DynamicCache.batch_repeat_interleave``), and only the suffixes run, batched. The positions, the
+question's longest common token prefix runs once, and only the choices' own tokens run on its
+keys/values; whole questions are batched (``batch_size`` sequences): one forward pass for their
+prefixes (right padded), then one for all their choices' own tokens, each row on its question's
+keys/values (``DynamicCache.batch_select_indices``) at explicit positions. The positions, the
 masks and the log-probabilities read are the per-choice scorer's, so the sums are equal to float
-precision (``tests/test_llm_task.py``); on CPU the work falls with the share of tokens in the prefix.
+precision on every prompt format (``tests/test_llm_task.py``).
 
 Where the model's logits are its output layer applied to the last hidden states and nothing more
 (:func:`split_head`), the vocabulary-wide output layer runs only at the positions whose next token
