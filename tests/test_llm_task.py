@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from llm_fixtures import bpe_tokenizer, tiny_gpt2, tiny_llama
+from torch import nn
 
 from fedkron.adapters import adapter_state_dict, inject
 from fedkron.data.lm_encode import encode_instructions, encode_mc_for_lm, encode_mc_for_training
@@ -19,7 +20,12 @@ from fedkron.training.language_model import (
     score_mc,
     train_causal_lm,
 )
-from fedkron.training.mc_scoring import mc_loglikelihoods_shared, shared_prefix_length
+from fedkron.training.mc_scoring import (
+    mc_loglikelihoods_shared,
+    question_chunks,
+    shared_prefix_length,
+    split_head,
+)
 
 ROWS = [
     {"context": "What is the capital of France?", "choices": ["Paris", "London café"], "label": 0},
@@ -69,21 +75,60 @@ SHARED_ROWS = ROWS + [
     {"context": "Pick one", "choices": ["the cat", "the cat sat", "the"], "label": 1},  # choices share tokens too
     {"context": "A long context " * 6, "choices": ["x", "yz"], "label": 0},
 ]
+BOOLQ_ROWS = [
+    {"context": "is the sky blue", "passage": "The sky is blue on a clear day.", "label": 1},
+    {"context": "do birds fly south", "passage": "Birds fly south in winter.", "choices": ["no", "yes"], "label": 0},
+]
+WINOGRANDE_ROWS = [  # partial scoring: the contexts differ; in the second, one choice starts inside the
+    # prefix the choices share ("Pick a" + " b c" and "Pick a b" + " b c")
+    {"sentence": "The cat sat on _ mat.", "options": ["the", "a"], "label": 0},
+    {"sentence": "Pick _ b c", "options": ["a", "a b"], "label": 1},
+]
+TASK_ROWS = {"boolq": BOOLQ_ROWS, "winogrande": WINOGRANDE_ROWS}
 
 
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2])
-@pytest.mark.parametrize("task", ["piqa", "arc-easy", "hellaswag", "openbookqa"])
+@pytest.mark.parametrize("task", ["piqa", "arc-easy", "hellaswag", "openbookqa", "boolq", "winogrande"])
 def test_the_shared_prefix_scorer_equals_the_per_choice_scorer(build, task, tok):
-    """Each question's common prefix run once (its keys/values repeated for the choices) gives the
-    per-choice sums to float precision, so acc / acc_norm / acc_bytes are identical."""
+    """Each question's common prefix run once (its keys/values repeated for the choices, the output
+    layer run only where a next token is scored) gives the per-choice sums (full logits) to 1e-4,
+    so acc / acc_norm / acc_bytes are identical, on every prompt format."""
     model = build(len(tok))
-    enc = encode_mc_for_lm(SHARED_ROWS, tok, 64, task=task)
+    enc = encode_mc_for_lm(TASK_ROWS.get(task, SHARED_ROWS), tok, 64, task=task)
     plain = mc_loglikelihoods(model, enc, batch_size=4)
-    shared = mc_loglikelihoods_shared(model, enc)
-    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-4)
+    for batch_size in (32, 3):  # all questions in one batch; one question (or two) a batch
+        shared = mc_loglikelihoods_shared(model, enc, batch_size=batch_size)
+        torch.testing.assert_close(shared, plain, rtol=0, atol=1e-4)
     fast, slow = score_mc(model, enc), score_mc(model, enc, shared_prefix=False)
     assert fast.pop("loss") == pytest.approx(slow.pop("loss"), abs=1e-5)
     assert fast == slow  # acc, acc_norm, acc_bytes, num_rows
+
+
+def test_a_choice_may_start_inside_the_shared_prefix(tok):
+    """The winogrande rows above do reach that case: the prefix the choices share holds a token one
+    choice scores (so the prefix's positions are scored per row, not once for all)."""
+    enc = encode_mc_for_lm(WINOGRANDE_ROWS[1:], tok, 64, task="winogrande")
+    shared = shared_prefix_length(enc["input_ids"], enc["attention_mask"].sum(1))
+    starts = enc["continuation_mask"].int().argmax(1)
+    assert int(starts.min()) < shared <= int(starts.max()), (starts, shared)
+
+
+def test_questions_are_batched_whole():
+    rows = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 3])
+    assert question_chunks(rows, 5) == [(0, 5), (5, 10), (10, 11)]
+    assert question_chunks(rows, 2) == [(0, 3), (3, 5), (5, 10), (10, 11)]  # a question is never split
+    assert question_chunks(rows, 100) == [(0, 11)]
+
+
+def test_only_plain_output_layers_are_split_off():
+    """The output layer runs on the scored positions only where logits = lm_head(last hidden state)."""
+    llama = tiny_llama()
+    body, head = split_head(llama)
+    assert body is llama.model and head is llama.lm_head
+    assert split_head(tiny_gpt2())[1] is not None
+    llama.config.final_logit_softcapping = 30.0  # Gemma 2 style: logits are not the plain projection
+    assert split_head(llama) is None
+    assert split_head(nn.Linear(2, 2)) is None
 
 
 def test_the_shared_prefix_leaves_every_choice_a_token_of_its_own():
@@ -121,6 +166,30 @@ def test_masked_loss_is_the_answer_tokens_mean_nll(tok):
     nll_and_tokens = [hand_loglikelihood(model, tok, ctx, cont, with_count=True) for ctx, cont in pairs]
     nll = -sum(ll for ll, _ in nll_and_tokens)
     assert loss.item() == pytest.approx(nll / sum(n for _, n in nll_and_tokens), rel=1e-4)
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2])
+def test_the_answer_only_loss_equals_the_full_logits_loss(build, tok):
+    """The output layer runs on the answer positions only (one row each), and the loss and the
+    adapters' gradients are the full-logits ones."""
+    model = inject(build(len(tok)), lm_adapter_config("lora", rank=4, alpha=8.0, init_seed=0))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)  # ΔW ≠ 0, so the gradients reach every adapter factor
+    enc = encode_mc_for_training(ROWS, tok, 64, task="piqa")
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    loss = causal_lm_loss(model, enc)
+    hook.remove()
+    assert seen == [int((enc["labels"][:, 1:] != -100).sum())]
+    grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+    logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, :-1]
+    labels = enc["labels"][:, 1:]
+    full = torch.nn.functional.cross_entropy(logits[labels != -100], labels[labels != -100])
+    full_grads = torch.autograd.grad(full, [p for p in model.parameters() if p.requires_grad])
+    assert abs(loss.item() - full.item()) < 1e-5
+    for got, want in zip(grads, full_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["kron-lora", "lora"])

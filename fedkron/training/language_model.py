@@ -16,7 +16,7 @@ from torch import nn
 
 from fedkron.data.lm_encode import special_prefix
 from fedkron.training.common import ProximalTerm, TrainResult, index_batches, local_optimizer
-from fedkron.training.mc_scoring import mc_loglikelihoods_shared, picked_logprob_sums
+from fedkron.training.mc_scoring import mc_loglikelihoods_shared, picked_logprob_sums, selected_logits
 
 TRAIN_KEYS = ("input_ids", "attention_mask", "labels")
 
@@ -91,11 +91,15 @@ def score_mc(
 
 
 def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross entropy on the tokens whose label is not -100 (mean, or sum for pooling)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    """Next-token cross entropy on the tokens whose label is not -100 (mean, or sum for pooling).
+
+    The vocabulary-wide output layer runs only at the positions whose next token is a label, where
+    the model allows it (:func:`fedkron.training.mc_scoring.split_head`): the same loss, less work."""
     labels = batch["labels"][:, 1:]
-    keep = labels != -100
-    return F.cross_entropy(logits[keep].float(), labels[keep], reduction=reduction)
+    keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    keep[:, :-1] = labels != -100
+    logits, _ = selected_logits(model, keep, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return F.cross_entropy(logits.float(), labels[labels != -100], reduction=reduction)
 
 
 def train_causal_lm(
