@@ -249,6 +249,25 @@ def test_ray_resources_become_flowers_backend_config():
     assert remote["init_args"]["address"] == "10.0.0.5:6379" and "num_cpus" not in remote["init_args"]
 
 
+def test_each_simulated_client_runs_as_many_torch_threads_as_cpus_reserved_for_it(monkeypatch):
+    import os
+
+    from fedkron.sim import simulate
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert simulate.actor_env(RunConfig()) == {"OMP_NUM_THREADS": "1"}
+    assert simulate.actor_env(RunConfig(client_cpus=2.5)) == {"OMP_NUM_THREADS": "2"}
+    assert simulate.actor_env(RunConfig(client_cpus=0.5)) == {"OMP_NUM_THREADS": "1"}
+    seen = {}
+    monkeypatch.setattr("ray.is_initialized", lambda: False)
+    monkeypatch.setattr("ray.init", lambda **kw: seen.update(kw))
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # start_ray extends it: restored after
+    simulate.start_ray({"num_cpus": 2}, simulate.actor_env(RunConfig()))
+    assert seen["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "1" and seen["num_cpus"] == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting wins
+    assert simulate.actor_env(RunConfig()) == {}
+
+
 # ---- results folder and report ----
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -146,7 +147,7 @@ def run_many(
     with engine_partitions() as nodes, ray_reaper(cfgs[0]), stop_on_signals(stop, caught) as rearm:
         server_app = _server_app(cfgs, progress, summaries, stop, nodes, query_partitions)
         try:
-            start_ray(backend["init_args"])
+            start_ray(backend["init_args"], actor_env(cfgs[0]))
             rearm()  # ray.init installs its own SIGTERM handler (exit at once, no summary)
             if not stop.is_set():
                 flwr.simulation.run_simulation(  # looked up at call time: tests can stand in for it
@@ -168,10 +169,20 @@ def run_many(
     return summaries
 
 
-def start_ray(init_args: dict) -> None:
+def actor_env(cfg: RunConfig) -> dict[str, str]:
+    """Environment for the simulated clients' Ray workers: torch threads = the CPUs Ray reserves for
+    each client (``--client-cpus``). Left alone, torch in every actor starts one thread per core, so
+    two actors on two cores run four threads: a SmolLM2 local step took 30–48 s with two threads and
+    2.5 s with one on a busy 2-core machine (docs/language-models.md). A value the user exported is kept."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, math.floor(cfg.client_cpus)))}
+
+
+def start_ray(init_args: dict, env: dict[str, str] | None = None) -> None:
     """Start (or attach to) Ray here, as Flower's Ray backend would (it then finds Ray running and
     uses it), so the simulation owns the signal handlers once Ray is up and no round is scored
-    before Ray is there."""
+    before Ray is there. ``env``: extra environment variables for Ray's workers."""
     import ray  # here: a heavy import, needed only once a simulation starts
 
     if ray.is_initialized():
@@ -180,7 +191,7 @@ def start_ray(init_args: dict) -> None:
     if os.environ.get("PYTHONPATH"):
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
     os.environ["PYTHONPATH"] = pythonpath
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath, **(env or {})}}, **init_args)
 
 
 def _server_app(cfgs, progress, summaries: list[dict], stop: threading.Event, nodes, query_partitions: bool):
