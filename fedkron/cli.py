@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from fedkron.logs import quiet_third_party
@@ -196,17 +197,16 @@ def summary_text(s: dict, out: str) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fedkron.server.progress import format_round  # here: see cmd_sim
     from fedkron.sim.compare import LoraSettings, parse_runs, run_compare  # here: see cmd_sim
-    from fedkron.sim.simulate import SimulationInterrupted  # here: see cmd_sim
 
     specs = parse_runs(args.runs)
     base = config_from_args(args)
     out = args.out or f"results/compare-{base.task}"
     print(f"fedkron compare: {', '.join(s.label for s in specs)} on {base.task} ({base.model}) → {out}", flush=True)
     lora = LoraSettings(rank=args.lora_rank, lr=args.lora_lr, targets=args.lora_targets)
-    try:
-        report = run_compare(
+    return _report(
+        out,
+        lambda progress: run_compare(
             base,
             specs,
             out,
@@ -215,8 +215,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
             downlink=args.downlink,
             verbose=args.verbose,
             precision_eval=args.precision_eval,
-            progress=lambda label, row: print(f"[{label}] {format_round(row)}", flush=True),
-        )
+            progress=progress,
+        ),
+    )
+
+
+def _report(out: str, work: Callable[[Callable[[str, dict], None]], Path]) -> int:
+    """Run a compare-like ``work`` with per-round progress lines, then name its report (or say what
+    an interrupted run left in ``out``)."""
+    from fedkron.server.progress import format_round  # here: see cmd_sim
+    from fedkron.sim.simulate import SimulationInterrupted  # here: see cmd_sim
+
+    try:
+        report = work(lambda label, row: print(f"[{label}] {format_round(row)}", flush=True))
     except SimulationInterrupted as stopped:
         return interrupted(stopped, [out])
     print(f"report: {report}")
@@ -224,10 +235,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_frontier(args: argparse.Namespace) -> int:
-    from fedkron.server.progress import format_round  # here: see cmd_sim
     from fedkron.sim.compare import LoraSettings, parse_runs  # here: see cmd_sim
     from fedkron.sim.frontier import parse_seeds, run_frontier  # here: see cmd_sim
-    from fedkron.sim.simulate import SimulationInterrupted  # here: see cmd_sim
 
     if args.seed is not None:
         raise ConfigError("fedkron frontier runs every config at each of --seeds (e.g. --seeds 0-4); drop --seed")
@@ -240,8 +249,9 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         flush=True,
     )
     lora = LoraSettings(rank=args.lora_rank, lr=args.lora_lr, targets=args.lora_targets)
-    try:
-        report = run_frontier(
+    return _report(
+        out,
+        lambda progress: run_frontier(
             base,
             specs,
             seeds,
@@ -251,12 +261,9 @@ def cmd_frontier(args: argparse.Namespace) -> int:
             downlink=args.downlink,
             verbose=args.verbose,
             target=args.target,
-            progress=lambda label, row: print(f"[{label}] {format_round(row)}", flush=True),
-        )
-    except SimulationInterrupted as stopped:
-        return interrupted(stopped, [out])
-    print(f"report: {report}")
-    return 0
+            progress=progress,
+        ),
+    )
 
 
 def _add_runs_flags(p: argparse.ArgumentParser, default_runs: str, what: str) -> None:
