@@ -7,7 +7,6 @@ import torch
 from llm_fixtures import EOS, bpe_tokenizer
 
 from fedkron.data.lm_encode import (
-    LMEncodeError,
     encode_instructions,
     encode_mc_for_lm,
     encode_mc_for_training,
@@ -99,8 +98,10 @@ def test_too_long_sequences_lose_the_left_of_the_context(tok):
     n = int(full["attention_mask"][0].sum())
     assert enc["input_ids"][0].tolist() == full["input_ids"][0][n - 16 : n].tolist()
     long_choice = {"context": "Q", "choices": ["the cat sat on the mat " * 5, "x"], "label": 0}
-    with pytest.raises(LMEncodeError, match="continuation alone has .* tokens, max_length=8"):
-        encode_mc_for_lm([long_choice], tok, 8)
+    whole = encode_mc_for_lm([long_choice], tok, 8)  # scoring never cuts a choice: the window widens
+    longest = len(tok(" " + long_choice["choices"][0], add_special_tokens=False)["input_ids"])
+    assert longest > 8 and whole["input_ids"].shape[1] == longest + 1
+    assert tok.decode(whole["input_ids"][0][whole["continuation_mask"][0]]) == " " + long_choice["choices"][0]
     cut = encode_mc_for_training([long_choice], tok, 8)  # training keeps one prompt token, cuts the answer's end
     assert (cut["labels"][0, 0] == -100) and (cut["labels"][0, 1:] != -100).all() and cut["input_ids"].shape[1] == 8
 

@@ -104,7 +104,8 @@ def encode_mc_for_lm(rows: list[dict], tokenizer, max_length: int, task: str | N
     choice's continuation tokens; ``row_index``, ``choice_index`` (M,); ``choice_chars`` and
     ``choice_bytes`` (M,): length of the choice string (lm-eval's ``doc_to_choice``) in characters
     (``acc_norm``) and UTF-8 bytes (``acc_bytes``); ``gold`` (N,): each row's label. Rows may have
-    different numbers of choices (ARC has 3-5).
+    different numbers of choices (ARC has 3-5). Sequences are at most ``max_length`` tokens unless a
+    choice alone needs more (then the longest choice + 1).
     """
     if not rows:
         raise LMEncodeError("encode_mc_for_lm: no rows")
@@ -117,7 +118,11 @@ def encode_mc_for_lm(rows: list[dict], tokenizer, max_length: int, task: str | N
         continuations += conts
         meta += [(r, c, len(s), len(s.encode("utf-8"))) for c, s in enumerate(strings)]
     pairs = encode_pairs(tokenizer, contexts, continuations)
-    ids, attention, continuation = pack(pairs, max_length, _pad_id(tokenizer), cut_continuation=False)
+    # A choice longer than the window widens it (keeping one context token): a cut continuation would
+    # score another answer. Contexts still lose their left end, as lm-evaluation-harness does at the
+    # model's length. PIQA's solutions reach 124 SmolLM2 tokens against its 64-token default.
+    window = max(max_length, max((len(cont) + 1 for _, cont in pairs), default=0))
+    ids, attention, continuation = pack(pairs, window, _pad_id(tokenizer), cut_continuation=False)
     rows_idx, choice_idx, chars, nbytes = zip(*meta, strict=True)
     return {
         "input_ids": ids,
