@@ -225,15 +225,8 @@ def run_all(
     """Run ``configs`` (named ``labels`` in progress lines) on one Ray start, or through ``run`` (for
     tests: called per run). Every config is checked, and with ``resume`` planned (kept, continued or
     fresh), before any run starts; a failed run does not stop the others."""
-    plans = [resume_plan(cfg) if resume else "fresh" for cfg in configs]  # every refusal before any run
     problems = simulate.ray_address_problems(configs[0].ray_address) if run is None and configs else []
-    for cfg, plan in zip(configs, plans):
-        if plan == "fresh" and holds_a_run(Path(cfg.out)) and not cfg.overwrite:
-            problems.append(f"{cfg.out} holds a run; pass --overwrite to replace it, --resume to keep it")
-        if plan != "done":
-            problems += [p for p in model_problems(cfg) + data_problems(cfg) if p not in problems]
-    if problems:
-        raise ConfigError(f"cannot start the {what}:\n  - " + "\n  - ".join(problems))
+    plans = plan_runs(configs, resume, what, problems)
     todo = []
     for label, cfg, plan in zip(labels, configs, plans):
         if plan == "done":
@@ -257,6 +250,30 @@ def run_all(
         for (label, _), summary in zip(todo, summaries):
             print(f"run {label}: {summary['status']}", flush=True)
         print(f"{len(todo)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def plan_runs(
+    configs: list[RunConfig],
+    resume: bool,
+    what: str,
+    problems: list[str] | None = None,
+    checked: Callable[[int, RunConfig], RunConfig] = lambda i, cfg: cfg,
+) -> list[str]:
+    """Each run folder's plan (``done``, ``resume`` or ``fresh``: :func:`resume_plan`), after every
+    refusal of every run (a folder holding another run, the model, the data; added to ``problems``)
+    is raised as one ConfigError, before any run starts. ``checked(i, cfg)``: the config whose model
+    and data are checked for run ``i``."""
+    problems = list(problems or [])
+    plans = [resume_plan(cfg) if resume else "fresh" for cfg in configs]
+    for i, (cfg, plan) in enumerate(zip(configs, plans)):
+        if plan == "fresh" and holds_a_run(Path(cfg.out)) and not cfg.overwrite:
+            problems.append(f"{cfg.out} holds a run; pass --overwrite to replace it, --resume to keep it")
+        if plan != "done":
+            mine = checked(i, cfg)
+            problems += [p for p in model_problems(mine) + data_problems(mine) if p not in problems]
+    if problems:
+        raise ConfigError(f"cannot start the {what}:\n  - " + "\n  - ".join(problems))
+    return plans
 
 
 def evaluate_finished(folders: list[Path]) -> None:

@@ -23,10 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedkron.runconfig.fields import ConfigError, RunConfig
-from fedkron.server.preflight import data_problems, holds_a_run, model_problems
 from fedkron.server.results import write_atomically, write_json
 from fedkron.sim import simulate  # used as simulate.<name>: a stand-in set by a test is always the one called
-from fedkron.sim.compare import LoraSettings, RunSpec, resume_plan, run_configs
+from fedkron.sim.compare import LoraSettings, RunSpec, plan_runs, run_configs
 
 DEFAULT_RUNS = "kron-lora:nf4,lora:fp32"
 CACHE = "retention-stage{k}.json"  # a stage's scores on every task, beside the run's stage folders
@@ -75,23 +74,16 @@ def stage_configs(
 
 def check_stages(plans: dict[RunSpec, list[RunConfig]], resume: bool) -> dict[str, str]:
     """Every problem of every stage before any work (one ConfigError listing them); returns each
-    stage folder's plan (``done``, ``resume`` or ``fresh``: :func:`fedkron.sim.compare.resume_plan`).
+    stage folder's plan (``done``, ``resume`` or ``fresh``: :func:`fedkron.sim.compare.plan_runs`).
     Stages after the first start from an adapter that does not exist yet: their model and adapter
     are checked as from the seeded init (the stages share model and adapter settings by construction)."""
-    problems: list[str] = []
-    todo: dict[str, str] = {}
-    for cfgs in plans.values():
-        for k, cfg in enumerate(cfgs):
-            plan = resume_plan(cfg) if resume else "fresh"
-            todo[cfg.out] = plan
-            if plan == "fresh" and holds_a_run(Path(cfg.out)) and not cfg.overwrite:
-                problems.append(f"{cfg.out} holds a run; pass --overwrite to replace it, --resume to keep it")
-            if plan != "done":
-                checked = cfg if k == 0 else dataclasses.replace(cfg, init_adapter="")
-                problems += [p for p in model_problems(checked) + data_problems(checked) if p not in problems]
-    if problems:
-        raise ConfigError("cannot start the continual run:\n  - " + "\n  - ".join(problems))
-    return todo
+    stages = [(k, cfg) for cfgs in plans.values() for k, cfg in enumerate(cfgs)]
+    configs = [cfg for _, cfg in stages]
+
+    def checked(i: int, cfg: RunConfig) -> RunConfig:
+        return cfg if stages[i][0] == 0 else dataclasses.replace(cfg, init_adapter="")
+
+    return dict(zip((c.out for c in configs), plan_runs(configs, resume, "continual run", checked=checked)))
 
 
 def run_stages(
