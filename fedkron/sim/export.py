@@ -121,16 +121,18 @@ def round_trip(model: torch.nn.Module, precision: str) -> tuple[dict[str, torch.
     return {**state, **{k: decoded[k].to(v.dtype) for k, v in factors.items()}}, encoded
 
 
-def fedkron_weights(model: torch.nn.Module, precision: str) -> tuple[str, bytes]:
+def fedkron_weights(model: torch.nn.Module, precision: str, encoded: Encoded | None = None) -> tuple[str, bytes]:
     """(file name, safetensors bytes) of the fedkron-format adapter at ``precision``: float factors
-    as tensors of that dtype, or the codec's codes + scales with its manifest in the metadata."""
+    as tensors of that dtype, or the codec's codes + scales with its manifest in the metadata
+    (``encoded``: :func:`round_trip`'s payload of this model, when the caller has it already)."""
     state = {k: v.detach().cpu().contiguous() for k, v in adapter_state_dict(model).items()}
     roles = adapter_factor_roles(model)
     if precision in FLOAT_PRECISIONS:
         dtype = FLOAT_PRECISIONS[precision]
         tensors = {k: v if roles[k] == FULL_ROLE else v.to(dtype) for k, v in state.items()}
         return WEIGHTS_NAME, save(tensors, metadata={"format": "pt", "fedkron": "fedkron-adapter"})
-    _, encoded = round_trip(model, precision)
+    if encoded is None:
+        _, encoded = round_trip(model, precision)
     tensors = {k: v for k, v in state.items() if roles[k] == FULL_ROLE}
     tensors[CODES] = torch.from_numpy(np.ascontiguousarray(encoded.codes, dtype=np.uint8))
     tensors[SCALES] = torch.from_numpy(np.ascontiguousarray(encoded.scales, dtype=np.float32))

@@ -50,8 +50,8 @@ def precision_table(model: torch.nn.Module, data: dict, precisions: list[str]) -
     try:
         for precision in precisions:
             load_adapter_state_dict(model, original)
-            name, data_bytes = fedkron_weights(model, precision)
-            state, _ = round_trip(model, precision)
+            state, encoded = round_trip(model, precision)  # encoded once: scored and sized
+            name, data_bytes = fedkron_weights(model, precision, encoded)
             load_adapter_state_dict(model, state)
             scores = evaluate_metrics(model, data)
             rows.append(
