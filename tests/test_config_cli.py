@@ -291,7 +291,7 @@ def test_resume_plan_reads_a_run_folder_and_takes_keys_it_predates_at_their_defa
     del saved["local-opt"]  # written before that setting existed: it ran AdamW, today's default
     saved["out"], saved["client-state-dir"] = "elsewhere", "elsewhere/client-state"
     (folder / "config.json").write_text(json.dumps(saved))
-    assert resume_plan(cfg) == "fresh"  # started, no round checkpointed
+    assert resume_plan(cfg) == "restart"  # started (or failed) before its first checkpoint
     _checkpoint_folder(folder, 1)
     assert resume_plan(cfg) == "resume"
     _checkpoint_folder(folder, 2)
@@ -302,3 +302,35 @@ def test_resume_plan_reads_a_run_folder_and_takes_keys_it_predates_at_their_defa
         resume_plan(dataclasses.replace(cfg, local_opt="sgd"))
     with pytest.raises(ConfigError, match="rounds 2 \\(now 1\\)"):
         resume_plan(dataclasses.replace(cfg, rounds=1))
+
+
+def test_resume_starts_again_a_run_that_failed_before_its_first_checkpoint_and_keeps_refusing_others(
+    tmp_path,
+):
+    """A folder whose run (same settings) stopped before round 1 was checkpointed has nothing to keep:
+    --resume starts it again in place; without --resume, or with no config.json to prove the
+    settings, the folder is refused as before."""
+    import json
+
+    from fedkron.sim.compare import job_config, parse_runs, plan_runs, run_configs
+
+    base = RunConfig(model="tiny-bert", task="boolq", clients=2, rounds=2)
+    cfg = run_configs(base, parse_runs("lora:fp32"), tmp_path)[0]
+    folder = Path(cfg.out)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(cfg.to_record()))
+    (folder / "metrics.jsonl").write_text('{"round": 0, "accuracy": 0.5}\n')
+    (folder / "summary.json").write_text('{"status": "failed", "rounds_completed": 0}')
+    with pytest.MonkeyPatch.context() as mp:
+        import fedkron.sim.compare as compare
+
+        mp.setattr(compare, "model_problems", lambda c: [])
+        mp.setattr(compare, "data_problems", lambda c: [])
+        assert plan_runs([cfg], True, "frontier") == ["restart"]
+        job = job_config(cfg, "restart")
+        assert (job.overwrite, job.resume) == (True, False)
+        with pytest.raises(ConfigError, match="holds a run"):
+            plan_runs([cfg], False, "frontier")
+        (folder / "config.json").unlink()
+        with pytest.raises(ConfigError, match="holds a run"):
+            plan_runs([cfg], True, "frontier")

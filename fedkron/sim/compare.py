@@ -160,8 +160,10 @@ def run_configs(
 
 def resume_plan(cfg: RunConfig) -> str:
     """What a resumed compare does with the run folder ``cfg.out``: ``"done"`` (finished with these
-    settings: keep it), ``"resume"`` (cut off after a checkpoint: go on from there) or ``"fresh"``.
-    A folder holding a run with other settings is refused rather than mixed into the report."""
+    settings: keep it), ``"resume"`` (cut off after a checkpoint: go on from there), ``"restart"``
+    (the same settings, cut off or failed before its first checkpoint: nothing to keep, start it
+    again in place) or ``"fresh"``. A folder holding a run with other settings is refused rather
+    than mixed into the report."""
 
     folder = Path(cfg.out)
     if not (folder / "config.json").is_file():
@@ -185,7 +187,13 @@ def resume_plan(cfg: RunConfig) -> str:
     done = latest_round(folder)
     if done >= cfg.rounds and (folder / "summary.json").is_file():
         return "done"
-    return "resume" if done else "fresh"
+    return "resume" if done else "restart"
+
+
+def job_config(cfg: RunConfig, plan: str) -> RunConfig:
+    """The config a planned run starts with: resumed from its checkpoint, or started (again) in its
+    folder, replacing what a ``restart`` left there."""
+    return dataclasses.replace(cfg, resume=plan == "resume", overwrite=plan in ("fresh", "restart"))
 
 
 def run_compare(
@@ -233,7 +241,7 @@ def run_all(
             print(f"run {label}: finished earlier in {cfg.out}, kept", flush=True)
             continue
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        todo.append((label, dataclasses.replace(cfg, resume=plan == "resume", overwrite=plan == "fresh")))
+        todo.append((label, job_config(cfg, plan)))
     reporters = [(lambda row, label=label: progress(label, row)) if progress else None for label, _ in todo]
     if run is not None:
         for (label, cfg), report in zip(todo, reporters):
@@ -259,7 +267,7 @@ def plan_runs(
     problems: list[str] | None = None,
     checked: Callable[[int, RunConfig], RunConfig] = lambda i, cfg: cfg,
 ) -> list[str]:
-    """Each run folder's plan (``done``, ``resume`` or ``fresh``: :func:`resume_plan`), after every
+    """Each run folder's plan (``done``, ``resume``, ``restart`` or ``fresh``: :func:`resume_plan`), after every
     refusal of every run (a folder holding another run, the model, the data; added to ``problems``)
     is raised as one ConfigError, before any run starts. ``checked(i, cfg)``: the config whose model
     and data are checked for run ``i``."""

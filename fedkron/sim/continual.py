@@ -25,7 +25,7 @@ from pathlib import Path
 from fedkron.runconfig.fields import ConfigError, RunConfig
 from fedkron.server.results import write_atomically, write_json
 from fedkron.sim import simulate  # used as simulate.<name>: a stand-in set by a test is always the one called
-from fedkron.sim.compare import LoraSettings, RunSpec, plan_runs, run_configs
+from fedkron.sim.compare import LoraSettings, RunSpec, job_config, plan_runs, run_configs
 
 DEFAULT_RUNS = "kron-lora:nf4,lora:fp32"
 CACHE = "retention-stage{k}.json"  # a stage's scores on every task, beside the run's stage folders
@@ -106,8 +106,7 @@ def run_stages(
         if todo[cfg.out] == "done":
             print(f"{label}: finished earlier in {cfg.out}, kept", flush=True)
             continue
-        plan = todo[cfg.out]
-        jobs.append((label, dataclasses.replace(cfg, resume=plan == "resume", overwrite=plan == "fresh")))
+        jobs.append((label, job_config(cfg, todo[cfg.out])))
     reporters = [(lambda row, label=label: progress(label, row)) if progress else None for label, _ in jobs]
     if run is not None:
         for (_, cfg), report in zip(jobs, reporters):
