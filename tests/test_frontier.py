@@ -289,3 +289,69 @@ def test_a_failed_run_loses_no_other_and_is_left_out_of_its_config_figures(tmp_p
     assert configs["kron-lora-nf4-r2"]["seeds"] == [0] and configs["lora-fp32-r8"]["n"] == 3
     assert configs["kron-lora-nf4-r2"]["vs_reference"]["pairs"] == 1
     assert "| 1 (1 left out) |" in (tmp_path / "frontier.md").read_text()
+
+
+def _vconfig(name, method, mb, accs, codec="nf4 / nf4", reference=False, aggregation="per-factor", rank=4):
+    seeds = tuple(range(len(accs)))
+    return {
+        **_config(name, method, mb, list(accs), seeds=seeds),
+        "codec": codec, "reference": reference, "aggregation": aggregation, "rank": rank, "targets": "all-linear",
+    }  # fmt: skip
+
+
+def test_verdict_reads_bytes_to_target_off_each_front_with_a_seed_resampled_interval():
+    import math
+
+    from fedkron.sim.frontier_verdict import verdict
+
+    kron = _vconfig("kron-r2", "kron-lora", 1, [0.82, 0.83, 0.84, 0.82, 0.83])
+    kron_big = _vconfig("kron-r4", "kron-lora", 2, [0.84] * 5)
+    cheap_lora = _vconfig("lora-r1", "lora", 2, [0.70, 0.71, 0.69, 0.70, 0.70])  # never reaches 80 %
+    lora = _vconfig("lora-r2", "lora", 3, [0.85, 0.86, 0.84, 0.85, 0.86])
+    ref = _vconfig("lora-fp32", "lora", 30, [0.81] * 5, codec="fp32 / fp32", reference=True, rank=8)
+    configs = [kron, kron_big, cheap_lora, lora, ref]
+    rows = {r["against"]: r for r in verdict(configs, 0.80, derived=False)}
+    same = rows["best LoRA at nf4 / nf4"]
+    assert same["own"] == ("kron-r2", 1e6) and same["other"] == ("lora-r2", 3e6)  # r1 never reaches it
+    assert same["ratio"] == pytest.approx(3.0)
+    # every seed of both is above 80 %: every resample gives 3×, both reach it in all
+    assert (same["low"], same["high"], same["both_reach"], same["seeds"]) == (
+        pytest.approx(3.0),
+        pytest.approx(3.0),
+        1.0,
+        5,
+    )
+    assert rows["the reference"]["ratio"] == pytest.approx(30.0)
+    assert "FlowerTune (fp32)" not in rows  # no flowertune config in this grid
+
+    # a LoRA that hovers at the target: some resamples miss it (∞), some reach it (3×)
+    near = _vconfig("lora-r2", "lora", 3, [0.79, 0.81, 0.80, 0.79, 0.82])
+    row = verdict([kron, near], 0.80, derived=False)[0]
+    assert row["ratio"] == pytest.approx(3.0) and row["low"] == pytest.approx(3.0) and row["high"] == math.inf
+    assert 0.2 < row["both_reach"] < 1.0
+    # the method itself never reaches it: 0×, not a saving
+    assert verdict([cheap_lora, _vconfig("k", "kron-lora", 1, [0.5] * 5)], 0.6, derived=False)[0]["ratio"] == 0.0
+    # a derived target moves with the resampled reference: a reference spread over seeds widens it
+    wide = _vconfig("lora-fp32", "lora", 30, [0.76, 0.86, 0.81, 0.78, 0.84], codec="fp32 / fp32", reference=True)
+    row = next(r for r in verdict([kron, lora, wide], 0.80, derived=True) if r["against"] == "the reference")
+    # (the reference always reaches its own mean − 1 point; kron misses the higher targets: 0×)
+    assert (row["low"], row["high"]) == (0.0, pytest.approx(30.0)) and 0.0 < row["both_reach"] < 1.0
+    assert verdict(configs, None, derived=True) == []
+
+
+def test_a_non_per_factor_config_is_paired_with_its_per_factor_twin(tmp_path):
+    from fedkron.sim.frontier_report import paired, paired_tables, per_factor_twin
+
+    per_factor = _vconfig("kron-r4", "kron-lora", 2, [0.84, 0.85, 0.83])
+    alternating = _vconfig("kron-alt-r4", "kron-lora", 1, [0.80, 0.83, 0.82], aggregation="alternating")
+    other_rank = _vconfig("kron-r2", "kron-lora", 1, [0.84] * 3, rank=2)
+    assert per_factor_twin(alternating, [per_factor, alternating, other_rank]) is per_factor
+    assert per_factor_twin(per_factor, [per_factor, alternating]) is None
+    assert per_factor_twin({**alternating, "rank": 8}, [per_factor, other_rank]) is None
+    for c in (per_factor, alternating, other_rank):
+        c["vs_reference"] = c["vs_best_lora"] = None
+        c["vs_per_factor"] = None
+    alternating["vs_per_factor"] = paired(alternating, per_factor)
+    table = paired_tables([per_factor, alternating, other_rank])[2]
+    # Δ = (−4, −2, −1) points; 2× fewer bytes
+    assert "per-factor aggregation" in table and "| kron-alt-r4 | kron-r4 | 3 | -2.3 ± 3.8 |" in table and "| 2× = " in table

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fedkron.durable import atomic_write
 from fedkron.server.ledger import MB
+from fedkron.sim.frontier_verdict import verdict, verdict_table
 from fedkron.sim.plots import frontier_plot
 from fedkron.sim.report import decompose, decomposition_text, read_run
 
@@ -182,6 +183,18 @@ def best_lora(run: dict, configs: list[dict]) -> dict | None:
     return max(lora, key=lambda c: c["final_mean"], default=None)
 
 
+def per_factor_twin(run: dict, configs: list[dict]) -> dict | None:
+    """The same adapter (method, codec, rank, targets) with per-factor aggregation, for a config that
+    aggregates otherwise (alternating, exact): what its aggregation costs or saves."""
+    if run["aggregation"] == "per-factor":
+        return None
+    same = ("method", "codec", "rank", "targets")
+    return next(
+        (c for c in configs if c["aggregation"] == "per-factor" and all(c[k] == run[k] for k in same) and c["n"]),
+        None,
+    )
+
+
 def analyse(folders: list[Path], target: float | None = None) -> dict:
     """Everything the report states, from the run folders (``OUT/seed<s>/<config>``)."""
     groups: dict[str, list[dict]] = {}
@@ -190,8 +203,6 @@ def analyse(folders: list[Path], target: float | None = None) -> dict:
             groups.setdefault(folder.name, []).append(read_run(folder))
     configs = [aggregate(name, runs) for name, runs in groups.items()]
     ref = next((c for c in configs if c["reference"] and c["final_mean"] is not None), None)
-    if target is None and ref is not None:
-        target = ref["final_mean"] - 0.01
     methods = sorted({c["method"] for c in configs})
     fronts = {m: pareto_front([c for c in configs if c["method"] == m]) for m in methods}
     for c in configs:
@@ -199,6 +210,11 @@ def analyse(folders: list[Path], target: float | None = None) -> dict:
         c["vs_reference"] = paired(c, ref) if ref is not None and c is not ref and c["n"] else None
         best = best_lora(c, configs)
         c["vs_best_lora"] = paired(c, best) if best is not None and best is not c and c["n"] else None
+        twin = per_factor_twin(c, configs)
+        c["vs_per_factor"] = paired(c, twin) if twin is not None and c["n"] else None
+    derived = target is None
+    if target is None and ref is not None:
+        target = ref["final_mean"] - 0.01
     to_target = {
         m: bytes_to_target([c for c in configs if c["method"] == m], target) if target is not None else None
         for m in methods
@@ -209,6 +225,7 @@ def analyse(folders: list[Path], target: float | None = None) -> dict:
         "configs": configs,
         "fronts": {m: [c["config"] for c in front] for m, front in fronts.items()},
         "bytes_to_target": to_target,
+        "verdict": verdict(configs, target, derived),
         "settings": settings_of(groups),
     }
 
@@ -231,6 +248,8 @@ def _plain(value):
     """JSON-ready: Fractions as floats, seed keys as text."""
     if isinstance(value, Fraction):
         return float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # inf / nan: strict JSON has neither
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -293,7 +312,14 @@ def frontier_markdown(result: dict) -> str:
         "(the reference's mean final accuracy − 1 point unless --target).\n"
     )
     return "\n".join(
-        [head, config_table(result["configs"]), target_table(result), *paired_tables(result["configs"]), READING]
+        [
+            head,
+            config_table(result["configs"]),
+            target_table(result),
+            verdict_table(result["verdict"], result["target"]),
+            *paired_tables(result["configs"]),
+            READING,
+        ]
     )
 
 
@@ -340,7 +366,12 @@ def target_table(result: dict) -> str:
 def paired_tables(configs: list[dict]) -> list[str]:
     """Each config against the reference, then against the best LoRA at its codecs."""
     out = []
-    for key, title in (("vs_reference", "the reference"), ("vs_best_lora", "the best LoRA at the same codecs")):
+    titles = (
+        ("vs_reference", "the reference"),
+        ("vs_best_lora", "the best LoRA at the same codecs"),
+        ("vs_per_factor", "the same adapter with per-factor aggregation"),
+    )
+    for key, title in titles:
         lines = [
             f"## Paired against {title}\n",
             "| config | vs | seeds paired | Δ final acc (points, ± 95 % CI) "
