@@ -323,6 +323,10 @@ def test_verdict_reads_bytes_to_target_off_each_front_with_a_seed_resampled_inte
     )
     assert rows["the reference"]["ratio"] == pytest.approx(30.0)
     assert "FlowerTune (fp32)" not in rows  # no flowertune config in this grid
+    # a config run at one seed only is left out of the resampling, not shrinking it to one seed
+    one_seed = _vconfig("lora-r8", "lora", 10, [0.9])
+    row = next(r for r in verdict([*configs, one_seed], 0.80, derived=False) if r["against"].startswith("best LoRA at"))
+    assert (row["seeds"], row["low"], row["high"]) == (5, pytest.approx(3.0), pytest.approx(3.0))
 
     # a LoRA that hovers at the target: some resamples miss it (∞), some reach it (3×)
     near = _vconfig("lora-r2", "lora", 3, [0.79, 0.81, 0.80, 0.79, 0.82])
@@ -354,4 +358,8 @@ def test_a_non_per_factor_config_is_paired_with_its_per_factor_twin(tmp_path):
     alternating["vs_per_factor"] = paired(alternating, per_factor)
     table = paired_tables([per_factor, alternating, other_rank])[2]
     # Δ = (−4, −2, −1) points; 2× fewer bytes
-    assert "per-factor aggregation" in table and "| kron-alt-r4 | kron-r4 | 3 | -2.3 ± 3.8 |" in table and "| 2× = " in table
+    assert (
+        "per-factor aggregation" in table
+        and "| kron-alt-r4 | kron-r4 | 3 | -2.3 ± 3.8 |" in table
+        and "| 2× = " in table
+    )

@@ -41,18 +41,20 @@ def bytes_ratio(own: list[dict], other: list[dict], accuracy: dict[str, float], 
 def resampled(
     own: list[dict], other: list[dict], target: float, reference: dict | None, resamples: int = RESAMPLES
 ) -> dict:
-    """The ratio's percentile interval over seed resamples (seeds every config here was run at), the
-    target derived again from ``reference`` in each resample when one is given."""
+    """The ratio's percentile interval over seed resamples, the target derived again from
+    ``reference`` in each resample when one is given. The seeds are the reference's (else those of
+    the config run at most seeds); a config not run at all of them is left out of the resampling."""
     involved = own + other + ([reference] if reference else [])
-    seeds = sorted(set.intersection(*(set(c["per_seed"]) for c in involved)))
-    if len(seeds) < 2:
+    seeds = sorted((reference or max(involved, key=lambda c: len(c["per_seed"])))["per_seed"])
+    own, other = ([c for c in group if set(seeds) <= set(c["per_seed"])] for group in (own, other))
+    if len(seeds) < 2 or not own or not other:
         return {"seeds": len(seeds), "low": None, "high": None, "both_reach": None}
     rng = random.Random(0)  # the same resamples on every report of the same runs
     ratios = []
     for _ in range(resamples):
         draw = [rng.choice(seeds) for _ in seeds]
-        acc = {c["config"]: statistics.fmean(c["per_seed"][s]["final"] for s in draw) for c in involved}
-        goal = target if reference is None else acc[reference["config"]] - 0.01
+        acc = {c["config"]: statistics.fmean(c["per_seed"][s]["final"] for s in draw) for c in own + other}
+        goal = target if reference is None else statistics.fmean(reference["per_seed"][s]["final"] for s in draw) - 0.01
         ratios.append(bytes_ratio(own, other, acc, goal))
     ordered = sorted(0.0 if math.isnan(r) else r for r in ratios)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
