@@ -231,8 +231,8 @@ def run_all(
     verbose: bool = False,
 ) -> None:
     """Run ``configs`` (named ``labels`` in progress lines) on one Ray start, or through ``run`` (for
-    tests: called per run). Every config is checked, and with ``resume`` planned (kept, continued or
-    fresh), before any run starts; a failed run does not stop the others."""
+    tests: called per run). Every config is checked, and with ``resume`` planned (kept, continued,
+    restarted or fresh), before any run starts; a failed run does not stop the others."""
     problems = simulate.ray_address_problems(configs[0].ray_address) if run is None and configs else []
     plans = plan_runs(configs, resume, what, problems)
     todo = []

@@ -74,7 +74,7 @@ def stage_configs(
 
 def check_stages(plans: dict[RunSpec, list[RunConfig]], resume: bool) -> dict[str, str]:
     """Every problem of every stage before any work (one ConfigError listing them); returns each
-    stage folder's plan (``done``, ``resume`` or ``fresh``: :func:`fedkron.sim.compare.plan_runs`).
+    stage folder's plan (``done``, ``resume``, ``restart`` or ``fresh``: :func:`fedkron.sim.compare.plan_runs`).
     Stages after the first start from an adapter that does not exist yet: their model and adapter
     are checked as from the seeded init (the stages share model and adapter settings by construction)."""
     stages = [(k, cfg) for cfgs in plans.values() for k, cfg in enumerate(cfgs)]

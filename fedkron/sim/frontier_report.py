@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fedkron.durable import atomic_write
 from fedkron.server.ledger import MB
-from fedkron.sim.frontier_verdict import verdict, verdict_table
+from fedkron.sim.frontier_verdict import front_bytes, verdict, verdict_table
 from fedkron.sim.plots import frontier_plot
 from fedkron.sim.report import decompose, decomposition_text, read_run
 
@@ -146,15 +146,14 @@ def bytes_to_target(configs: list[dict], target: float) -> dict:
     """A method's bytes to reach ``target``: ``front``, the fewest total bytes among its configs whose
     mean final accuracy reaches it; ``per_round``, the fewest cumulative bytes at the first round
     whose seed-mean accuracy reaches it (any of its configs). None: not reached."""
-    reached = [c for c in configs if c["final_mean"] is not None and c["final_mean"] >= target]
-    best = min(reached, key=lambda c: c["bytes_total"], default=None)
+    best = front_bytes(configs, {c["config"]: c["final_mean"] for c in configs if c["final_mean"] is not None}, target)
     first = []
     for c in configs:
         hit = next((r for r in c["rounds"] if r["accuracy"] >= target), None)
         if hit:
             first.append({"config": c["config"], "round": hit["round"], "bytes": hit["bytes_total"]})
     return {
-        "front": None if best is None else {"config": best["config"], "bytes": float(best["bytes_total"])},
+        "front": None if best is None else {"config": best[0], "bytes": best[1]},
         "per_round": min(first, key=lambda h: h["bytes"], default=None),
     }
 

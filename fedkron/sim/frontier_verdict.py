@@ -30,9 +30,13 @@ def front_bytes(configs: list[dict], accuracy: dict[str, float], target: float) 
 
 
 def bytes_ratio(own: list[dict], other: list[dict], accuracy: dict[str, float], target: float) -> float:
-    """``other``'s bytes to target over ``own``'s: inf when only ``own`` reaches it, 0 when ``own``
-    does not (nan when neither does)."""
-    mine, theirs = front_bytes(own, accuracy, target), front_bytes(other, accuracy, target)
+    """``other``'s bytes to target over ``own``'s (:func:`ratio_of` their fronts)."""
+    return ratio_of(front_bytes(own, accuracy, target), front_bytes(other, accuracy, target))
+
+
+def ratio_of(mine: tuple[str, float] | None, theirs: tuple[str, float] | None) -> float:
+    """``theirs``' bytes over ``mine``: inf when only ``mine`` reached the target, 0 when ``mine``
+    did not (nan when neither did)."""
     if mine is None:
         return math.nan if theirs is None else 0.0
     return math.inf if theirs is None else theirs[1] / mine[1]
@@ -92,7 +96,7 @@ def verdict(configs: list[dict], target: float | None, derived: bool) -> list[di
                     "against": name,
                     "own": mine,
                     "other": theirs,
-                    "ratio": bytes_ratio(own, other, accuracy, target),
+                    "ratio": ratio_of(mine, theirs),
                     **resampled(own, other, target, reference),
                 }
             )
