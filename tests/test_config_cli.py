@@ -232,6 +232,9 @@ def test_compare_runs_parse_and_share_everything_but_method_codecs_and_aggregati
         str(tmp_path / f) for f in ("kron-lora-nf4-exact", "lora-fp32", "krona-int8", "flowertune", "ffa-lora-nf4")
     ]
     assert run_configs(base, specs[:1], tmp_path, downlink="fp32")[0].downlink == "fp32"  # --downlink wins
+    llm = dataclasses.replace(base, model="tiny-llama", task="arc-easy")
+    (ft, ft_named) = run_configs(llm, parse_runs("flowertune,flowertune:k_proj"), tmp_path, LoraSettings())
+    assert (ft.targets, ft_named.targets) == ("q_proj,v_proj", "k_proj")  # a decoder names q,v its own way
     (alt,) = run_configs(RunConfig(task="sst2"), parse_runs("kron-lora:nf4:alternating"), tmp_path, LoraSettings())
     alt_lr = METHOD_DEFAULTS["kron-lora"]["lr"]["alternating"]
     assert (alt.aggregation, alt.lr, alt.out) == ("alternating", alt_lr, str(tmp_path / "kron-lora-nf4-alternating"))

@@ -25,6 +25,9 @@ PRESETS = {
     "flowertune": dict(method="lora", uplink="fp32", targets="query,value", aggregation="per-factor", lr=2e-3),
     "ffa-lora": dict(method="lora", aggregation="exact"),  # LoRA with A frozen at its seeded init (exact)
 }
+# The recipe's query and value projections as decoder LLMs (Llama, Mistral, Qwen2, SmolLM) name them:
+# PEFT's default LoRA targets for those models; "query,value" are BERT's names.
+DECODER_QUERY_VALUE = "q_proj,v_proj"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +63,15 @@ class RunSpec:
             out["rank"] = self.rank
         if self.targets:
             out["targets"] = self.targets.replace("+", ",")
+        elif self.method == "flowertune" and _is_decoder(base.model):
+            out["targets"] = DECODER_QUERY_VALUE
         return out
+
+
+def _is_decoder(model: str) -> bool:
+    from fedkron.models import is_language_model  # here: it imports torch and transformers
+
+    return is_language_model(model)
 
 
 GRAMMAR = "method[:codec][:aggregation][:rN][:targets], targets joined by '+'"
