@@ -123,20 +123,29 @@ def planned_shapes(
     return shapes
 
 
-def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], source: str) -> None:
-    """Refuse ``found`` unless it has exactly the ``expected`` names and shapes; name the first differences."""
+Shape = tuple[int, ...]
+
+
+def shape_differences(expected: dict[str, Shape], found: dict[str, Shape]) -> tuple[list, list, list]:
+    """(names missing from ``found``, names it has beyond ``expected``, (name, found shape, expected
+    shape) where they differ): the one comparison of stored tensors against a model's."""
     missing = [n for n in expected if n not in found]
     extra = [n for n in found if n not in expected]
+    wrong = [(n, tuple(found[n]), tuple(s)) for n, s in expected.items() if n in found and tuple(found[n]) != tuple(s)]
+    return missing, extra, wrong
+
+
+def check_shapes(expected: dict[str, Shape], found: dict[str, Shape], source: str) -> None:
+    """Refuse ``found`` unless it has exactly the ``expected`` names and shapes; name the first differences."""
+    missing, extra, wrong = shape_differences(expected, found)
     if missing or extra:
         raise AdapterStateError(
             f"{source} does not hold the model's adapter tensors: missing {len(missing)} {missing[:3]}, "
             f"unexpected {len(extra)} {extra[:3]}"
         )
-    for name, shape in expected.items():
-        if tuple(found[name]) != tuple(shape):
-            raise AdapterStateError(
-                f"{source}: tensor {name!r} has shape {tuple(found[name])}, the model expects {tuple(shape)}"
-            )
+    if wrong:
+        name, shape, wanted = wrong[0]
+        raise AdapterStateError(f"{source}: tensor {name!r} has shape {shape}, the model expects {wanted}")
 
 
 def adapter_plan(model: nn.Module, config: AdapterConfig) -> tuple[list[str], list[str], dict[str, tuple[int, ...]]]:

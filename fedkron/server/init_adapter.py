@@ -30,7 +30,14 @@ from safetensors.torch import load_file
 
 from fedkron.adapters import adapter_factor_roles, adapter_state_dict
 from fedkron.adapters.model import FULL_ROLE
-from fedkron.adapters.storage import CONFIG_NAME, WEIGHTS_NAME, check_values, read_adapter_meta, weights_header
+from fedkron.adapters.storage import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    check_values,
+    read_adapter_meta,
+    shape_differences,
+    weights_header,
+)
 from fedkron.data.client_data import task_spec
 from fedkron.protocol import frozen_digest, sent_names
 from fedkron.runconfig.fields import ConfigError, RunConfig
@@ -119,10 +126,10 @@ def shape_problems(cfg: RunConfig, model: torch.nn.Module) -> list[str]:
     carried = head_carried(cfg, source_record(cfg.init_adapter))
     shapes = {k: tuple(v.shape) for k, v in adapter_state_dict(model).items()}
     roles = adapter_factor_roles(model)
-    wanted = [n for n in shapes if roles[n] != FULL_ROLE or carried]
-    missing = [n for n in wanted if n not in header]
-    extra = [n for n in header if n not in shapes]
-    wrong = [f"{n} {header[n]} (this run {shapes[n]})" for n in wanted if n in header and header[n] != shapes[n]]
+    wanted = {n: s for n, s in shapes.items() if roles[n] != FULL_ROLE or carried}
+    missing, _, differ = shape_differences(wanted, header)
+    extra = [n for n in header if n not in shapes]  # a head not carried over may be stored all the same
+    wrong = [f"{n} {stored} (this run {mine})" for n, stored, mine in differ]
     found = [
         f"{label} {len(names)} tensors, e.g. {names[:2]}"
         for label, names in (("missing", missing), ("extra", extra))
