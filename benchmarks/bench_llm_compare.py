@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
 
 from fedkron.runconfig.flags import add_run_flags, run_settings
+from fedkron.sim.continual import standard_error
 from fedkron.sim.frontier_report import mean_ci
 
 # Sized for a decoder LLM on 2 CPU cores (~12 min a run): 4 clients × 3 rounds × 10 local steps of
@@ -50,11 +50,6 @@ RUNS = "kron-lora:nf4,lora:fp32:r8,flowertune"
 SEEDS = "0-2"
 SE_MULTIPLE = 3  # the gain over zero-shot that counts: more than this many standard errors
 NOT_LEARNT = f"NOT beyond {SE_MULTIPLE} standard errors on every seed: no learning can be claimed."
-
-
-def standard_error(accuracy: float, questions: int) -> float:
-    """The standard error of an accuracy measured on ``questions`` questions (binomial)."""
-    return math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / questions)
 
 
 def run_row(folder: Path) -> dict:

@@ -246,14 +246,7 @@ def run_all(
     restarted or fresh), before any run starts; a failed run does not stop the others."""
     problems = simulate.ray_address_problems(configs[0].ray_address) if run is None and configs else []
     plans = plan_runs(configs, resume, what, problems)
-    todo = []
-    for label, cfg, plan in zip(labels, configs, plans):
-        if plan == "done":
-            print(f"run {label}: finished earlier in {cfg.out}, kept", flush=True)
-            continue
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        todo.append((label, job_config(cfg, plan)))
-    reporters = [(lambda row, label=label: progress(label, row)) if progress else None for label, _ in todo]
+    todo, reporters = pending_jobs(labels, configs, plans, progress, kept="run ")
     if run is not None:
         for (label, cfg), report in zip(todo, reporters):
             try:
@@ -269,6 +262,26 @@ def run_all(
         for (label, _), summary in zip(todo, summaries):
             print(f"run {label}: {summary['status']}", flush=True)
         print(f"{len(todo)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def pending_jobs(
+    labels: list[str],
+    configs: list[RunConfig],
+    plans: list[str],
+    progress: Callable[[str, dict], None] | None,
+    kept: str = "",
+) -> tuple[list[tuple[str, RunConfig]], list]:
+    """(label, config to start) of every run whose plan is not ``done`` (those are named, after the
+    prefix ``kept``, and kept), each folder's parent made, and a progress reporter for each (None
+    without ``progress``). Shared by compare, frontier and continual."""
+    jobs = []
+    for label, cfg, plan in zip(labels, configs, plans):
+        if plan == "done":
+            print(f"{kept}{label}: finished earlier in {cfg.out}, kept", flush=True)
+            continue
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        jobs.append((label, job_config(cfg, plan)))
+    return jobs, [(lambda row, label=label: progress(label, row)) if progress else None for label, _ in jobs]
 
 
 def plan_runs(

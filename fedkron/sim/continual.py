@@ -25,7 +25,7 @@ from pathlib import Path
 from fedkron.runconfig.fields import ConfigError, RunConfig
 from fedkron.server.results import write_atomically, write_json
 from fedkron.sim import simulate  # used as simulate.<name>: a stand-in set by a test is always the one called
-from fedkron.sim.compare import LoraSettings, RunSpec, job_config, plan_runs, run_configs
+from fedkron.sim.compare import LoraSettings, RunSpec, pending_jobs, plan_runs, run_configs
 
 DEFAULT_RUNS = "kron-lora:nf4,lora:fp32"
 CACHE = "retention-stage{k}.json"  # a stage's scores on every task, beside the run's stage folders
@@ -101,13 +101,8 @@ def run_stages(
         for spec, cfgs in plans.items()
         for cfg in [cfgs[k]]
     ]
-    jobs = []
-    for label, cfg in order:
-        if todo[cfg.out] == "done":
-            print(f"{label}: finished earlier in {cfg.out}, kept", flush=True)
-            continue
-        jobs.append((label, job_config(cfg, todo[cfg.out])))
-    reporters = [(lambda row, label=label: progress(label, row)) if progress else None for label, _ in jobs]
+    labels, configs = [label for label, _ in order], [cfg for _, cfg in order]
+    jobs, reporters = pending_jobs(labels, configs, [todo[cfg.out] for cfg in configs], progress)
     if run is not None:
         for (_, cfg), report in zip(jobs, reporters):
             run(cfg, progress=report)
