@@ -397,3 +397,13 @@ def test_llm_benchmark_table_reads_zero_shot_gains_ratios_and_the_paired_verdict
     assert diff == pytest.approx(statistics.fmean(f - r for f, r in zip(finals, refs)))
     text = bench.markdown(table)
     assert "| zero-shot | 50.0" in text and f"{100 * diff:+.1f} ± " in text and "not shown within 1 point" in text
+
+
+def test_frontier_plot_labels_of_close_configs_go_on_separate_lines():
+    """Labels within a tenth of a decade and 1.5 points of an earlier one move down a line each;
+    labels far apart (in MB or in accuracy) stay where they are."""
+    from fedkron.sim.plots import label_offsets
+
+    points = [(0.50, 80.0), (0.52, 80.5), (0.55, 79.8), (5.0, 80.0), (0.51, 70.0)]
+    assert label_offsets(points) == [(3, 3), (3, -5), (3, -13), (3, 3), (3, 3)]
+    assert label_offsets([(1.0, 50.0), (1.0, 50.0), (100.0, 50.0)]) == [(3, 3), (3, -5), (3, 3)]

@@ -4,6 +4,7 @@ round and MB per round; with ``--devices`` runs also accuracy against simulated 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from fedkron.server.ledger import MB
@@ -106,6 +107,21 @@ def comparison_plots(out: Path, rows: list[dict]) -> None:
     )
 
 
+def label_offsets(points: list[tuple[float, float]], near: tuple[float, float] = (0.12, 1.5)) -> list[tuple[int, int]]:
+    """Text offsets (points) for labels at ``points`` (MB on a log axis, accuracy %): a label that
+    would sit within ``near`` (decades of MB, accuracy points) of an earlier one is moved down a line
+    for each such neighbour, so labels of configs that sit close do not print over each other."""
+    placed: list[tuple[float, float, int]] = []
+    out = []
+    for mb, acc in points:
+        x = math.log10(mb)
+        taken = {line for px, py, line in placed if abs(px - x) < near[0] and abs(py - acc) < near[1]}
+        line = next(k for k in range(len(placed) + 1) if k not in taken)
+        placed.append((x, acc, line))
+        out.append((3, 3 - 8 * line))
+    return out
+
+
 def frontier_plot(path: Path, configs: list[dict], fronts: dict[str, list[str]], target: float | None) -> None:
     """Mean final accuracy (95 % interval as error bar) against mean total MB (log x), a marker and
     colour per method, each method's Pareto front as a line, the target as a horizontal line."""
@@ -125,11 +141,13 @@ def frontier_plot(path: Path, configs: list[dict], fronts: dict[str, list[str]],
             ci = 100 * c["final_ci"] if c["final_ci"] is not None else 0.0
             ax.errorbar(c["mb_total"], 100 * c["final_mean"], yerr=ci, fmt=markers[i % len(markers)], color=colour,
                         capsize=3, label=method if c is mine[0] else None)  # fmt: skip
-            ax.annotate(c["config"], (c["mb_total"], 100 * c["final_mean"]), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")  # fmt: skip
         front = [by_name[name] for name in fronts.get(method, []) if by_name[name]["mb_total"] > 0]
         if len(front) > 1:
             ax.plot([c["mb_total"] for c in front], [100 * c["final_mean"] for c in front], color=colour, lw=1)
+    drawn = [c for c in configs if c["final_mean"] is not None and c["mb_total"] > 0]
+    points = [(c["mb_total"], 100 * c["final_mean"]) for c in drawn]
+    for c, xy, offset in zip(drawn, points, label_offsets(points)):
+        ax.annotate(c["config"], xy, fontsize=6, xytext=offset, textcoords="offset points")
     if target is not None:
         ax.axhline(100 * target, color="grey", ls="--", lw=1, label=f"target {100 * target:.1f}%")
     ax.set(xscale="log", xlabel="total MB (up + down, mean over seeds, log scale)",
