@@ -166,15 +166,15 @@ def verdict_text(table: dict) -> str:
         learnt = r["gain_in_se"] > SE_MULTIPLE and r["seeds_above_noise"] == len(r["seeds"])
         out.append(
             f"- {r['config']}: {100 * r['gain']:+.1f} points over zero-shot, {r['gain_in_se']:+.1f} standard "
-            f"errors: "
-            + ("above zero-shot beyond the noise." if learnt else "NOT beyond 3 standard errors on every seed.")
+            f"errors: " + ("above zero-shot beyond the noise." if learnt else NOT_LEARNT)
         )
         vs = r["vs_reference"]
         if vs and vs["acc_diff_mean"] is not None:
             ci = "–" if vs["acc_diff_ci"] is None else f"{100 * vs['acc_diff_ci']:.1f}"
             within = vs["acc_diff_ci"] is not None and abs(vs["acc_diff_mean"]) + vs["acc_diff_ci"] <= 0.01
+            seeds = f"{vs['pairs']} seed" + ("s" if vs["pairs"] != 1 else "")
             out.append(
-                f"  Against {vs['vs']}, paired over {vs['pairs']} seeds: {100 * vs['acc_diff_mean']:+.1f} ± {ci} "
+                f"  Against {vs['vs']}, paired over {seeds}: {100 * vs['acc_diff_mean']:+.1f} ± {ci} "
                 f"points ({'within' if within else 'not shown within'} 1 point), at "
                 f"{vs['bytes_ratio']:.3g}× fewer total bytes{vs['decomposition']}."
             )
