@@ -337,3 +337,22 @@ def test_resume_starts_again_a_run_that_failed_before_its_first_checkpoint_and_k
         (folder / "config.json").unlink()
         with pytest.raises(ConfigError, match="holds a run"):
             plan_runs([cfg], True, "frontier")
+
+
+def test_compare_refuses_a_results_folder_it_cannot_write_before_any_run(tmp_path, monkeypatch):
+    """Every run folder of a compare / frontier is probed as `fedkron sim` probes its own, and all
+    the refusals come together before the first run starts."""
+    import fedkron.sim.compare as compare
+    from fedkron.sim.compare import parse_runs, plan_runs, run_configs
+
+    monkeypatch.setattr(compare, "model_problems", lambda c: [])
+    monkeypatch.setattr(compare, "data_problems", lambda c: [])
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfgs = run_configs(RunConfig(model="tiny-bert", task="sst2"), parse_runs("lora:fp32,kron-lora:nf4"), blocker)
+    with pytest.raises(ConfigError) as info:
+        plan_runs(cfgs, False, "comparison")
+    assert all(f"results folder {c.out} cannot be written" in str(info.value) for c in cfgs)
+    assert plan_runs(
+        run_configs(RunConfig(model="tiny-bert", task="sst2"), parse_runs("lora:fp32"), tmp_path), False, "x"
+    ) == ["fresh"]

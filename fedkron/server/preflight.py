@@ -109,6 +109,11 @@ def output_problems(cfg: RunConfig) -> list[str]:
             f"results folder {out} holds a run; pass --overwrite to replace it, --resume to continue it, "
             "or choose another --out"
         ]
+    return write_problems(out)
+
+
+def write_problems(out: Path) -> list[str]:
+    """``out`` can be made, written (a probe of PROBE_BYTES, fsynced) and has room for a run's files."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         _probe_write(out)

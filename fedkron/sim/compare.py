@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fedkron.runconfig.fields import AGGREGATIONS, CODECS, METHODS, ConfigError, RunConfig
 from fedkron.server.checkpoint import PER_FOLDER, latest_round, saved_config
-from fedkron.server.preflight import data_problems, holds_a_run, model_problems
+from fedkron.server.preflight import data_problems, holds_a_run, model_problems, write_problems
 from fedkron.sim import simulate  # used as simulate.<name>: a stand-in set by a test is always the one called
 from fedkron.sim.report import write_report
 
@@ -291,10 +291,10 @@ def plan_runs(
     problems: list[str] | None = None,
     checked: Callable[[int, RunConfig], RunConfig] = lambda i, cfg: cfg,
 ) -> list[str]:
-    """Each run folder's plan (``done``, ``resume``, ``restart`` or ``fresh``: :func:`resume_plan`), after every
-    refusal of every run (a folder holding another run, the model, the data; added to ``problems``)
-    is raised as one ConfigError, before any run starts. ``checked(i, cfg)``: the config whose model
-    and data are checked for run ``i``."""
+    """Each run folder's plan (``done``, ``resume``, ``restart`` or ``fresh``: :func:`resume_plan`),
+    after every refusal of every run (a folder holding another run or that cannot be written, the
+    model, the data; added to ``problems``) is raised as one ConfigError, before any run starts.
+    ``checked(i, cfg)``: the config whose model and data are checked for run ``i``."""
     problems = list(problems or [])
     plans = [resume_plan(cfg) if resume else "fresh" for cfg in configs]
     for i, (cfg, plan) in enumerate(zip(configs, plans)):
@@ -302,7 +302,8 @@ def plan_runs(
             problems.append(f"{cfg.out} holds a run; pass --overwrite to replace it, --resume to keep it")
         if plan != "done":
             mine = checked(i, cfg)
-            problems += [p for p in model_problems(mine) + data_problems(mine) if p not in problems]
+            found = write_problems(Path(cfg.out)) + model_problems(mine) + data_problems(mine)
+            problems += [p for p in found if p not in problems]
     if problems:
         raise ConfigError(f"cannot start the {what}:\n  - " + "\n  - ".join(problems))
     return plans
