@@ -57,7 +57,7 @@ def fake_run(cfg: RunConfig, progress=None) -> dict:
     ledger.write_csv(folder / "ledger.csv")
     (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     summary = {"method": cfg.method, "trainable_params": values, "seconds": 1.0, "status": "completed",
-               "majority_baseline": 0.5, "eval_note": "fake rows"}  # fmt: skip
+               "eval_rows": 400, "majority_baseline": 0.5, "eval_note": "fake rows"}  # fmt: skip
     (folder / "summary.json").write_text(json.dumps(summary))
     ckpt = folder / "checkpoint" / f"round-{cfg.rounds}"
     ckpt.mkdir(parents=True)
@@ -382,7 +382,8 @@ def test_llm_benchmark_table_reads_zero_shot_gains_ratios_and_the_paired_verdict
     spec.loader.exec_module(bench)
     base = RunConfig(**BASE)
     run_frontier(base, parse_runs("kron-lora:nf4:r2,lora:fp32:r8,flowertune"), [0, 1, 2], tmp_path, run=fake_run)
-    table = bench.llm_table(tmp_path, questions=400)
+    table = bench.llm_table(tmp_path)  # the standard errors use the rows each run scored: 400
+    assert table["questions"] == [400]
     assert table["zero_shot"]["acc"] == 0.5 and table["zero_shot"]["standard_error"] == pytest.approx(0.025)
     rows = {r["config"]: r for r in table["configs"]}
     kron, ref = rows["kron-lora-nf4-r2"], rows["lora-fp32-r8"]
