@@ -54,7 +54,7 @@ NOT_LEARNT = f"NOT beyond {SE_MULTIPLE} standard errors on every seed: no learni
 
 
 def run_row(folder: Path) -> dict:
-    """One run's zero-shot (round 0) and final ``acc`` / ``acc_norm``, per-round ``acc``, wall time."""
+    """One run's zero-shot (round 0) and final ``acc`` / ``acc_norm``, wall time and questions scored."""
     rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x]
     summary = json.loads((folder / "summary.json").read_text())
     return {
@@ -62,7 +62,6 @@ def run_row(folder: Path) -> dict:
         "zero_shot_norm": rows[0].get("acc_norm"),
         "final": rows[-1]["accuracy"],
         "final_norm": rows[-1].get("acc_norm"),
-        "per_round": [r["accuracy"] for r in rows],
         "seconds": summary["seconds"],
         "questions": summary["eval_rows"],  # what was scored: a task's held-out split may be under --eval-samples
     }

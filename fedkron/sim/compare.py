@@ -63,15 +63,12 @@ class RunSpec:
             out["rank"] = self.rank
         if self.targets:
             out["targets"] = self.targets.replace("+", ",")
-        elif self.method == "flowertune" and _is_decoder(base.model):
-            out["targets"] = DECODER_QUERY_VALUE
+        elif self.method == "flowertune":
+            from fedkron.models import is_language_model  # here: it imports torch and transformers
+
+            if is_language_model(base.model):
+                out["targets"] = DECODER_QUERY_VALUE
         return out
-
-
-def _is_decoder(model: str) -> bool:
-    from fedkron.models import is_language_model  # here: it imports torch and transformers
-
-    return is_language_model(model)
 
 
 GRAMMAR = "method[:codec][:aggregation][:rN][:targets], targets joined by '+'"
