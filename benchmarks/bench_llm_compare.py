@@ -214,24 +214,26 @@ def main() -> None:
     add_run_flags(p, RUN_FLAGS, defaults=DEFAULTS)
     args = p.parse_args()
 
-    data_dir = default_data_dir()
-    if not data_dir:
-        sys.exit("needs the real task data: set FEDKRON_DATA_DIR (the shared data folder)")
     out = Path(args.out or f"results/bench-llm-{args.model}-{args.task}")
-    base = RunConfig(**run_settings(args, RUN_FLAGS), data_dir=data_dir)
     specs, seeds = parse_runs(args.runs), parse_seeds(args.seeds)
-    if args.report_only:
+    if args.report_only:  # the finished runs' own configs say how they ran: no data needed
         write_frontier(
             out, sorted(f for s in specs for f in out.glob(f"seed*/{s.folder}") if (f / "summary.json").is_file())
         )
+        config = {}
     else:
+        data_dir = default_data_dir()
+        if not data_dir:
+            sys.exit("needs the real task data: set FEDKRON_DATA_DIR (the shared data folder)")
+        base = RunConfig(**run_settings(args, RUN_FLAGS), data_dir=data_dir)
         run_frontier(base, specs, seeds, out, lora=LoraSettings(lr=args.lora_lr or args.lr), resume=args.resume,
                      progress=progress_line)  # fmt: skip
+        config = base.to_record()
     table = llm_table(out)
     (out / "llm.json").write_text(json.dumps(table, indent=1))
     (out / "llm.md").write_text(markdown(table))
     print(markdown(table))
-    print(json.dumps({"config": base.to_record(), "table": table}, default=str))
+    print(json.dumps({"config": config, "table": table}, default=str))
 
 
 if __name__ == "__main__":

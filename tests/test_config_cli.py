@@ -356,3 +356,19 @@ def test_compare_refuses_a_results_folder_it_cannot_write_before_any_run(tmp_pat
     assert plan_runs(
         run_configs(RunConfig(model="tiny-bert", task="sst2"), parse_runs("lora:fp32"), tmp_path), False, "x"
     ) == ["fresh"]
+
+
+def test_a_refused_grid_leaves_no_empty_run_folders(tmp_path, monkeypatch):
+    """The probe makes each run's folder to write into it; when the grid is refused (here: the model
+    of the second run), the folders it made are gone and a folder that existed stays."""
+    import fedkron.sim.compare as compare
+    from fedkron.sim.compare import parse_runs, plan_runs, run_configs
+
+    monkeypatch.setattr(compare, "model_problems", lambda c: ["no model"] if c.method == "kron-lora" else [])
+    monkeypatch.setattr(compare, "data_problems", lambda c: [])
+    (tmp_path / "mine").mkdir()
+    out = tmp_path / "mine" / "grid"
+    cfgs = run_configs(RunConfig(model="tiny-bert", task="sst2"), parse_runs("lora:fp32,kron-lora:nf4"), out)
+    with pytest.raises(ConfigError, match="no model"):
+        plan_runs(cfgs, False, "frontier")
+    assert [p.name for p in tmp_path.rglob("*")] == ["mine"]

@@ -4,7 +4,10 @@ on run folders a stand-in ``run`` writes as a real run would."""
 
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from fedkron.server.ledger import Ledger, LedgerRow
 BASE = dict(model="tiny-bert", task="sst2", clients=2, rounds=3, local_steps=1, batch_size=4, max_length=16)
 BYTES_PER_VALUE = {"fp32": 4.0, "nf4": 0.5}
 OVERHEAD = 100  # framing bytes of every message
+ROOT = Path(__file__).parents[1]
 
 
 def _values(cfg: RunConfig) -> int:
@@ -398,6 +402,15 @@ def test_llm_benchmark_table_reads_zero_shot_gains_ratios_and_the_paired_verdict
     assert diff == pytest.approx(statistics.fmean(f - r for f, r in zip(finals, refs)))
     text = bench.markdown(table)
     assert "| zero-shot | 50.0" in text and f"{100 * diff:+.1f} ± " in text and "not shown within 1 point" in text
+    # --report-only rebuilds the same table from the folders alone: no task data needed
+    env = {k: v for k, v in os.environ.items() if k != "FEDKRON_DATA_DIR"} | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/bench_llm_compare.py"), "--report-only", "--out", str(tmp_path),
+         "--runs", "kron-lora:nf4:r2,lora:fp32:r8,flowertune"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "llm.md").read_text().startswith(text[:200])
 
 
 def test_frontier_plot_labels_of_close_configs_go_on_separate_lines():

@@ -9,6 +9,7 @@ losing an earlier run.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -112,14 +113,21 @@ def output_problems(cfg: RunConfig) -> list[str]:
     return write_problems(out)
 
 
-def write_problems(out: Path) -> list[str]:
-    """``out`` can be made, written (a probe of PROBE_BYTES, fsynced) and has room for a run's files."""
+def write_problems(out: Path, leave_no_trace: bool = False) -> list[str]:
+    """``out`` can be made, written (a probe of PROBE_BYTES, fsynced) and has room for a run's files.
+    ``leave_no_trace``: the folders the probe made are removed again (a grid checks every run's
+    folder before any starts; a refused grid must not leave empty run folders behind)."""
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         _probe_write(out)
         free = shutil.disk_usage(out).free
     except OSError as err:
         return [f"results folder {out} cannot be written: {err.strerror or err}"]
+    finally:
+        for folder in made if leave_no_trace else []:  # deepest first; a folder others wrote into stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     if free < MIN_FREE_BYTES:
         return [
             f"results folder {out}: its disk has {free // 1024} KiB free; a run needs at least "

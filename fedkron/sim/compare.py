@@ -299,7 +299,7 @@ def plan_runs(
             problems.append(f"{cfg.out} holds a run; pass --overwrite to replace it, --resume to keep it")
         if plan != "done":
             mine = checked(i, cfg)
-            found = write_problems(Path(cfg.out)) + model_problems(mine) + data_problems(mine)
+            found = write_problems(Path(cfg.out), leave_no_trace=True) + model_problems(mine) + data_problems(mine)
             problems += [p for p in found if p not in problems]
     if problems:
         raise ConfigError(f"cannot start the {what}:\n  - " + "\n  - ".join(problems))
