@@ -194,12 +194,7 @@ def progress_line(label: str, row: dict) -> None:
     print(f"[{label}] round {row['round']} acc {100 * row['accuracy']:.1f}%{norm} ({row['seconds']:.0f} s)", flush=True)
 
 
-def main() -> None:
-    from fedkron.runconfig.fields import RunConfig, default_data_dir
-    from fedkron.sim.compare import LoraSettings, parse_runs
-    from fedkron.sim.frontier import parse_seeds, run_frontier
-    from fedkron.sim.frontier_report import write_frontier
-
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default=RUNS, help=f"method[:codec][:aggregation][:rN][:targets] (default {RUNS})")
     p.add_argument("--seeds", default=SEEDS, help=f"paired seeds, e.g. 0-2 (default {SEEDS})")
@@ -212,8 +207,24 @@ def main() -> None:
         help="run nothing: the table from the runs of --runs finished in --out at any seed",
     )
     add_run_flags(p, RUN_FLAGS, defaults=DEFAULTS)
-    args = p.parse_args()
+    return p
 
+
+def base_config(args: argparse.Namespace):
+    """The runs' shared settings, as `fedkron frontier` with the same flags records them (the data
+    folder left to FEDKRON_DATA_DIR), so either can --resume the other's run folders."""
+    from fedkron.runconfig.fields import RunConfig
+
+    return RunConfig(**run_settings(args, RUN_FLAGS))
+
+
+def main() -> None:
+    from fedkron.runconfig.fields import default_data_dir
+    from fedkron.sim.compare import LoraSettings, parse_runs
+    from fedkron.sim.frontier import parse_seeds, run_frontier
+    from fedkron.sim.frontier_report import write_frontier
+
+    args = parser().parse_args()
     out = Path(args.out or f"results/bench-llm-{args.model}-{args.task}")
     specs, seeds = parse_runs(args.runs), parse_seeds(args.seeds)
     if args.report_only:  # the finished runs' own configs say how they ran: no data needed
@@ -222,10 +233,9 @@ def main() -> None:
         )
         config = {}
     else:
-        data_dir = default_data_dir()
-        if not data_dir:
+        if not default_data_dir():
             sys.exit("needs the real task data: set FEDKRON_DATA_DIR (the shared data folder)")
-        base = RunConfig(**run_settings(args, RUN_FLAGS), data_dir=data_dir)
+        base = base_config(args)
         run_frontier(base, specs, seeds, out, lora=LoraSettings(lr=args.lora_lr or args.lr), resume=args.resume,
                      progress=progress_line)  # fmt: skip
         config = base.to_record()

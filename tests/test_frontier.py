@@ -413,6 +413,25 @@ def test_llm_benchmark_table_reads_zero_shot_gains_ratios_and_the_paired_verdict
     assert (tmp_path / "llm.md").read_text().startswith(text[:200])
 
 
+def test_llm_benchmark_runs_resume_as_fedkron_frontier_runs_and_back():
+    """The benchmark's run settings are exactly what `fedkron frontier` records for the same flags
+    (the data folder left to FEDKRON_DATA_DIR in both), so --resume accepts either's run folders."""
+    import importlib.util
+
+    from fedkron.cli import build_parser, config_from_args
+
+    spec = importlib.util.spec_from_file_location("bench_llm", ROOT / "benchmarks/bench_llm_compare.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    mine = bench.base_config(bench.parser().parse_args(["--lr", "2e-3", "--rank", "4"])).to_record()
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**bench.DEFAULTS, "lr": 2e-3, "rank": 4}.items()]
+    theirs = config_from_args(build_parser().parse_args(["frontier", *flags])).to_record()
+    from fedkron.server.checkpoint import PER_FOLDER  # what --resume does not compare (the folder)
+
+    differ = sorted(k for k in mine if k not in PER_FOLDER and mine[k] != theirs[k])
+    assert not differ and mine["data-dir"] == "" and mine["rank"] == 4 and mine["lr"] == 2e-3
+
+
 def test_frontier_plot_labels_of_close_configs_go_on_separate_lines():
     """Labels within a tenth of a decade and 1.5 points of an earlier one move down a line each;
     labels far apart (in MB or in accuracy) stay where they are."""
