@@ -370,20 +370,24 @@ def test_a_non_per_factor_config_is_paired_with_its_per_factor_twin(tmp_path):
     )
 
 
+def _llm_bench():
+    """benchmarks/bench_llm_compare.py as a module (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_llm", ROOT / "benchmarks/bench_llm_compare.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_llm_benchmark_table_reads_zero_shot_gains_ratios_and_the_paired_verdict(tmp_path):
     """benchmarks/bench_llm_compare.py's table, from a frontier's folders: the zero-shot row is round 0,
     each gain is over the same seed's round 0 in standard errors of one run's score, the byte ratios
     are the configs' mean totals, the paired difference is the frontier's."""
-    import importlib.util
-
     from fedkron.sim.compare import parse_runs
     from fedkron.sim.frontier import run_frontier
 
-    spec = importlib.util.spec_from_file_location(
-        "bench_llm", Path(__file__).parents[1] / "benchmarks/bench_llm_compare.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _llm_bench()
     base = RunConfig(**BASE)
     run_frontier(base, parse_runs("kron-lora:nf4:r2,lora:fp32:r8,flowertune"), [0, 1, 2], tmp_path, run=fake_run)
     table = bench.llm_table(tmp_path)  # the standard errors use the rows each run scored: 400
@@ -416,18 +420,13 @@ def test_llm_benchmark_table_reads_zero_shot_gains_ratios_and_the_paired_verdict
 def test_llm_benchmark_runs_resume_as_fedkron_frontier_runs_and_back():
     """The benchmark's run settings are exactly what `fedkron frontier` records for the same flags
     (the data folder left to FEDKRON_DATA_DIR in both), so --resume accepts either's run folders."""
-    import importlib.util
-
     from fedkron.cli import build_parser, config_from_args
+    from fedkron.server.checkpoint import PER_FOLDER  # what --resume does not compare (the folder)
 
-    spec = importlib.util.spec_from_file_location("bench_llm", ROOT / "benchmarks/bench_llm_compare.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _llm_bench()
     mine = bench.base_config(bench.parser().parse_args(["--lr", "2e-3", "--rank", "4"])).to_record()
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**bench.DEFAULTS, "lr": 2e-3, "rank": 4}.items()]
     theirs = config_from_args(build_parser().parse_args(["frontier", *flags])).to_record()
-    from fedkron.server.checkpoint import PER_FOLDER  # what --resume does not compare (the folder)
-
     differ = sorted(k for k in mine if k not in PER_FOLDER and mine[k] != theirs[k])
     assert not differ and mine["data-dir"] == "" and mine["rank"] == 4 and mine["lr"] == 2e-3
 
