@@ -65,6 +65,7 @@ def run_row(folder: Path) -> dict:
         "final_norm": rows[-1].get("acc_norm"),
         "seconds": summary["seconds"],
         "questions": summary["eval_rows"],  # what was scored: a task's held-out split may be under --eval-samples
+        "majority": summary.get("majority_baseline"),  # a constant answer's score: BoolQ's "yes" is ~61 %
     }
 
 
@@ -130,10 +131,15 @@ def llm_table(out: Path) -> dict:
         "target": frontier["target"],
         "reference": frontier["reference"],
         "zero_shot": zero_shot_row(zero) if zero else None,
+        "majority": _mean_or_none([r["majority"] for r in zero.values()]),
         "configs": rows,
         "verdict": frontier["verdict"],
         "bytes_to_target": frontier["bytes_to_target"],
     }
+
+
+def _mean_or_none(values: list) -> float | None:
+    return statistics.fmean(values) if values and None not in values else None
 
 
 def _pct(mean: float | None, ci: float | None = None) -> str:
@@ -157,6 +163,7 @@ def markdown(table: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
         f"| zero-shot | {_pct(z['acc'], z['acc_ci'])} [{100 * z['standard_error']:.1f}] "
         f"| {_pct(z['acc_norm'], z['acc_norm_ci'])} | | | | | |",
+        f"| the majority answer, always (no model) | {_pct(table['majority'])} | | | | | | |",
     ]
     for r in sorted(table["configs"], key=lambda r: r["bytes_total"]):
         lines.append(
@@ -175,7 +182,13 @@ def verdict_text(table: dict) -> str:
         learnt = r["gain_in_se"] > SE_MULTIPLE and r["seeds_above_noise"] == len(r["seeds"])
         out.append(
             f"- {r['config']}: {100 * r['gain']:+.1f} points over zero-shot, {r['gain_in_se']:+.1f} standard "
-            f"errors: " + ("above zero-shot beyond the noise." if learnt else NOT_LEARNT)
+            f"errors: "
+            + ("above zero-shot beyond the noise" if learnt else NOT_LEARNT.rstrip("."))
+            + (
+                "."
+                if table["majority"] is None
+                else f"; {100 * (r['acc'] - table['majority']):+.1f} points against always giving the majority answer."
+            )
         )
         vs = r["vs_reference"]
         if vs and vs["acc_diff_mean"] is not None:

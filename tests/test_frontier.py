@@ -390,6 +390,8 @@ def test_llm_benchmark_table_reads_zero_shot_gains_ratios_and_the_paired_verdict
     bench = _llm_bench()
     base = RunConfig(**BASE)
     run_frontier(base, parse_runs("kron-lora:nf4:r2,lora:fp32:r8,flowertune"), [0, 1, 2], tmp_path, run=fake_run)
+    for summary in tmp_path.glob("seed*/*/summary.json"):  # a task whose constant answer scores 60 % (BoolQ's "yes")
+        summary.write_text(json.dumps(json.loads(summary.read_text()) | {"majority_baseline": 0.6}))
     table = bench.llm_table(tmp_path)  # the standard errors use the rows each run scored: 400
     assert table["questions"] == [400]
     assert table["zero_shot"]["acc"] == 0.5 and table["zero_shot"]["standard_error"] == pytest.approx(0.025)
@@ -406,6 +408,8 @@ def test_llm_benchmark_table_reads_zero_shot_gains_ratios_and_the_paired_verdict
     assert diff == pytest.approx(statistics.fmean(f - r for f, r in zip(finals, refs)))
     text = bench.markdown(table)
     assert "| zero-shot | 50.0" in text and f"{100 * diff:+.1f} ± " in text and "not shown within 1 point" in text
+    assert table["majority"] == 0.6 and "| the majority answer, always (no model) | 60.0 |" in text
+    assert f"{100 * (kron['acc'] - 0.6):+.1f} points against always giving the majority answer" in text
     # --report-only rebuilds the same table from the folders alone: no task data needed
     env = {k: v for k, v in os.environ.items() if k != "FEDKRON_DATA_DIR"} | {"PYTHONPATH": str(ROOT)}
     done = subprocess.run(
