@@ -182,13 +182,7 @@ def verdict_text(table: dict) -> str:
         learnt = r["gain_in_se"] > SE_MULTIPLE and r["seeds_above_noise"] == len(r["seeds"])
         out.append(
             f"- {r['config']}: {100 * r['gain']:+.1f} points over zero-shot, {r['gain_in_se']:+.1f} standard "
-            f"errors: "
-            + ("above zero-shot beyond the noise" if learnt else NOT_LEARNT.rstrip("."))
-            + (
-                "."
-                if table["majority"] is None
-                else f"; {100 * (r['acc'] - table['majority']):+.1f} points against always giving the majority answer."
-            )
+            f"errors: " + ("above zero-shot beyond the noise" if learnt else NOT_LEARNT.rstrip(".")) + _prior(table, r)
         )
         vs = r["vs_reference"]
         if vs and vs["acc_diff_mean"] is not None:
@@ -201,6 +195,18 @@ def verdict_text(table: dict) -> str:
                 f"{vs['bytes_ratio']:.3g}× fewer total bytes{vs['decomposition']}."
             )
     return "\n".join(out)
+
+
+def _prior(table: dict, r: dict) -> str:
+    """Against always giving the majority answer: a gain that stops there learnt the answer prior
+    (BoolQ's "yes"), not the task."""
+    if table["majority"] is None:
+        return "."
+    over = r["acc"] - table["majority"]
+    text = f"; {100 * over:+.1f} points against always giving the majority answer"
+    if over > SE_MULTIPLE * r["standard_error"]:
+        return text + "."
+    return text + f", NOT beyond {SE_MULTIPLE} standard errors: the answer prior, not the task, is what it learnt."
 
 
 def progress_line(label: str, row: dict) -> None:

@@ -409,7 +409,10 @@ def test_llm_benchmark_table_reads_zero_shot_gains_ratios_and_the_paired_verdict
     text = bench.markdown(table)
     assert "| zero-shot | 50.0" in text and f"{100 * diff:+.1f} ± " in text and "not shown within 1 point" in text
     assert table["majority"] == 0.6 and "| the majority answer, always (no model) | 60.0 |" in text
-    assert f"{100 * (kron['acc'] - 0.6):+.1f} points against always giving the majority answer" in text
+    assert f"{100 * (kron['acc'] - 0.6):+.1f} points against always giving the majority answer." in text
+    assert "the answer prior" not in text  # 17.7 points above it: the task was learnt
+    prior = bench.markdown(table | {"majority": kron["acc"] - 0.02})  # 2 points above a constant answer: under 3 SE
+    assert "+2.0 points against always giving the majority answer, NOT beyond" in prior
     # --report-only rebuilds the same table from the folders alone: no task data needed
     env = {k: v for k, v in os.environ.items() if k != "FEDKRON_DATA_DIR"} | {"PYTHONPATH": str(ROOT)}
     done = subprocess.run(
