@@ -4,6 +4,7 @@ q_proj/v_proj, fp32).
 
     python benchmarks/bench_llm_compare.py                        # ARC-Easy, seeds 0-2, 500 questions
     python benchmarks/bench_llm_compare.py --task piqa --resume   # another task; --resume continues
+    python benchmarks/bench_llm_compare.py --client-gpus 0.25 --client-cpus 4   # four clients on one GPU
 
 Runs ``fedkron frontier`` (one Ray start, each run its own folder ``OUT/seed<s>/<config>``, so a cut
 off benchmark continues run by run with ``--resume``) with the offline SmolLM2-135M-Instruct (PyPI
@@ -47,7 +48,9 @@ DEFAULTS = dict(
     lr=2e-3,
     rank=4,
 )
-RUN_FLAGS = tuple(DEFAULTS)
+# Where it runs, at the package defaults: on a GPU machine `--client-gpus 0.25 --client-cpus 4` lets
+# four clients share the GPU (Ray hides the GPU from a client that reserves none of it).
+RUN_FLAGS = tuple(DEFAULTS) + ("device", "client_cpus", "client_gpus")
 RUNS = "kron-lora:nf4,lora:fp32:r8,flowertune"
 SEEDS = "0-2"
 SE_MULTIPLE = 3  # the gain over zero-shot that counts: more than this many standard errors

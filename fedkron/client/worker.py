@@ -133,6 +133,13 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, Broadcast, int, i
     return RunConfig.from_mapping(values), broadcast, pid, num
 
 
+def local_update(local: dict, global_state: dict, sent) -> dict[str, torch.Tensor]:
+    """What this client trained: local − global of each sent factor, in fp32 on the CPU, whatever
+    device the model trained on (the codecs and the residual store work on CPU tensors; a client
+    on a GPU failed every round here before both sides were moved to the CPU)."""
+    return {k: local[k].detach().float().cpu() - global_state[k].float().cpu() for k in sent}
+
+
 def handle_train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     cfg, broadcast, pid, num_parts = _setup(msg, context)
@@ -156,8 +163,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     )
     train_seconds = time.perf_counter() - t_train
 
-    local = adapter_state_dict(model)
-    update = {k: local[k].detach().float() - global_state[k].float() for k in sent}
+    update = local_update(adapter_state_dict(model), global_state, sent)
     encoded = encode_update(cfg, update, ResidualStore(cfg.client_state_dir, pid, context), broadcast.server_round)
     metrics = {
         NUM_EXAMPLES: result.num_examples,
