@@ -142,3 +142,18 @@ def test_an_app_module_hides_import_time_notices_unless_verbose(entry):
         assert done.returncode == 0, done.stderr
         seen.append("script_method" in done.stderr)
     assert seen == [False, True]
+
+
+def test_the_command_hides_import_time_notices_unless_verbose():
+    """``fedkron …`` (``python -m fedkron``) quiets the notices its imports raise (bitsandbytes'
+    CPU-kernel message used to open every command's output) before importing the CLI; ``--verbose``
+    shows them (this test sees torch's ``script_method`` notice, raised on every machine)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FEDKRON_VERBOSE", "PYTHONWARNINGS")}
+    seen = []
+    for extra in ([], ["--verbose"]):
+        cmd = [sys.executable, "-W", "always::DeprecationWarning", "-m", "fedkron", "sim", "--help", *extra]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("usage: fedkron sim")
+        seen.append("script_method" in done.stderr)
+    assert seen == [False, True]
