@@ -5,9 +5,12 @@ logging and warning filters alone. ``--verbose`` (``$FEDKRON_VERBOSE``) shows ev
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 
 VERBOSE_ENV = "FEDKRON_VERBOSE"  # set by --verbose; inherited by Ray actors and ClientApp processes
 
@@ -31,3 +34,16 @@ def quiet_third_party() -> None:
     if _DROP_EXPECTED not in flwr_logger.filters:
         flwr_logger.addFilter(_DROP_EXPECTED)
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script_method` is deprecated", category=DeprecationWarning)
+
+
+@contextlib.contextmanager
+def progress_bars_hidden() -> Iterator[None]:
+    """Unless ``$FEDKRON_VERBOSE``: the block's writes to stderr are dropped. For third-party calls
+    that draw a tqdm bar with no switch of their own (flwr-datasets' ``NaturalIdPartitioner``, the
+    GGUF reader), which every Ray actor would print. tqdm reads ``TQDM_DISABLE`` only when it is
+    imported, so the bar itself cannot be turned off later; errors still raise as exceptions."""
+    if os.environ.get(VERBOSE_ENV):
+        yield
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield

@@ -71,6 +71,14 @@ def test_natural_partition_gives_each_client_group_one_domain():
     assert sorted(i for p in partition_indices(ds, 6, "natural", seed=3) for i in p) == list(range(120))
 
 
+@pytest.mark.parametrize("verbose", ["", "1"])
+def test_natural_partition_draws_flwr_datasets_bar_only_when_verbose(verbose, capfd, monkeypatch):
+    """NaturalIdPartitioner draws a tqdm bar on its first load, which every client's Ray actor printed."""
+    monkeypatch.setenv("FEDKRON_VERBOSE", verbose)
+    partition_indices(labelled([0, 1] * 6, ["books", "dvd", "kitchen"] * 4), 3, "natural")
+    assert ("partition_id_to_indices" in capfd.readouterr().err) == bool(verbose)
+
+
 @pytest.mark.parametrize(
     ("num_partitions", "scheme", "match"),
     [

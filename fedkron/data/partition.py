@@ -23,6 +23,7 @@ import datasets
 import numpy as np
 
 from fedkron.data.records import column
+from fedkron.logs import progress_bars_hidden
 
 SCHEMES = ("iid", "dirichlet", "natural")
 _ROW = "__row"
@@ -124,7 +125,9 @@ def _natural(dataset, num_partitions: int, seed: int, natural_id: str) -> list[l
             f"{num_ids} distinct {natural_id!r} values, got {num_partitions}"
         )
     group = num_partitions // num_ids
-    by_id = {partitioner.partition_id_to_natural_id[p]: rows for p, rows in enumerate(_rows(partitioner, num_ids))}
+    with progress_bars_hidden():  # its first load_partition draws a bar, in every client's Ray actor
+        rows_by_partition = _rows(partitioner, num_ids)
+    by_id = {partitioner.partition_id_to_natural_id[p]: rows for p, rows in enumerate(rows_by_partition)}
     out: list[list[int]] = []
     for k, key in enumerate(sorted(by_id)):  # sorted: partition ids do not depend on row order
         rows = by_id[key]

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from fedkron.logs import progress_bars_hidden
 from fedkron.models.sources import ModelLoadError, minilm_path
 
 SMOLLM2 = "smollm2-135m"
@@ -112,16 +113,9 @@ def _convert_smollm2(out: Path) -> dict:
     if importlib.util.find_spec("gguf") is None:
         raise ModelLoadError(f"model {SMOLLM2!r}: reading {source.name} needs the PyPI package gguf (pip install gguf)")
     folder, name = str(source.parent), source.name
-    quiet = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own tqdm bar ignores transformers' switch
-    try:
+    with progress_bars_hidden():  # the GGUF reader's own tqdm bar ignores transformers' switch
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    finally:
-        if quiet is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = quiet
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the dequantized weights are plain fp32
