@@ -7,13 +7,13 @@ imports, unless ``--verbose`` is given: importing ``fedkron.cli`` itself leaves 
 
 import sys
 
+from fedkron.logs import quiet_third_party
+
 
 def main() -> int:
-    from fedkron.logs import quiet_third_party
-
     if "--verbose" not in sys.argv[1:]:
         quiet_third_party()
-    from fedkron.cli import main as cli_main
+    from fedkron.cli import main as cli_main  # here: after quieting, since its imports load bitsandbytes
 
     return cli_main()
 
