@@ -129,18 +129,23 @@ def test_importing_the_package_leaves_logging_and_warnings_alone():
     assert done.stdout.split() == ["True", "True"], done.stdout + done.stderr
 
 
+def _run_showing_notices(args: list[str], verbose_env: str = "") -> subprocess.CompletedProcess:
+    """``python -W always::DeprecationWarning ARGS`` with ``$FEDKRON_VERBOSE`` as given: torch's
+    ``script_method`` notice, raised on every machine while the imports load, reaches its stderr
+    unless fedkron quieted it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FEDKRON_VERBOSE", "PYTHONWARNINGS")}
+    cmd = [sys.executable, "-W", "always::DeprecationWarning", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**env, "FEDKRON_VERBOSE": verbose_env}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 @pytest.mark.parametrize("entry", ["fedkron.client.client_app", "fedkron.server.server_app"])
 def test_an_app_module_hides_import_time_notices_unless_verbose(entry):
     """Every Ray actor imports the ClientApp module: a notice raised while it imports bitsandbytes
     and torch's compiler would be printed once per actor. It is quieted before those imports; with
     ``FEDKRON_VERBOSE`` it shows (so this test sees the notice it hides)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FEDKRON_VERBOSE", "PYTHONWARNINGS")}
-    seen = []
-    for verbose in ("", "1"):
-        cmd = [sys.executable, "-W", "always::DeprecationWarning", "-c", f"import {entry}"]
-        done = subprocess.run(cmd, capture_output=True, text=True, env={**env, "FEDKRON_VERBOSE": verbose}, timeout=300)
-        assert done.returncode == 0, done.stderr
-        seen.append("script_method" in done.stderr)
+    seen = ["script_method" in _run_showing_notices(["-c", f"import {entry}"], v).stderr for v in ("", "1")]
     assert seen == [False, True]
 
 
@@ -148,12 +153,9 @@ def test_the_command_hides_import_time_notices_unless_verbose():
     """``fedkron …`` (``python -m fedkron``) quiets the notices its imports raise (bitsandbytes'
     CPU-kernel message used to open every command's output) before importing the CLI; ``--verbose``
     shows them (this test sees torch's ``script_method`` notice, raised on every machine)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FEDKRON_VERBOSE", "PYTHONWARNINGS")}
     seen = []
     for extra in ([], ["--verbose"]):
-        cmd = [sys.executable, "-W", "always::DeprecationWarning", "-m", "fedkron", "sim", "--help", *extra]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-        assert done.returncode == 0, done.stderr
+        done = _run_showing_notices(["-m", "fedkron", "sim", "--help", *extra])
         assert done.stdout.startswith("usage: fedkron sim")
         seen.append("script_method" in done.stderr)
     assert seen == [False, True]
