@@ -2,14 +2,17 @@
 
     python benchmarks/bench_llm_step.py                       # CPU: 1 layer, sequence 128
     python benchmarks/bench_llm_step.py --device cuda --layers 32 --seq 512 --bases bf16,nf4
+    python benchmarks/bench_llm_step.py --device cuda --layers 4 --seq 512 --bases bf16 \
+        --adapters kron-lora,lora-8 --profile 15        # where each adapter's step time goes
 
 A Mistral-7B config (hidden 4096, MLP 14336, GQA 32/8 heads) with random weights and ``--layers``
 blocks (32 = the real depth; fewer on CPU), adapters on all seven projections of every block. Each
 (base, adapter) pair runs in its own process, so peak memory is that pair's alone (RSS high-water
 mark on CPU, ``torch.cuda.max_memory_allocated`` on GPU); the step time is the median of
-``--steps`` steps after one warm-up. Prints a table with the ratios against LoRA-8 on the same base,
-and one JSON object. The Kron-LoRA paper reports +3–8 % time and −0.8 % memory against LoRA-8;
-fedkron's target is ≤ 1.03× LoRA-8's step time and no more memory.
+``--steps`` steps after one warm-up (``--profile N``: those steps run under torch.profiler and the
+N operators with the most self device time are printed to stderr). Prints a table with the ratios
+against LoRA-8 on the same base, and one JSON object. The Kron-LoRA paper reports +3–8 % time and
+−0.8 % memory against LoRA-8; fedkron's target is ≤ 1.03× LoRA-8's step time and no more memory.
 """
 
 from __future__ import annotations
@@ -86,17 +89,43 @@ def build(args):
     return model
 
 
+def _profiler(args):
+    """torch.profiler over the measured steps, or None without ``--profile``."""
+    if not args.profile:
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    return profile(activities=activities)
+
+
+def _print_profile(profiler, args) -> None:
+    """The operators with the most self device (CUDA) or CPU time, and the kernel-launch count."""
+    key = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
+    events = profiler.key_averages()
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    print(f"== profile {args.base} {args.adapter}: {args.steps} steps, {launches} kernel launches", file=sys.stderr)
+    print(events.table(sort_by=key, row_limit=args.profile), file=sys.stderr, flush=True)
+
+
 def one(args) -> dict:
     """Run one (base, adapter) pair in this process and return its figures."""
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.kron_fused_max >= 0:  # a variant of Kron-LoRA's forward: A-mix (0) or one fused GEMM
+        from fedkron.adapters.layers import KronLoRALayer
+
+        KronLoRALayer.FUSED_MAX_A_IN = args.kron_fused_max
     model = build(args).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     ids = torch.randint(0, 32000, (args.batch, args.seq), device=args.device)
     times = []
+    profiler = _profiler(args)
     for step in range(args.steps + 1):
+        if step == 1 and profiler is not None:
+            profiler.__enter__()
         if args.device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -108,6 +137,9 @@ def one(args) -> dict:
             torch.cuda.synchronize()
         if step:  # the first step warms up kernels and allocates optimizer state
             times.append(time.perf_counter() - t0)
+    if profiler is not None:
+        profiler.__exit__(None, None, None)
+        _print_profile(profiler, args)
     if args.device == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
@@ -131,6 +163,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--bases", default="bf16,nf4")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--adapters", default=",".join(ADAPTERS), help=f"a subset of {','.join(ADAPTERS)}")
+    p.add_argument("--kron-fused-max", type=int, default=-1, help="Kron-LoRA's fused-GEMM limit on a_in (-1: its own)")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest operators of each pair")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)  # child: build the cached model only
     p.add_argument("--base", default="bf16", help=argparse.SUPPRESS)
@@ -149,13 +184,18 @@ def main() -> None:
     subprocess.run(prepare, check=True)
     results = []
     for base in args.bases.split(","):
-        for adapter in ADAPTERS:
+        for adapter in args.adapters.split(","):
             argv = [sys.executable, __file__, "--one", "--base", base, "--adapter", adapter] + [
-                f"--{k}={getattr(args, k)}" for k in ("device", "layers", "seq", "batch", "steps", "rank", "threads")
+                f"--{k.replace('_', '-')}={getattr(args, k)}"
+                for k in ("device", "layers", "seq", "batch", "steps", "rank", "threads", "profile", "kron_fused_max")
             ]
-            out = subprocess.run(argv, capture_output=True, text=True)
+            out = subprocess.run(
+                argv, stdout=subprocess.PIPE, stderr=None if args.profile else subprocess.PIPE, text=True
+            )
             if out.returncode:
-                results.append({"base": base, "adapter": adapter, "error": out.stderr.strip().splitlines()[-1]})
+                results.append(
+                    {"base": base, "adapter": adapter, "error": (out.stderr or "see above").strip().splitlines()[-1]}
+                )
             else:
                 results.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"  {base} {adapter}: {results[-1]}", file=sys.stderr, flush=True)
