@@ -125,7 +125,7 @@ def one(args) -> dict:
     profiler = _profiler(args)
     for step in range(args.steps + 1):
         if step == 1 and profiler is not None:
-            profiler.__enter__()
+            profiler.start()
         if args.device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -138,7 +138,7 @@ def one(args) -> dict:
         if step:  # the first step warms up kernels and allocates optimizer state
             times.append(time.perf_counter() - t0)
     if profiler is not None:
-        profiler.__exit__(None, None, None)
+        profiler.stop()
         _print_profile(profiler, args)
     if args.device == "cuda":
         peak = torch.cuda.max_memory_allocated()
