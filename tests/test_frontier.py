@@ -227,6 +227,11 @@ def test_paired_difference_is_per_seed_and_its_bytes_ratio_decomposes_exactly():
     assert parts["codec"] * parts["adapter"] * parts["rounds"] == parts["total"] == Fraction(3)  # exactly
     assert p["bytes_ratio"] == pytest.approx(3.0) and p["rounds"] == pytest.approx(6 / 5)
     assert decompose(ref, {**run, "values_total": 0}) is None  # a ledger without values: no split
+    assert p["last3_diff_mean"] is None  # no last-3 accuracy scored: no difference made up
+    for seed, (mine, theirs) in enumerate([(0.70, 0.75), (0.80, 0.81), (0.78, 0.78)]):
+        run["per_seed"][seed]["last3"], ref["per_seed"][seed]["last3"] = mine, theirs
+    p = paired(run, ref)
+    assert p["last3_diff_mean"] == pytest.approx(-0.02) and p["last3_diff_ci"] > p["acc_diff_ci"] > 0
 
 
 def test_frontier_report_states_fronts_targets_and_decompositions(tmp_path):
@@ -252,11 +257,15 @@ def test_frontier_report_states_fronts_targets_and_decompositions(tmp_path):
     assert result["bytes_to_target"]["kron-lora"] == {"front": None, "per_round": None}  # never within 1 point
     lora_hit = result["bytes_to_target"]["lora"]
     assert lora_hit["front"]["config"] == "lora-nf4-r8" and lora_hit["per_round"]["config"] == "lora-nf4-r8"
+    # the protocol's noise: the reference's spread over seeds (the stand-in adds 0.3 points a seed)
+    assert ref["final_sd"] == pytest.approx(0.003) and ref["last3_sd"] == pytest.approx(0.003)
+    assert vs["last3_diff_mean"] == pytest.approx(vs["acc_diff_mean"])  # same round-by-round shape
     text = (tmp_path / "frontier.md").read_text()
+    assert "the reference's seed-to-seed sd is 0.3 points (final) and 0.3 (last-3) over 3 seeds" in text
     assert "| kron-lora-nf4-r4 | lora-fp32-r8 | 3 |" in text and "adapter × 1 rounds" in text
     assert "not reached" in text
     header = (tmp_path / "frontier.csv").read_text().splitlines()[0]
-    assert "adapter_vs_reference" in header and "final_ci" in header
+    assert {"adapter_vs_reference", "final_ci", "last3_sd", "last3_diff_ci_vs_best_lora"} <= set(header.split(","))
 
 
 def _acc(method, rank, codec):

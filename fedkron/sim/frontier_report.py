@@ -32,10 +32,13 @@ T975 = {
 }  # fmt: skip
 CSV_KEYS = (
     "config", "method", "codec", "rank", "targets", "aggregation", "n", "seeds", "final_mean", "final_ci",
-    "last3_mean", "last3_ci", "mb_total", "values_sent", "client_rounds", "values_per_client_round",
-    "bytes_per_value", "on_front", "left_out",
+    "final_sd", "last3_mean", "last3_ci", "last3_sd", "mb_total", "values_sent", "client_rounds",
+    "values_per_client_round", "bytes_per_value", "on_front", "left_out",
 )  # fmt: skip
-VS_KEYS = ("pairs", "acc_diff_mean", "acc_diff_ci", "bytes_ratio", "codec", "adapter", "rounds")
+VS_KEYS = (
+    "pairs", "acc_diff_mean", "acc_diff_ci", "last3_diff_mean", "last3_diff_ci", "bytes_ratio", "codec", "adapter",
+    "rounds",
+)  # fmt: skip
 
 
 def t_quantile(df: int) -> float:
@@ -55,6 +58,11 @@ def mean_ci(values: list[float]) -> tuple[float | None, float | None]:
     if len(values) < 2:
         return mean, None
     return mean, t_quantile(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def seed_sd(values: list[float]) -> float | None:
+    """The seed-to-seed standard deviation (None below 2 values): the protocol's noise."""
+    return statistics.stdev(values) if len(values) >= 2 else None
 
 
 def is_reference(record: dict) -> bool:
@@ -87,8 +95,10 @@ def aggregate(name: str, runs: list[dict]) -> dict:
     rows = [r for r in runs if r["status"] == "completed" and r["final_accuracy"] is not None]
     cfg = (rows or runs)[0]["config"]
     n = len(rows)
-    final, final_ci = mean_ci([r["final_accuracy"] for r in rows])
-    last3, last3_ci = mean_ci([r["last3_accuracy"] for r in rows])
+    finals = [r["final_accuracy"] for r in rows]
+    lasts = [r["last3_accuracy"] for r in rows if r["last3_accuracy"] is not None]
+    final, final_ci = mean_ci(finals)
+    last3, last3_ci = mean_ci(lasts)
     sums = {k: sum(r[k] for r in rows) for k in ("bytes_total", "client_rounds", "values_total")}
     means = {k: Fraction(v, n) if n else Fraction(0) for k, v in sums.items()}
     return {
@@ -104,8 +114,10 @@ def aggregate(name: str, runs: list[dict]) -> dict:
         "left_out": len(runs) - n,
         "final_mean": final,
         "final_ci": final_ci,
+        "final_sd": seed_sd(finals),
         "last3_mean": last3,
         "last3_ci": last3_ci,
+        "last3_sd": seed_sd(lasts),
         **means,
         "mb_total": float(means["bytes_total"]) / MB,
         "values_sent": (rows or runs)[0]["trainable_params"],
@@ -159,10 +171,13 @@ def bytes_to_target(configs: list[dict], target: float) -> dict:
 
 
 def paired(run: dict, ref: dict) -> dict:
-    """``run`` against ``ref``: final-accuracy difference per shared seed (mean, 95 % CI), the ratio
-    of ``ref``'s mean total bytes to ``run``'s, and that ratio split into codec × adapter × rounds."""
+    """``run`` against ``ref``: final- and last-3-accuracy differences per shared seed (mean, 95 % CI),
+    the ratio of ``ref``'s mean total bytes to ``run``'s, and that ratio split into codec × adapter ×
+    rounds."""
     seeds = [s for s in run["per_seed"] if s in ref["per_seed"]]
-    diff, ci = mean_ci([run["per_seed"][s]["final"] - ref["per_seed"][s]["final"] for s in seeds])
+    pairs = [(run["per_seed"][s], ref["per_seed"][s]) for s in seeds]
+    diff, ci = mean_ci([a["final"] - b["final"] for a, b in pairs])
+    diff3, ci3 = mean_ci([a["last3"] - b["last3"] for a, b in pairs if None not in (a.get("last3"), b.get("last3"))])
     parts = decompose(ref, run)
     ratio = float(ref["bytes_total"] / run["bytes_total"]) if run["bytes_total"] else None
     return {
@@ -170,6 +185,8 @@ def paired(run: dict, ref: dict) -> dict:
         "pairs": len(seeds),
         "acc_diff_mean": diff,
         "acc_diff_ci": ci,
+        "last3_diff_mean": diff3,
+        "last3_diff_ci": ci3,
         "bytes_ratio": ratio,
         **{k: None if parts is None else float(parts[k]) for k in ("codec", "adapter", "rounds")},
         "decomposition": decomposition_text(parts),
@@ -308,7 +325,7 @@ def frontier_markdown(result: dict) -> str:
         f"# fedkron frontier\n\nSettings: {shared}; seeds {s.get('seeds')} (paired: the configs of one seed "
         f"share its partitions, client schedule and scored rows); accuracy {s.get('eval_note', '')}.\n"
         f"Reference: {result['reference'] or 'none'} ({REFERENCE}). Target accuracy: {tgt} "
-        "(the reference's mean final accuracy − 1 point unless --target).\n"
+        "(the reference's mean final accuracy − 1 point unless --target).\n" + noise_line(result)
     )
     return "\n".join(
         [
@@ -319,6 +336,18 @@ def frontier_markdown(result: dict) -> str:
             *paired_tables(result["configs"]),
             READING,
         ]
+    )
+
+
+def noise_line(result: dict) -> str:
+    """The protocol's noise: the reference's seed-to-seed sd of its final and last-3 accuracy."""
+    ref = next((c for c in result["configs"] if c["config"] == result["reference"]), None)
+    if ref is None or ref["final_sd"] is None:
+        return ""
+    last3 = "–" if ref["last3_sd"] is None else f"{100 * ref['last3_sd']:.1f}"
+    return (
+        f"Protocol noise: the reference's seed-to-seed sd is {100 * ref['final_sd']:.1f} points (final) and "
+        f"{last3} (last-3) over {ref['n']} seeds.\n"
     )
 
 
@@ -373,9 +402,9 @@ def paired_tables(configs: list[dict]) -> list[str]:
     for key, title in titles:
         lines = [
             f"## Paired against {title}\n",
-            "| config | vs | seeds paired | Δ final acc (points, ± 95 % CI) "
+            "| config | vs | seeds paired | Δ final acc (points, ± 95 % CI) | Δ last-3 acc "
             "| total bytes × (= codec × adapter × rounds) |",
-            "|---|---|---|---|---|",
+            "|---|---|---|---|---|---|",
         ]
         for c in configs:
             p = c[key]
@@ -384,7 +413,7 @@ def paired_tables(configs: list[dict]) -> list[str]:
             ratio = "–" if p["bytes_ratio"] is None else f"{p['bytes_ratio']:.3g}×{p['decomposition']}"
             lines.append(
                 f"| {c['config']} | {p['vs']} | {p['pairs']} | {_acc(p['acc_diff_mean'], p['acc_diff_ci'], True)} "
-                f"| {ratio} |"
+                f"| {_acc(p['last3_diff_mean'], p['last3_diff_ci'], True)} | {ratio} |"
             )
         out.append("\n".join(lines) + "\n")
     return out
@@ -394,12 +423,15 @@ READING = """## How to read it
 
 ![accuracy vs total MB](frontier.png)
 
-A config is on its method's front when no config of that method sends fewer bytes at a higher
-mean final accuracy. Δ acc is the config's accuracy minus the other's, seed by seed (same
-partitions, clients and scored rows), its mean with a 95 % t-interval: an interval that holds 0 is
-no measured difference. "bytes ×" is the other's mean total bytes (up + down) over this config's:
-above 1, this config sends fewer. It is split exactly as codec × adapter × rounds: bytes per
-value sent (the codec factor includes framing: message headers, manifests, block scales and the
-query and evaluation messages), values per client-round (up + down, counted from each message's
-manifest) and client-rounds (training messages sent).
+A config is on its method's front when no config of that method sends fewer bytes at a higher mean
+final accuracy. Δ acc is the config's accuracy minus the other's, seed by seed (same partitions,
+clients and scored rows), its mean with a 95 % t-interval: an interval that holds 0 is no measured
+difference; last-3 is the mean of the last 3 scored rounds, less sensitive to a round's swing. The
+protocol noise is the scale of this federation's seed-to-seed variation (partitions, schedule);
+paired differences cancel what the configs of a seed share, and their intervals decide. "bytes ×" is
+the other's mean total bytes (up + down) over this config's: above 1, this config sends fewer. It is
+split exactly as codec × adapter × rounds: bytes per value sent (the codec factor includes framing:
+message headers, manifests, block scales and the query and evaluation messages), values per
+client-round (up + down, counted from each message's manifest) and client-rounds (training messages
+sent).
 """
