@@ -370,7 +370,7 @@ def test_a_non_per_factor_config_is_paired_with_its_per_factor_twin(tmp_path):
         c["vs_reference"] = c["vs_best_lora"] = None
         c["vs_per_factor"] = None
     alternating["vs_per_factor"] = paired(alternating, per_factor)
-    table = paired_tables([per_factor, alternating, other_rank])[2]
+    (table,) = paired_tables([per_factor, alternating, other_rank])  # no reference, no LoRA: no empty tables
     # Δ = (−4, −2, −1) points; 2× fewer bytes
     assert (
         "per-factor aggregation" in table

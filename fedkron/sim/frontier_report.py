@@ -392,7 +392,8 @@ def target_table(result: dict) -> str:
 
 
 def paired_tables(configs: list[dict]) -> list[str]:
-    """Each config against the reference, then against the best LoRA at its codecs."""
+    """Each config against the reference, the best LoRA at its codecs and its per-factor twin; a
+    comparison no config has (e.g. no alternating run) is left out rather than shown empty."""
     out = []
     titles = (
         ("vs_reference", "the reference"),
@@ -406,16 +407,15 @@ def paired_tables(configs: list[dict]) -> list[str]:
             "| total bytes × (= codec × adapter × rounds) |",
             "|---|---|---|---|---|---|",
         ]
-        for c in configs:
-            p = c[key]
-            if p is None:
-                continue
+        pairs = [(c, c[key]) for c in configs if c[key] is not None]
+        for c, p in pairs:
             ratio = "–" if p["bytes_ratio"] is None else f"{p['bytes_ratio']:.3g}×{p['decomposition']}"
             lines.append(
                 f"| {c['config']} | {p['vs']} | {p['pairs']} | {_acc(p['acc_diff_mean'], p['acc_diff_ci'], True)} "
                 f"| {_acc(p['last3_diff_mean'], p['last3_diff_ci'], True)} | {ratio} |"
             )
-        out.append("\n".join(lines) + "\n")
+        if pairs:
+            out.append("\n".join(lines) + "\n")
     return out
 
 
